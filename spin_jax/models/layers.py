@@ -1,0 +1,199 @@
+"""Layers shared by every model family.
+
+Einsum legend, used by every model file:
+  B batch, T query length, S key length, N heads, H head dim, D model width,
+  F FFN width, L layers, P poolings, V vocabulary.
+
+Dtype policy: parameters and matmuls run in the model's compute dtype (fp32 or bf16);
+layer norms, softmax and pooling accumulate in fp32 and cast back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Params = dict[str, Any]
+
+# Order of the P axis of pooled features. "token" is the first token ([CLS], <s>) for
+# bidirectional layers and the last real token for causal ones (GPT-2, the T5 decoder).
+POOLINGS = ("token", "mean", "max")
+
+
+class ConfigError(ValueError):
+    """An HF config we cannot run faithfully (unknown model_type, unsupported option)."""
+
+
+class WeightsError(ValueError):
+    """A checkpoint whose tensors do not match what the config asks for."""
+
+
+class InputError(ValueError):
+    """Token ids or masks that the model cannot take (ids out of range, too long)."""
+
+
+@flax.struct.dataclass
+class Features:
+    """Per-layer activations of one forward pass.
+
+    Pooled:    hidden [L+1, B, P, D], ffn [L, B, P, F]   (P ordered as POOLINGS)
+    Per token: hidden [L+1, B, T, D], ffn [L, B, T, F]
+    hidden[0] is the embedding output, hidden[i] the output of block i (HF's
+    output_hidden_states); ffn[i] is the output of block i's FFN activation function.
+    """
+
+    hidden: Array
+    ffn: Array
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    return ACTIVATIONS[name]
+
+
+def check_activation(name: str, field: str) -> str:
+    if name not in ACTIVATIONS:
+        raise ConfigError(
+            f"config.{field}={name!r} is not supported; supported: {sorted(ACTIVATIONS)}. "
+            "Use a checkpoint with one of these activations."
+        )
+    return name
+
+
+def layer_norm(x: Array, scale: Array, bias: Array | None, eps: float) -> Array:
+    """LayerNorm in fp32, cast back to the input dtype."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps) * scale.astype(jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def rms_norm(x: Array, scale: Array, eps: float) -> Array:
+    """T5's RMS norm (no mean subtraction, no bias) in fp32."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + eps)
+    return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def dense(x: Array, p: Params) -> Array:
+    """x @ kernel + bias with kernel stored (in, out)."""
+    y = jnp.einsum("...D,DF->...F", x, p["kernel"].astype(x.dtype))
+    if "bias" in p:
+        y = y + p["bias"].astype(x.dtype)
+    return y
+
+
+def attention(
+    q: Array, k: Array, v: Array, key_mask: Array, *, causal: bool, scale: float | None = None
+) -> Array:
+    """Multi-head attention, q [B,T,N,H], k/v [B,S,N,H], key_mask [B,S] bool.
+
+    Uses jax.nn.dot_product_attention, which dispatches to cuDNN's fused kernel on GPU
+    (bf16/fp16) and to an XLA path with an fp32 softmax elsewhere.
+    """
+    mask = key_mask[:, None, None, :]
+    impl = None
+    if q.dtype == jnp.float32 or jax.default_backend() != "gpu":
+        impl = "xla"
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=causal, scale=scale, implementation=impl
+    )
+
+
+def biased_attention(q: Array, k: Array, v: Array, bias: Array, key_mask: Array) -> Array:
+    """Attention with an additive bias [1 or B, N, T, S] and no score scaling (T5)."""
+    logits = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
+    logits = logits + bias.astype(jnp.float32)
+    logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("BNTS,BSNH->BTNH", weights, v)
+
+
+def pool(x: Array, mask: Array, token_index: Array) -> Array:
+    """Pools x [B,T,D] over real tokens into [B,P,D] (fp32), P ordered as POOLINGS.
+
+    mask [B,T] bool marks real tokens; token_index [B] picks the single token.
+    Rows with no real token get zeros, never NaN or -inf.
+    """
+    x32 = x.astype(jnp.float32)
+    m = mask[..., None]
+    count = jnp.maximum(mask.sum(-1, dtype=jnp.float32), 1.0)[:, None]
+    mean = jnp.where(m, x32, 0.0).sum(1) / count
+    mx = jnp.where(m, x32, -jnp.inf).max(1)
+    mx = jnp.where(mask.any(-1, keepdims=True), mx, 0.0)
+    token = jnp.take_along_axis(x32, token_index[:, None, None], axis=1)[:, 0]
+    return jnp.stack([token, mean, mx], axis=1)
+
+
+def last_token_index(mask: Array) -> Array:
+    """Index of the last real token of each right-padded row."""
+    return jnp.maximum(mask.sum(-1) - 1, 0).astype(jnp.int32)
+
+
+def scan_layers(body, carry, layers: Params, use_scan: bool = True):
+    """lax.scan over stacked layer params, or an equivalent Python loop (for tests)."""
+    if use_scan:
+        return jax.lax.scan(body, carry, layers)
+    n = jax.tree.leaves(layers)[0].shape[0]
+    outs = []
+    for i in range(n):
+        carry, out = body(carry, jax.tree.map(lambda p, i=i: p[i], layers))
+        outs.append(out)
+    return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
+def take_layers(layers: Params, k: int) -> Params:
+    return jax.tree.map(lambda p: p[:k], layers)
+
+
+def num_stacked(layers: Params) -> int:
+    return int(jax.tree.leaves(layers)[0].shape[0])
+
+
+def cast_params(params: Params, dtype) -> Params:
+    """Casts floating-point leaves to dtype (ints, e.g. position ids, are kept)."""
+
+    def cast(p):
+        p = jnp.asarray(p)
+        return p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p
+
+    return jax.tree.map(cast, params)
+
+
+def check_inputs(input_ids, attention_mask, vocab_size: int, max_positions: int | None):
+    """Host-side validation with messages that name the problem and the fix."""
+    ids = np.asarray(input_ids)
+    mask = np.asarray(attention_mask)
+    if ids.ndim != 2 or mask.shape != ids.shape:
+        raise InputError(
+            f"input_ids {ids.shape} and attention_mask {mask.shape} must both be [batch, tokens]."
+        )
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise InputError(
+            f"token ids must lie in [0, {vocab_size}); got min {ids.min()}, max {ids.max()}. "
+            "Use the model's own tokenizer."
+        )
+    if max_positions is not None and ids.shape[1] > max_positions:
+        raise InputError(
+            f"sequence length {ids.shape[1]} exceeds the model's position table "
+            f"({max_positions}); truncate with max_length={max_positions}."
+        )
