@@ -1,0 +1,92 @@
+"""Model families, their configs and the jitted forward shared by all of them."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spin_jax.models.layers import (
+    POOLINGS,
+    ConfigError,
+    Features,
+    InputError,
+    WeightsError,
+    check_inputs,
+)
+
+# HF model_type -> module implementing it (config class, param_shapes, forward).
+_FAMILIES = {
+    "gpt2": "spin_jax.models.gpt2",
+    "bert": "spin_jax.models.bert",
+    "roberta": "spin_jax.models.bert",
+    "distilbert": "spin_jax.models.bert",
+    "t5": "spin_jax.models.t5",
+}
+_CONFIG_CLASS = {"gpt2": "GPT2Config", "bert": "BertConfig", "roberta": "BertConfig",
+                 "distilbert": "BertConfig", "t5": "T5Config"}
+
+
+def family_of(model_type: str):
+    if model_type not in _FAMILIES:
+        raise ConfigError(
+            f"model_type {model_type!r} is not supported; supported: {sorted(_FAMILIES)}."
+        )
+    return importlib.import_module(_FAMILIES[model_type])
+
+
+def config_from_hf(d: dict[str, Any]):
+    """Frozen, hashable config from an HF config.json dict."""
+    model_type = d.get("model_type")
+    if model_type is None:
+        raise ConfigError("config.json has no 'model_type'; is this an HF model folder?")
+    module = family_of(model_type)
+    try:
+        return getattr(module, _CONFIG_CLASS[model_type]).from_hf_config(d)
+    except KeyError as e:
+        raise ConfigError(f"config.json for {model_type} lacks the field {e}.") from None
+
+
+def param_shapes(config, dtype=jnp.float32):
+    return family_of(config.model_type).param_shapes(config, dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _forward(config, k, pooled, use_scan, options, params, input_ids, attention_mask):
+    module = family_of(config.model_type)
+    kwargs = dict(options)
+    return module.forward(config, params, input_ids, attention_mask, k=k, pooled=pooled,
+                          use_scan=use_scan, **kwargs)
+
+
+def _check_k(config, num_layers):
+    if num_layers is None:
+        return config.num_layers
+    k = int(num_layers)
+    if not 0 <= k <= config.num_layers:
+        raise InputError(f"num_layers={k} is outside [0, {config.num_layers}] for this model.")
+    return k
+
+
+def forward_params(config, params, input_ids, attention_mask, *, pooled=True,
+                   num_layers=None, use_scan=True, jit=True, **options) -> Features:
+    """Forward with explicit config and params (the functional core of `forward`)."""
+    check_inputs(input_ids, attention_mask, config.vocab_size, config.max_positions)
+    k = _check_k(config, num_layers)
+    ids = jnp.asarray(input_ids, jnp.int32)
+    mask = jnp.asarray(np.asarray(attention_mask) != 0)
+    opts = tuple(sorted(options.items()))
+    if jit:
+        return _forward(config, k, pooled, use_scan, opts, params, ids, mask)
+    with jax.disable_jit():
+        return _forward.__wrapped__(config, k, pooled, use_scan, opts, params, ids, mask)
+
+
+__all__ = [
+    "POOLINGS", "ConfigError", "Features", "InputError", "WeightsError", "config_from_hf",
+    "family_of", "forward_params", "param_shapes",
+]

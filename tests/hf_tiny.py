@@ -1,0 +1,79 @@
+"""Tiny randomly initialised HF torch models built from configs (no download).
+
+Sizes are distinct primes-ish so that a transposed or mixed-up axis fails loudly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LENGTHS = (1, 2, 9, 23)  # 23 > the T5 tests' relative max distance
+
+
+def padded_batch(vocab: int, lengths=LENGTHS, seed=0, pad_id=0, low=3):
+    """Right-padded random ids with the given real lengths."""
+    rng = np.random.default_rng(seed)
+    T = max(lengths)
+    ids = np.full((len(lengths), T), pad_id, np.int32)
+    mask = np.zeros((len(lengths), T), np.int32)
+    for b, n in enumerate(lengths):
+        ids[b, :n] = rng.integers(low, vocab, n)
+        mask[b, :n] = 1
+    return ids, mask
+
+
+def gpt2(**kw):
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=97, n_positions=41, n_embd=40, n_layer=3, n_head=5,
+               n_inner=56, layer_norm_epsilon=1e-4, activation_function="gelu_new")
+    cfg.update(kw)
+    return GPT2Model(GPT2Config(**cfg)).eval()
+
+
+def bert(kind="bert", **kw):
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if kind == "distilbert":
+        cfg = dict(vocab_size=97, max_position_embeddings=41, dim=40, n_layers=3, n_heads=5,
+                   hidden_dim=56, activation="gelu")
+        cfg.update(kw)
+        return tf.DistilBertModel(tf.DistilBertConfig(**cfg)).eval()
+    cfg = dict(vocab_size=97, max_position_embeddings=41, hidden_size=40, num_hidden_layers=3,
+               num_attention_heads=5, intermediate_size=56, layer_norm_eps=1e-7,
+               type_vocab_size=3, hidden_act="gelu")
+    if kind == "roberta":
+        cfg.update(pad_token_id=2, max_position_embeddings=44)
+        cfg.update(kw)
+        return tf.RobertaModel(tf.RobertaConfig(**cfg)).eval()
+    cfg.update(kw)
+    return tf.BertModel(tf.BertConfig(**cfg)).eval()
+
+
+def hf_features(model, ids, mask, **kw):
+    """HF hidden states and FFN activations (forward hooks on the activation modules)."""
+    import torch
+
+    acts = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: acts.append(o.detach().float().numpy()))
+             for m in activation_modules(model)]
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                    attention_mask=torch.tensor(mask), output_hidden_states=True, **kw)
+    for h in hooks:
+        h.remove()
+    hidden = [h.float().numpy() for h in out.hidden_states]
+    return np.stack(hidden), np.stack(acts)
+
+
+def activation_modules(model):
+    name = type(model).__name__
+    if name.startswith("GPT2"):
+        return [b.mlp.act for b in model.h]
+    if name.startswith("DistilBert"):
+        return [b.ffn.activation for b in model.transformer.layer]
+    return [b.intermediate.intermediate_act_fn for b in model.encoder.layer]
