@@ -1,0 +1,439 @@
+"""Labelled text from local files (.csv, .tsv, .jsonl, .json, .parquet), `datasets.save_to_disk`
+folders, or the Hugging Face hub (`hf:NAME[/CONFIG]`).
+
+Every user mistake (missing file, wrong column, bad encoding, missing or unseen labels) raises
+DataError whose message names the problem and the fix; no library traceback reaches the user.
+`datasets` is imported only for folders and hub names: some machines we run on lack it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
+LABEL_COLUMNS = ("label", "labels", "stars", "sentiment", "class")
+FILE_TYPES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+_INT = re.compile(r"[+-]?\d+")
+
+
+class DataError(ValueError):
+    """A problem with the user's data; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    texts: list[str]
+    labels: np.ndarray | None  # [n] int64 class ids
+    label_names: tuple[str, ...] | None  # label_names[id] is the original label, as a string
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class _Table(NamedTuple):
+    columns: list[str]
+    n_rows: int
+    get: Callable[[str], list]  # column name -> its values as Python objects
+    class_names: dict[str, list[str]]  # HF ClassLabel columns: column -> names by id
+
+
+def load_texts(
+    source: str | os.PathLike,
+    *,
+    split: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    label_names: Sequence[str] | None = None,
+    require_labels: bool = True,
+) -> TextDataset:
+    """Reads texts and integer class ids.
+
+    Without `label_names` the classes are the sorted distinct labels (ints numerically, strings
+    lexicographically); with them (the names seen at fit time) a label outside them is an error.
+    `split` picks a split of a DatasetDict; plain files have no splits and ignore it.
+    With `require_labels=False` (predict) the label column may be absent, or all empty.
+    """
+    source = str(source)
+    table = _read_table(source, split)
+    if table.n_rows == 0:
+        raise DataError(f"{source} has no rows; pass a file with at least one example.")
+    names = None if label_names is None else tuple(str(n) for n in label_names)
+    text_col = _pick_column(table, text_column, TEXT_COLUMNS, "text", source, required=True)
+    texts = _clean_texts(table.get(text_col), text_col, source)
+    label_col = _pick_column(table, label_column, LABEL_COLUMNS, "label", source, require_labels)
+    if label_col is None:
+        return TextDataset(texts, None, names, source)
+    values = table.get(label_col)
+    class_names = table.class_names.get(label_col)
+    if class_names is not None:  # ClassLabel ids mean class_names[id]; -1 marks "no label"
+        values = [
+            class_names[v] if v is not None and 0 <= v < len(class_names) else None for v in values
+        ]
+        names = names or tuple(class_names)
+    missing = [i for i, v in enumerate(values) if _is_missing(v)]
+    if missing and not require_labels and len(missing) == len(values):
+        return TextDataset(texts, None, names, source)
+    if missing:
+        raise DataError(
+            f"label is missing in row {missing[0] + 1} of {source} (column {label_col!r}; "
+            f"{len(missing)} such rows in all, rows counted from 1 without the header); "
+            "fill the labels in or drop those rows."
+        )
+    labels, names = _encode_labels(values, names, label_col, source)
+    return TextDataset(texts, labels, names, source)
+
+
+def _pick_column(table, explicit, defaults, kind, source, required):
+    available = ", ".join(map(str, table.columns)) or "(none)"
+    fix = f"Pass --{kind}-column with one of them."
+    if explicit is not None:
+        if explicit in table.columns:
+            return explicit
+        raise DataError(
+            f"column {explicit!r} not found in {source}; available columns: {available}. {fix}"
+        )
+    for name in defaults:
+        if name in table.columns:
+            return name
+    if not required:
+        return None
+    raise DataError(
+        f"no {kind} column found in {source} (looked for {', '.join(defaults)}); "
+        f"available columns: {available}. {fix}"
+    )
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and not value.strip()
+
+
+def _clean_texts(values: list, column: str, source: str) -> list[str]:
+    texts = []
+    for i, v in enumerate(values):
+        # An empty string is a valid (if useless) text; None or NaN means the cell is absent.
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            raise DataError(
+                f"text is missing in row {i + 1} of {source} (column {column!r}, rows counted "
+                "from 1 without the header); fill it in or drop the row."
+            )
+        texts.append(v if isinstance(v, str) else str(v))
+    return texts
+
+
+def _label_key(value: Any, row: int, column: str, source: str) -> int | str:
+    """Normalises one label: integral numbers and integer strings ("3" in a CSV) become ints."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str):
+        value = value.strip()
+        return int(value) if _INT.fullmatch(value) else value
+    raise DataError(
+        f"label {value!r} in row {row + 1} of {source} (column {column!r}) is not an integer "
+        "or a string; use class names or integer class ids."
+    )
+
+
+def _encode_labels(values, names, column, source) -> tuple[np.ndarray, tuple[str, ...]]:
+    keys = [_label_key(v, i, column, source) for i, v in enumerate(values)]
+    if names is None:
+        distinct = set(keys)
+        if all(isinstance(k, int) for k in distinct):
+            names = tuple(str(k) for k in sorted(distinct))
+        else:
+            names = tuple(sorted(str(k) for k in distinct))
+    index = {name: i for i, name in enumerate(names)}
+    ids = np.empty(len(keys), np.int64)
+    for row, key in enumerate(keys):
+        found = index.get(str(key))
+        if found is None:
+            raise DataError(
+                f"label {str(key)!r} in row {row + 1} of {source} was not seen at fit time; "
+                f"known labels: {', '.join(names)}. Use data with the training label set, "
+                "or retrain on data that includes this label."
+            )
+        ids[row] = found
+    return ids, names
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def _read_table(source: str, split: str | None) -> _Table:
+    if source.startswith("hf:"):
+        return _read_hub(source[3:], split)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(
+            f"file not found: {source}. Check the path; for a Hugging Face hub "
+            "dataset write hf:NAME or hf:NAME/CONFIG."
+        )
+    if path.is_dir():
+        return _read_saved(path, split)
+    suffix = path.suffix.lower()
+    if suffix not in FILE_TYPES:
+        raise DataError(
+            f"cannot read {source}: unsupported file type {suffix or '(none)'!r}; "
+            f"use one of {', '.join(FILE_TYPES)} or a datasets.save_to_disk folder."
+        )
+    if path.stat().st_size == 0:
+        raise DataError(f"{source} is empty; pass a file with a header and at least one row.")
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    text = _decode(path)
+    if suffix in (".csv", ".tsv"):
+        return _read_csv(text, "\t" if suffix == ".tsv" else ",", source)
+    return _read_json(text, source)
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path} is not valid UTF-8: byte 0x{data[e.start]:02x} at byte offset {e.start} "
+            f"(line {line}). Re-encode the file as UTF-8, e.g. "
+            f"iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}"
+        ) from None
+    return text.removeprefix("\ufeff")  # Excel writes a byte-order mark
+
+
+def _read_csv(text: str, delimiter: str, source: str) -> _Table:
+    csv.field_size_limit(2**31 - 1)  # long documents exceed the 128 KiB default
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if r]
+    except csv.Error as e:
+        kind = "TSV" if delimiter == "\t" else "CSV"
+        raise DataError(
+            f"{source} is not valid {kind}: {e}. "
+            "Check the quoting of fields that hold quotes or newlines."
+        ) from None
+    if not rows:
+        raise DataError(f"{source} has no header and no rows; pass a file with data.")
+    header, body = [h.strip() for h in rows[0]], rows[1:]
+    for i, row in enumerate(body):
+        if len(row) > len(header):
+            raise DataError(
+                f"row {i + 1} of {source} has {len(row)} fields but the header has "
+                f"{len(header)}; quote fields that contain the delimiter {delimiter!r}."
+            )
+    columns = {
+        name: [row[j] if j < len(row) else None for row in body] for j, name in enumerate(header)
+    }
+    return _Table(list(columns), len(body), columns.__getitem__, {})
+
+
+def _read_json(text: str, source: str) -> _Table:
+    if text.lstrip().startswith("["):  # a whole-file JSON array of records
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{source} is not valid JSON: {e.msg} at line {e.lineno}; fix the "
+                "file or write it as JSON Lines (one object per line)."
+            ) from None
+    else:
+        records = []
+        # split("\n"), not splitlines(): JSON strings may hold raw U+2028 line separators.
+        for lineno, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"line {lineno} of {source} is not valid JSON ({e.msg}); write "
+                    "one JSON object per line (JSON Lines)."
+                ) from None
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(
+                f"row {i + 1} of {source} is a {type(record).__name__}, not a JSON "
+                'object; write rows like {"text": "...", "label": "..."}.'
+            )
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    return _Table(columns, len(records), lambda c: [r.get(c) for r in records], {})
+
+
+def _read_parquet(path: Path) -> _Table:
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        table = pyarrow.parquet.read_table(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as e:
+        raise DataError(
+            f"could not read {path} as Parquet ({e}); check that the file is "
+            "Parquet, or convert it to .csv or .jsonl."
+        ) from None
+    return _Table(table.column_names, table.num_rows, lambda c: table.column(c).to_pylist(), {})
+
+
+def _import_datasets(source: str):
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"reading {source} needs the 'datasets' package, which is not "
+            "installed; pip install datasets, or pass a .csv, .jsonl or .parquet "
+            "file."
+        ) from None
+    return datasets
+
+
+def _read_saved(path: Path, split: str | None) -> _Table:
+    datasets = _import_datasets(str(path))
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as e:  # FileNotFoundError for an arbitrary folder
+        raise DataError(
+            f"{path} is a folder but not one written by datasets' save_to_disk "
+            f"({e}); pass a data file or a save_to_disk folder."
+        ) from None
+    return _from_hf(_pick_split(datasets, ds, split, str(path)))
+
+
+def _pick_split(datasets, ds, split: str | None, source: str):
+    if not isinstance(ds, datasets.DatasetDict):
+        return ds
+    splits = list(ds.keys())
+    if split is None and len(splits) == 1:
+        return ds[splits[0]]
+    if split is None or split not in ds:
+        what = "holds several splits" if split is None else f"has no split {split!r}"
+        raise DataError(
+            f"{source} {what}; available splits: {', '.join(splits)}. "
+            "Pass --split with one of them."
+        )
+    return ds[split]
+
+
+def _from_hf(ds) -> _Table:
+    class_names = {
+        col: list(feature.names)
+        for col, feature in ds.features.items()
+        if type(feature).__name__ == "ClassLabel"
+    }
+    arrow = ds.with_format("arrow")  # 8x faster than iterating ds[col]
+    return _Table(list(ds.column_names), ds.num_rows, lambda c: arrow[c].to_pylist(), class_names)
+
+
+def _hub_candidates(spec: str) -> list[tuple[str, str | None]]:
+    """(name, config) readings of NAME[/CONFIG]; NAME itself may be "owner/repo"."""
+    parts = spec.split("/")
+    if not spec or "" in parts or len(parts) > 3:
+        raise DataError(
+            f"bad hub dataset hf:{spec}; write hf:NAME, hf:OWNER/NAME, "
+            "hf:NAME/CONFIG or hf:OWNER/NAME/CONFIG."
+        )
+    if len(parts) == 1:
+        return [(spec, None)]
+    if len(parts) == 2:  # "stanfordnlp/imdb" is a repo, "glue/sst2" a name and config
+        return [(spec, None), (parts[0], parts[1])]
+    return [("/".join(parts[:2]), parts[2])]
+
+
+def _read_hub(spec: str, split: str | None) -> _Table:
+    candidates = _hub_candidates(spec)
+    datasets = _import_datasets(f"hf:{spec}")
+    for k, (name, config) in enumerate(candidates):
+        try:
+            ds = datasets.load_dataset(name, config, split=split)
+        except FileNotFoundError:  # datasets' DatasetNotFoundError too: try the next reading
+            if k + 1 < len(candidates):
+                continue
+            raise DataError(_hub_failure(spec, "not found")) from None
+        except Exception as e:  # noqa: BLE001 - network, auth and split errors vary by version
+            raise DataError(_hub_failure(spec, f"{type(e).__name__}: {e}")) from None
+        return _from_hf(_pick_split(datasets, ds, split, f"hf:{spec}"))
+    raise AssertionError("unreachable")
+
+
+def _hub_failure(spec: str, reason: str) -> str:
+    offline = (
+        " HF_HUB_OFFLINE is set, so only cached datasets load."
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        else ""
+    )
+    return (
+        f"could not load Hugging Face dataset hf:{spec} ({reason}).{offline} If this "
+        "machine is offline (HF_HUB_OFFLINE=1, no network) or the name is wrong, download "
+        "the data elsewhere and pass a local .csv, .jsonl or .parquet file, or a "
+        "datasets.save_to_disk folder."
+    )
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train_idx, valid_idx): about `fraction` of each class goes to validation.
+
+    A class with >= 2 rows puts at least one row in each part; a single-row class stays in
+    training. Deterministic in `seed`.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise DataError(f"labels must be one-dimensional, got shape {labels.shape}.")
+    if not 0.0 < fraction < 1.0:
+        raise DataError(
+            f"validation fraction must be between 0 and 1, got {fraction}; pass e.g. 0.2."
+        )
+    rng = np.random.default_rng(seed)
+    valid = []
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        if len(rows) >= 2:
+            n_valid = min(max(1, round(fraction * len(rows))), len(rows) - 1)
+            valid.append(rows[:n_valid])
+    valid_idx = np.sort(np.concatenate(valid)) if valid else np.zeros(0, np.int64)
+    train_mask = np.ones(len(labels), bool)
+    train_mask[valid_idx] = False
+    return np.flatnonzero(train_mask), valid_idx.astype(np.int64)
+
+
+def subset(ds: TextDataset, idx) -> TextDataset:
+    """The rows `idx` (int indices or a boolean mask) of `ds`, in that order."""
+    idx = np.asarray(idx)
+    if idx.dtype == bool:
+        idx = np.flatnonzero(idx)
+    texts = [ds.texts[i] for i in idx]
+    labels = None if ds.labels is None else ds.labels[idx]
+    return TextDataset(texts, labels, ds.label_names, ds.source)
+
+
+def check_classes(labels: np.ndarray, label_names: Sequence[str] | None = None) -> None:
+    """Refuses training labels with fewer than two distinct classes."""
+    distinct = np.unique(np.asarray(labels))
+    if len(distinct) >= 2:
+        return
+    if len(distinct) == 0:
+        raise DataError("no training labels; a classifier needs examples of at least two classes.")
+    only = label_names[distinct[0]] if label_names is not None else str(distinct[0])
+    raise DataError(
+        f"only one class {only!r} in the training labels; a classifier needs at "
+        "least two. Check --label-column, or add examples of other classes."
+    )

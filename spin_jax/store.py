@@ -1,0 +1,536 @@
+"""On-disk store of pooled per-layer activations, written in chunks of rows and resumable.
+
+Layout of a store folder:
+  manifest.json        identity (model, config hash, lengths, ...) + array specs, written once
+  progress.json        chunks written so far, with the sha256 of each file; rewritten atomically
+  labels.npy           [n_rows] int64 class ids (optional)
+  NAME-00000.npy       one plain .npy file per array per chunk, [chunk rows, *feature_shape]
+
+No pickle anywhere. bfloat16 arrays are saved as their uint16 bit pattern and viewed back on
+load. Each file is written to a temporary name, fsynced and renamed into place, and only then
+is the chunk recorded in progress.json: a crash leaves the chunk not-done, to be rewritten.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import operator
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+FORMAT = "spin_jax.feature_store"
+FORMAT_VERSION = 1
+DTYPES = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+}
+# What each logical dtype is saved as: np.save cannot write bfloat16 without pickle.
+STORAGE = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(np.uint16),
+}
+# Keys the store writes itself; those among them that describe the data are compared on resume.
+STRUCTURE_KEYS = (
+    "format_version",
+    "n_rows",
+    "chunk_rows",
+    "arrays",
+    "label_names",
+    "labels_sha256",
+)
+META_KEYS = ("format", "spin_jax_version", "created", "n_chunks", "identity_keys")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_FRESH = "Choose another --out folder, or delete this one to start over."
+
+
+class StoreError(ValueError):
+    """A feature store that is missing, damaged, incomplete or used wrongly."""
+
+
+class StoreMismatchError(StoreError):
+    """A folder holding a store made with a different model, config or data."""
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Writes JSON to a temporary file, fsyncs it and renames it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename itself is durable only once the directory entry is flushed (POSIX).
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _spin_jax_version() -> str:
+    try:
+        from spin_jax import __version__
+    except ImportError:  # the package __init__ may not define it
+        return "0.0.0"
+    return str(__version__)
+
+
+def _jsonable(obj: Any, what: str) -> Any:
+    """`obj` as it reads back from JSON (tuples become lists), so old and new compare equal."""
+    try:
+        return json.loads(json.dumps(obj))
+    except (TypeError, ValueError) as e:
+        raise StoreError(
+            f"{what} must hold only JSON values (str, int, float, bool, None, lists, dicts): {e}."
+        ) from None
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(
+            f"{path} is not valid JSON ({e}): the {what} is damaged. Delete "
+            f"{path.parent} and re-run the extract command."
+        ) from None
+    if not isinstance(obj, dict):
+        raise StoreError(
+            f"{path} does not hold a JSON object: the {what} is damaged. Delete "
+            f"{path.parent} and re-run the extract command."
+        )
+    return obj
+
+
+class FeatureStore:
+    """A store folder; build one with `create` (new or resumed) or `open` (complete, to read)."""
+
+    def __init__(self, path: Path, manifest: dict, progress: dict):
+        self.path = path
+        self.manifest = manifest
+        self._progress = progress
+
+    # ------------------------------------------------------------------------- create / open
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        manifest: Mapping[str, Any],
+        n_rows: int,
+        chunk_rows: int,
+        arrays: Mapping[str, tuple[Sequence[int], str]],
+        labels: np.ndarray | None = None,
+        label_names: Sequence[str] | None = None,
+    ) -> FeatureStore:
+        """A new store at `path`, or the store already there if it has the same identity."""
+        path = Path(path)
+        labels = _check_labels(labels, n_rows)
+        new = _new_manifest(manifest, n_rows, chunk_rows, arrays, labels, label_names)
+        if (path / "manifest.json").exists():
+            old = _read_json(path / "manifest.json", "store manifest")
+            _check_same(path, old, new)
+            store = cls(path, old, _read_progress(path))
+            store._remove_temp_files()  # leftovers of a crash mid-write
+            return store
+        if path.exists() and (not path.is_dir() or _foreign_files(path)):
+            raise StoreError(
+                f"{path} exists and is not a feature store (no manifest.json). {_FRESH}"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        if labels is not None:
+            _save_npy(path / "labels.npy", labels)
+        write_json_atomic(path / "progress.json", {"chunks": {}})
+        write_json_atomic(path / "manifest.json", new)  # last: its presence marks a store
+        return cls(path, new, {"chunks": {}})
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, verify: bool = False) -> FeatureStore:
+        """A complete store, to read. `verify=True` checks every file's sha256 too."""
+        path = Path(path)
+        if not path.is_dir():
+            raise StoreError(
+                f"no feature store at {path}: the folder does not exist. Run the "
+                "extract command first, or check the path."
+            )
+        if not (path / "manifest.json").exists():
+            raise StoreError(
+                f"{path} is not a feature store: it has no manifest.json. Run the "
+                "extract command with --out pointing there, or check the path."
+            )
+        manifest = _read_json(path / "manifest.json", "store manifest")
+        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            raise StoreError(
+                f"{path} holds format {manifest.get('format')!r} version "
+                f"{manifest.get('format_version')!r}; this spin_jax reads "
+                f"{FORMAT!r} version {FORMAT_VERSION}. Re-run the extract command."
+            )
+        store = cls(path, manifest, _read_progress(path))
+        missing = store.missing_chunks()
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            raise StoreError(
+                f"feature store {path} is incomplete: {len(missing)} of {store.n_chunks} "
+                f"chunks missing ({shown}). Re-run the same extract command to resume it."
+            )
+        if verify:
+            store.verify()
+        return store
+
+    # ------------------------------------------------------------------------- properties
+
+    @property
+    def n_rows(self) -> int:
+        return self.manifest["n_rows"]
+
+    @property
+    def chunk_rows(self) -> int:
+        return self.manifest["chunk_rows"]
+
+    @property
+    def n_chunks(self) -> int:
+        return self.manifest["n_chunks"]
+
+    @property
+    def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """name -> (feature_shape, dtype name)."""
+        return {
+            name: (tuple(spec["shape"]), spec["dtype"])
+            for name, spec in self.manifest["arrays"].items()
+        }
+
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        names = self.manifest.get("label_names")
+        return None if names is None else tuple(names)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        if self.manifest.get("labels_sha256") is None:
+            return None
+        return np.load(self.path / "labels.npy", allow_pickle=False)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing_chunks()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return (self.n_rows, *self._spec(name)[0])
+
+    def chunk_rows_range(self, i: int) -> tuple[int, int]:
+        self._check_chunk(i)
+        start = i * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.n_rows)
+
+    def missing_chunks(self) -> list[int]:
+        """Chunks not recorded as written, or whose files have since disappeared."""
+        done = self._progress["chunks"]
+        return [
+            i
+            for i in range(self.n_chunks)
+            if str(i) not in done
+            or not all((self.path / f).exists() for f in done[str(i)]["files"])
+        ]
+
+    # ------------------------------------------------------------------------- writing
+
+    def write_chunk(self, i: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Writes chunk `i` (every declared array) atomically, then records it as done."""
+        start, stop = self.chunk_rows_range(i)
+        expected = set(self.manifest["arrays"])
+        if set(arrays) != expected:
+            raise StoreError(
+                f"chunk {i} got arrays {sorted(arrays)}; the store holds "
+                f"{sorted(expected)}. Pass exactly those."
+            )
+        checked = {name: self._check_array(name, arrays[name], stop - start) for name in arrays}
+        if self._progress["chunks"].pop(str(i), None) is not None:
+            # Rewriting a done chunk: un-record it first, so a crash midway leaves it not-done.
+            write_json_atomic(self.path / "progress.json", self._progress)
+        files = {}
+        for name, array in checked.items():
+            file = self.path / _chunk_file(name, i)
+            _save_npy(file, array.view(STORAGE[self._spec(name)[1]]))
+            files[file.name] = sha256_file(file)
+        _fsync_dir(self.path)
+        self._progress["chunks"][str(i)] = {"rows": [start, stop], "files": files}
+        write_json_atomic(self.path / "progress.json", self._progress)
+
+    def _check_array(self, name: str, array: Any, rows: int) -> np.ndarray:
+        shape, dtype = self._spec(name)
+        array = np.asarray(array)  # also takes jax arrays
+        want = (rows, *shape)
+        if array.shape != want:
+            raise StoreError(
+                f"array {name!r} has shape {array.shape}; chunk expects {want} "
+                "(rows of this chunk, then the feature shape given at create)."
+            )
+        if array.dtype != DTYPES[dtype]:
+            raise StoreError(
+                f"array {name!r} has dtype {array.dtype}; the store holds {dtype}. "
+                f"Cast it first, e.g. np.asarray(x).astype(store dtype)."
+            )
+        return np.ascontiguousarray(array)
+
+    def _remove_temp_files(self) -> None:
+        for tmp in self.path.glob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------------- reading
+
+    def verify(self) -> None:
+        """Recomputes every file's sha256 against progress.json."""
+        for i, entry in sorted(self._progress["chunks"].items(), key=lambda kv: int(kv[0])):
+            for file, digest in entry["files"].items():
+                if sha256_file(self.path / file) != digest:
+                    raise StoreError(
+                        f"{self.path / file} (chunk {i}) does not match its recorded sha256: "
+                        "it was modified or corrupted. Delete that file and re-run the same "
+                        "extract command to rewrite the chunk."
+                    )
+
+    def read(
+        self,
+        name: str,
+        *,
+        rows: Sequence[int] | np.ndarray | None = None,
+        layers: Sequence[int] | np.ndarray | None = None,
+        poolings: Sequence[int] | np.ndarray | None = None,
+        neurons: Sequence[int] | np.ndarray | None = None,
+        dtype: Any = np.float32,
+    ) -> np.ndarray:
+        """Rows x selected layers (axis 1), poolings (axis 2) and neurons (axis 3) of `name`.
+
+        Gathers from memory-mapped chunks, so peak memory is about the size of the result.
+        `dtype=None` keeps the stored dtype.
+        """
+        shape, stored = self._spec(name)
+        full = (self.n_rows, *shape)
+        row_idx = _index(rows, self.n_rows, "rows", name)
+        row_idx = np.arange(self.n_rows) if row_idx is None else row_idx
+        picks = {}
+        for axis, (sel, what) in enumerate(
+            [(layers, "layers"), (poolings, "poolings"), (neurons, "neurons")], start=1
+        ):
+            if sel is None:
+                continue
+            if axis >= len(full):
+                raise StoreError(
+                    f"array {name!r} has shape {full}: no axis {axis} to select {what} from."
+                )
+            picks[axis] = _index(sel, full[axis], what, name)
+        # np.ix_ over the axes up to the last selected one; later axes come along whole, so
+        # only the selected elements are read from the memory map.
+        last = max(picks, default=0)
+        axes = [picks.get(a, np.arange(full[a])) for a in range(1, last + 1)]
+        out_shape = (len(row_idx), *(len(a) for a in axes), *full[last + 1 :])
+        out = np.empty(out_shape, DTYPES[stored] if dtype is None else dtype)
+        chunk_of = row_idx // self.chunk_rows
+        for i in np.unique(chunk_of):
+            dest = np.flatnonzero(chunk_of == i)
+            local = row_idx[dest] - i * self.chunk_rows
+            mm = self._memmap(name, int(i))
+            out[dest] = mm[np.ix_(local, *axes)].view(DTYPES[stored])
+        return out
+
+    def _memmap(self, name: str, i: int) -> np.ndarray:
+        file = self.path / _chunk_file(name, i)
+        start, stop = self.chunk_rows_range(i)
+        shape, dtype = self._spec(name)
+        try:
+            mm = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise StoreError(
+                f"cannot read {file} ({e}). Delete it and re-run the same extract "
+                "command to rewrite the chunk."
+            ) from None
+        if mm.shape != (stop - start, *shape) or mm.dtype != STORAGE[dtype]:
+            raise StoreError(
+                f"{file} holds {mm.dtype} {mm.shape}, expected {STORAGE[dtype]} "
+                f"{(stop - start, *shape)}. Delete it and re-run the same extract "
+                "command to rewrite the chunk."
+            )
+        return mm
+
+    def _spec(self, name: str) -> tuple[tuple[int, ...], str]:
+        spec = self.manifest["arrays"].get(name)
+        if spec is None:
+            raise StoreError(
+                f"no array {name!r} in store {self.path}; it holds "
+                f"{', '.join(self.manifest['arrays'])}."
+            )
+        return tuple(spec["shape"]), spec["dtype"]
+
+    def _check_chunk(self, i: int) -> None:
+        if not 0 <= i < self.n_chunks:
+            raise StoreError(
+                f"chunk {i} out of range: store {self.path} has chunks 0 to {self.n_chunks - 1}."
+            )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _chunk_file(name: str, i: int) -> str:
+    return f"{name}-{i:05d}.npy"
+
+
+def _index(sel, size: int, what: str, name: str) -> np.ndarray | None:
+    """`sel` as an int64 index array with negative indices resolved; None stays None."""
+    if sel is None:
+        return None
+    idx = np.atleast_1d(np.asarray(sel))
+    if idx.dtype == bool:
+        idx = np.flatnonzero(idx)
+    if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+        raise StoreError(f"{what} for {name!r} must be a 1-D list of integer indices.")
+    if idx.size and (idx.min() < -size or idx.max() >= size):
+        raise StoreError(
+            f"{what} index out of range for {name!r}: valid indices are 0 to "
+            f"{size - 1} (or negative from the end)."
+        )
+    return idx.astype(np.int64) % max(size, 1)
+
+
+def _check_labels(labels, n_rows: int) -> np.ndarray | None:
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.shape != (n_rows,) or not np.issubdtype(labels.dtype, np.integer):
+        raise StoreError(
+            f"labels must be {n_rows} integer class ids (shape ({n_rows},)); got "
+            f"{labels.dtype} {labels.shape}."
+        )
+    return labels.astype(np.int64)
+
+
+def _new_manifest(identity, n_rows, chunk_rows, arrays, labels, label_names) -> dict:
+    identity = _jsonable(dict(identity), "manifest")
+    try:
+        n_rows, chunk_rows = operator.index(n_rows), operator.index(chunk_rows)
+    except TypeError:
+        n_rows = chunk_rows = 0
+    if n_rows < 1 or chunk_rows < 1:
+        raise StoreError(
+            f"n_rows and chunk_rows must be positive integers; got {n_rows!r} and {chunk_rows!r}."
+        )
+    specs = {}
+    for name, (shape, dtype) in arrays.items():
+        if not _NAME.fullmatch(name) or name == "labels":
+            raise StoreError(
+                f"array name {name!r} is not allowed; use letters, digits and _, "
+                "starting with a letter (and not 'labels')."
+            )
+        if dtype not in DTYPES:
+            raise StoreError(f"array {name!r} has dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+        specs[name] = {
+            "shape": [int(s) for s in shape],
+            "dtype": dtype,
+            "storage_dtype": STORAGE[dtype].name,
+        }
+    if not specs:
+        raise StoreError(
+            "a feature store needs at least one array; pass arrays={name: (feature_shape, dtype)}."
+        )
+    structure = {
+        "format_version": FORMAT_VERSION,
+        "n_rows": n_rows,
+        "chunk_rows": chunk_rows,
+        "arrays": specs,
+        "label_names": None if label_names is None else [str(n) for n in label_names],
+        "labels_sha256": None if labels is None else hashlib.sha256(labels.tobytes()).hexdigest(),
+    }
+    for key in identity.keys() & (set(STRUCTURE_KEYS) | set(META_KEYS)):
+        if key in structure and identity[key] != structure[key]:
+            raise StoreError(
+                f"manifest[{key!r}] = {identity[key]!r} disagrees with the "
+                f"{key}={structure[key]!r} argument; drop it from the manifest."
+            )
+    meta = {
+        "format": FORMAT,
+        "spin_jax_version": _spin_jax_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "n_chunks": math.ceil(n_rows / chunk_rows),
+        "identity_keys": sorted(identity),
+    }
+    return {**identity, **structure, **meta}
+
+
+def _foreign_files(path: Path) -> list[str]:
+    """Files in `path` that a store creation cut short by a crash would not have left."""
+    ours = {"labels.npy", "progress.json"}
+    return [p.name for p in path.iterdir() if p.name not in ours and ".tmp-" not in p.name]
+
+
+def _check_same(path: Path, old: dict, new: dict) -> None:
+    """Raises StoreMismatchError naming every identity key whose value changed."""
+    keys = list(
+        dict.fromkeys([*old.get("identity_keys", []), *new["identity_keys"], *STRUCTURE_KEYS])
+    )
+    changed = [k for k in keys if old.get(k) != new.get(k)]
+    if not changed:
+        return
+    lines = "; ".join(
+        f"{k}: stored {_short(old.get(k))}, new {_short(new.get(k))}" for k in changed
+    )
+    raise StoreMismatchError(
+        f"{path} holds a feature store made with different settings ({lines}). {_FRESH}"
+    )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_progress(path: Path) -> dict:
+    file = path / "progress.json"
+    if not file.exists():  # a crash between manifest and progress: nothing was written yet
+        return {"chunks": {}}
+    progress = _read_json(file, "store progress record")
+    if not isinstance(progress.get("chunks"), dict):
+        raise StoreError(
+            f"{file} has no 'chunks' record: it is damaged. Delete it and re-run "
+            "the extract command; every chunk will be rewritten."
+        )
+    return progress
