@@ -50,6 +50,7 @@ STRUCTURE_KEYS = (
     "labels_sha256",
 )
 META_KEYS = ("format", "spin_jax_version", "created", "n_chunks", "identity_keys")
+AXES = ("layers", "poolings", "neurons")  # what `read` selects on axes 1, 2, 3
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _FRESH = "Choose another --out folder, or delete this one to start over."
 
@@ -346,24 +347,8 @@ class FeatureStore:
         """
         shape, stored = self._spec(name)
         full = (self.n_rows, *shape)
-        row_idx = _index(rows, self.n_rows, "rows", name)
-        row_idx = np.arange(self.n_rows) if row_idx is None else row_idx
-        picks = {}
-        for axis, (sel, what) in enumerate(
-            [(layers, "layers"), (poolings, "poolings"), (neurons, "neurons")], start=1
-        ):
-            if sel is None:
-                continue
-            if axis >= len(full):
-                raise StoreError(
-                    f"array {name!r} has shape {full}: no axis {axis} to select {what} from."
-                )
-            picks[axis] = _index(sel, full[axis], what, name)
-        # np.ix_ over the axes up to the last selected one; later axes come along whole, so
-        # only the selected elements are read from the memory map.
-        last = max(picks, default=0)
-        axes = [picks.get(a, np.arange(full[a])) for a in range(1, last + 1)]
-        out_shape = (len(row_idx), *(len(a) for a in axes), *full[last + 1 :])
+        row_idx, axes = _selection(name, full, rows, (layers, poolings, neurons))
+        out_shape = (len(row_idx), *(len(a) for a in axes), *full[len(axes) + 1 :])
         out = np.empty(out_shape, DTYPES[stored] if dtype is None else dtype)
         chunk_of = row_idx // self.chunk_rows
         for i in np.unique(chunk_of):
@@ -415,6 +400,25 @@ def _chunk_file(name: str, i: int) -> str:
     return f"{name}-{i:05d}.npy"
 
 
+def _selection(name, full, rows, selections) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Row indices, and index arrays for axes 1.. up to the last one with a selection.
+
+    Axes after it are left out, so they come along whole in basic (cheap) indexing; only
+    the selected elements are then read from the memory map.
+    """
+    row_idx = _index(rows, full[0], "rows", name)
+    row_idx = np.arange(full[0]) if row_idx is None else row_idx
+    picks = {}
+    for axis, (sel, what) in enumerate(zip(selections, AXES, strict=True), start=1):
+        if sel is None:
+            continue
+        if axis >= len(full):
+            raise StoreError(f"array {name!r} has shape {full}: no axis {axis} to select {what}.")
+        picks[axis] = _index(sel, full[axis], what, name)
+    last = max(picks, default=0)
+    return row_idx, [picks.get(a, np.arange(full[a])) for a in range(1, last + 1)]
+
+
 def _index(sel, size: int, what: str, name: str) -> np.ndarray | None:
     """`sel` as an int64 index array with negative indices resolved; None stays None."""
     if sel is None:
@@ -444,16 +448,7 @@ def _check_labels(labels, n_rows: int) -> np.ndarray | None:
     return labels.astype(np.int64)
 
 
-def _new_manifest(identity, n_rows, chunk_rows, arrays, labels, label_names) -> dict:
-    identity = _jsonable(dict(identity), "manifest")
-    try:
-        n_rows, chunk_rows = operator.index(n_rows), operator.index(chunk_rows)
-    except TypeError:
-        n_rows = chunk_rows = 0
-    if n_rows < 1 or chunk_rows < 1:
-        raise StoreError(
-            f"n_rows and chunk_rows must be positive integers; got {n_rows!r} and {chunk_rows!r}."
-        )
+def _array_specs(arrays) -> dict:
     specs = {}
     for name, (shape, dtype) in arrays.items():
         if not _NAME.fullmatch(name) or name == "labels":
@@ -472,6 +467,21 @@ def _new_manifest(identity, n_rows, chunk_rows, arrays, labels, label_names) -> 
         raise StoreError(
             "a feature store needs at least one array; pass arrays={name: (feature_shape, dtype)}."
         )
+    return specs
+
+
+def _new_manifest(identity, n_rows, chunk_rows, arrays, labels, label_names) -> dict:
+    identity = _jsonable(dict(identity), "manifest")
+    try:
+        n_rows, chunk_rows = operator.index(n_rows), operator.index(chunk_rows)
+        positive = n_rows >= 1 and chunk_rows >= 1
+    except TypeError:
+        positive = False
+    if not positive:
+        raise StoreError(
+            f"n_rows and chunk_rows must be positive integers; got {n_rows!r} and {chunk_rows!r}."
+        )
+    specs = _array_specs(arrays)
     structure = {
         "format_version": FORMAT_VERSION,
         "n_rows": n_rows,
@@ -481,7 +491,9 @@ def _new_manifest(identity, n_rows, chunk_rows, arrays, labels, label_names) -> 
         "labels_sha256": None if labels is None else hashlib.sha256(labels.tobytes()).hexdigest(),
     }
     for key in identity.keys() & (set(STRUCTURE_KEYS) | set(META_KEYS)):
-        if key in structure and identity[key] != structure[key]:
+        if key in META_KEYS:
+            raise StoreError(f"manifest key {key!r} is reserved by the store; rename it.")
+        if identity[key] != structure[key]:
             raise StoreError(
                 f"manifest[{key!r}] = {identity[key]!r} disagrees with the "
                 f"{key}={structure[key]!r} argument; drop it from the manifest."

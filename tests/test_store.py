@@ -196,6 +196,10 @@ def test_write_chunk_validates(tmp_path):
     with pytest.raises(StoreError, match="chunk 3 out of range"):
         store.write_chunk(3, data)
     assert store.missing_chunks() == [0, 1, 2]
+    with pytest.raises(StoreError, match="'created' is reserved"):
+        create(tmp_path / "t", identity={"created": "yesterday"})
+    with pytest.raises(StoreError, match="disagrees with the n_rows=11 argument"):
+        create(tmp_path / "t", identity={"n_rows": 12})
     with pytest.raises(StoreError, match="dtype 'int8'"):
         create(tmp_path / "t", arrays={"x": ((2,), "int8")})
 
@@ -209,3 +213,24 @@ def test_write_json_atomic_and_sha256(tmp_path):
     (tmp_path / "abc").write_bytes(b"abc")
     expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert sha256_file(tmp_path / "abc") == expected
+
+
+def test_sliced_read_does_not_load_whole_chunks(tmp_path):
+    import tracemalloc
+
+    rows, width = 64, 4096  # 64 x 2 x 4096 fp32 = 2 MiB per array, in one chunk
+    store = FeatureStore.create(
+        tmp_path / "s",
+        manifest={},
+        n_rows=rows,
+        chunk_rows=rows,
+        arrays={"ffn": ((2, 1, width), "float32")},
+    )
+    data = np.arange(rows * 2 * width, dtype=np.float32).reshape(rows, 2, 1, width)
+    store.write_chunk(0, {"ffn": data})
+    tracemalloc.start()
+    got = store.read("ffn", layers=[1], neurons=[5, 7])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(got, data[:, [1]][..., [5, 7]])
+    assert peak < data.nbytes // 20  # the result is 512 bytes; a whole chunk is 2 MiB
