@@ -158,13 +158,13 @@ def test_ffn_output_product():
     model = hf_t5(feed_forward_proj="gated-gelu")
     c, params = ours(model, ffn_output="product")
     ids, mask = padded_batch(c.vocab_size)
-    _, ffn = hf_features(model, ids, mask, shifted(mask), ffn="product")
+    _, ffn = hf_features(model, ids, mask, mask, ffn="product")
     f = forward_params(c, params, ids, mask, pooled=False)
-    assert_close(f.ffn, ffn, layer_masks(mask, shifted(mask), LE, LD))
+    assert_close(f.ffn, ffn, layer_masks(mask, mask, LE, LD))
     # the same through a per-call option
     g = forward_params(c, params, ids, mask, pooled=False, ffn_output="gate")
-    _, gate = hf_features(model, ids, mask, shifted(mask))
-    assert_close(g.ffn, gate, layer_masks(mask, shifted(mask), LE, LD))
+    _, gate = hf_features(model, ids, mask, mask)
+    assert_close(g.ffn, gate, layer_masks(mask, mask, LE, LD))
 
 
 @pytest.fixture(scope="module")

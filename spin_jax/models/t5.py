@@ -16,7 +16,7 @@ The decoder's embedding output (HF decoder_hidden_states[0]) is NOT a layer here
 shapes stay [L+1] and [L] as in the other families.
 
 Pooling: "token" is the first token for encoder layers and the last real token of the
-decoder mask for decoder layers (causal). The decoder mask is, by `decoder_mask`:
+decoder mask for decoder layers (causal). The decoder mask is, by `decoder_mask` (default "same"):
   "shifted": [1, mask[:, :-1]], the padding mask shifted like the ids (the decoder sees the
              start token and every real token, except a row's last token when the row fills
              the whole padded length);
@@ -70,7 +70,7 @@ class T5Config:
     decoder_start_token_id: int = 0
     mode: str = "encoder_decoder"
     ffn_output: str = "gate"
-    decoder_mask: str = "shifted"
+    decoder_mask: str = "same"  # see the module docstring
     model_type: str = "t5"
     causal: bool = False
 

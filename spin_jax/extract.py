@@ -1,0 +1,324 @@
+"""Feature extraction at scale: tokenize, bucket by length, run, pool, store.
+
+Rows are processed in chunks of the original order (so a finished chunk is final and a
+crash loses at most the chunk in flight); inside a chunk rows are sorted by token length
+and cut into batches of a few static shapes under a token budget, so XLA compiles once per
+bucket and padding stays small. Results are put back in the original order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spin_jax import __version__
+from spin_jax.data import DataError, TextDataset
+from spin_jax.model import Model
+from spin_jax.models import POOLINGS, _forward
+from spin_jax.store import DTYPES as STORE_DTYPES
+from spin_jax.store import FeatureStore
+from spin_jax.text import encode, max_length_of, pad_batch
+
+log = logging.getLogger("spin_jax")
+BUCKETS = (16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+REPRESENTATIONS = ("hidden", "ffn")
+
+
+@dataclasses.dataclass
+class Summary:
+    rows: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    chunks_done: int = 0
+    chunks_skipped: int = 0
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1 - self.tokens / max(self.padded_tokens, 1)
+
+    def __str__(self) -> str:
+        rate = self.tokens / max(self.seconds, 1e-9)
+        return (
+            f"{self.rows} rows, {self.tokens} tokens ({self.padding_fraction:.1%} padding), "
+            f"{self.truncated} truncated, {self.seconds:.1f}s, {rate:,.0f} tokens/s, "
+            f"{self.rows / max(self.seconds, 1e-9):,.1f} rows/s; chunks written "
+            f"{self.chunks_done}, already done {self.chunks_skipped}"
+        )
+
+
+class MemoryFeatures:
+    """Extracted features held in host memory, read like a FeatureStore."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], labels, label_names, manifest):
+        self.arrays, self.labels, self.label_names = arrays, labels, label_names
+        self.manifest = manifest
+        self.n_rows = len(next(iter(arrays.values())))
+
+    def shape(self, name: str):
+        return self.arrays[name].shape
+
+    def read(self, name, *, rows=None, layers=None, poolings=None, neurons=None,
+             dtype=np.float32):
+        x = self.arrays[name]
+        for axis, sel in ((0, rows), (1, layers), (2, poolings), (3, neurons)):
+            if sel is not None:
+                x = np.take(x, np.asarray(sel), axis=axis)
+        return x if dtype is None else x.astype(dtype)
+
+
+# ---- batching ----------------------------------------------------------------------------
+
+
+def bucket_length(n: int, max_length: int) -> int:
+    for b in BUCKETS:
+        if n <= b:
+            return min(b, max_length)
+    return max_length
+
+
+def plan_batches(lengths: np.ndarray, max_length: int, token_budget: int, multiple: int = 1):
+    """[(row indices, padded length, batch size)] covering every row once.
+
+    Rows are sorted by length; each bucket length gets one batch size (token_budget //
+    length, rounded down to a multiple of `multiple`, the device count) so shapes repeat.
+    """
+    order = np.argsort(lengths, kind="stable")
+    buckets = np.array([bucket_length(int(n), max_length) for n in lengths[order]])
+    plan = []
+    for blen in np.unique(buckets):
+        rows = order[buckets == blen]
+        size = max(multiple, (token_budget // int(blen)) // multiple * multiple)
+        # Small remainders get a power-of-two size: few shapes, so few compilations.
+        size = min(size, _round_up(_next_pow2(len(rows)), multiple))
+        for i in range(0, len(rows), size):
+            plan.append((rows[i : i + size], int(blen), size))
+    return plan
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+# ---- the device program ------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _pooled_rows(config, k, poolings, out_dtype, options, params, ids, mask):
+    """Pooled features as [B, L+1, P, D] and [B, L, P, F] in the storage dtype."""
+    f = _forward(config, k, True, True, options, params, ids, mask)
+    sel = jnp.asarray(poolings)
+    hidden = jnp.moveaxis(f.hidden[:, :, sel], 1, 0).astype(out_dtype)
+    ffn = jnp.moveaxis(f.ffn[:, :, sel], 1, 0).astype(out_dtype)
+    return hidden, ffn
+
+
+def _mesh_put(mesh, x):
+    if mesh is None:
+        return jnp.asarray(x)
+    spec = jax.sharding.PartitionSpec("data", *([None] * (x.ndim - 1)))
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+
+
+def default_mesh():
+    devices = jax.devices()
+    if len(devices) == 1:
+        return None
+    return jax.sharding.Mesh(np.array(devices), ("data",))
+
+
+def replicate(mesh, params):
+    if mesh is None:
+        return params
+    return jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractOptions:
+    max_length: int | None = None
+    dtype: str = "float16"
+    num_layers: int | None = None  # early exit: only the first k blocks
+    poolings: tuple[str, ...] = POOLINGS
+    chunk_rows: int | None = None  # default: about chunk_bytes per chunk
+    chunk_bytes: int = 1 << 30
+    token_budget: int = 16384
+    progress: bool = True
+
+
+def _as_dataset(data) -> TextDataset:
+    if isinstance(data, TextDataset):
+        return data
+    texts = list(data)
+    if not texts:
+        raise DataError("no texts to extract: the dataset is empty.")
+    return TextDataset(texts=[str(t) for t in texts], labels=None, label_names=None,
+                       source="<memory>")
+
+
+def texts_hash(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _identity(model: Model, ds: TextDataset, opts: ExtractOptions, k: int, max_length: int):
+    tok = model.tokenizer
+    return {
+        "model": model.source, "revision": model.revision, "model_type":
+        model.config.model_type, "config_hash": model.config_hash,
+        "params_fingerprint": model.fingerprint, "model_dtype": model.dtype,
+        "tokenizer": f"{type(tok).__name__}:{getattr(tok, 'name_or_path', '')}",
+        "max_length": max_length, "dtype": opts.dtype, "num_layers": k,
+        "poolings": list(opts.poolings), "texts_sha256": texts_hash(ds.texts),
+        "spin_jax": __version__,
+    }
+
+
+def _array_specs(model: Model, k: int, opts: ExtractOptions):
+    c, P = model.config, len(opts.poolings)
+    return {"hidden": ((k + 1, P, c.hidden_size), opts.dtype),
+            "ffn": ((k, P, c.ffn_size), opts.dtype)}
+
+
+def _chunk_rows(specs, opts: ExtractOptions) -> int:
+    if opts.chunk_rows:
+        return opts.chunk_rows
+    row_bytes = sum(np.prod(s) * STORE_DTYPES[d].itemsize for s, d in specs.values())
+    return int(max(64, min(65536, opts.chunk_bytes // max(row_bytes, 1))))
+
+
+def extract(model: Model, data, out=None, **options):
+    """Extracts pooled features of every layer for `data` (TextDataset or list of texts).
+
+    With `out`, writes (or resumes) a FeatureStore there and returns it; without, returns
+    MemoryFeatures. Options: see ExtractOptions.
+    """
+    opts = ExtractOptions(**options)
+    ds = _as_dataset(data)
+    if len(ds) == 0:
+        raise DataError(f"{ds.source} has no rows to extract.")
+    unknown = set(opts.poolings) - set(POOLINGS)
+    if unknown:
+        raise DataError(f"unknown pooling(s) {sorted(unknown)}; choose from {POOLINGS}.")
+    if opts.dtype not in STORE_DTYPES:
+        raise DataError(f"dtype {opts.dtype!r}: choose one of {sorted(STORE_DTYPES)}.")
+    k = model.config.num_layers if opts.num_layers is None else int(opts.num_layers)
+    max_length = min(opts.max_length or max_length_of(model), max_length_of(model))
+    ids, truncated = encode(model.tokenizer, ds.texts, max_length)
+    specs = _array_specs(model, k, opts)
+    identity = _identity(model, ds, opts, k, max_length)
+    runner = _Runner(model, k, opts, max_length)
+    if out is None:
+        arrays = runner.run_rows(ids, np.arange(len(ids)), specs)
+        runner.summary.truncated = truncated
+        log.info("extracted: %s", runner.summary)
+        return MemoryFeatures(arrays, ds.labels, ds.label_names, identity)
+    store = FeatureStore.create(out, manifest=identity, n_rows=len(ds),
+                                chunk_rows=_chunk_rows(specs, opts), arrays=specs,
+                                labels=ds.labels, label_names=ds.label_names)
+    runner.summary.truncated = truncated
+    runner.fill_store(store, ids, specs)
+    _write_summary(store, runner.summary)
+    return store
+
+
+def _write_summary(store, summary: Summary):
+    if jax.process_index() == 0:
+        log.info("extracted into %s: %s", store.path, summary)
+        path = store.path / "summary.json"
+        path.write_text(json.dumps({**dataclasses.asdict(summary),
+                                    "padding_fraction": summary.padding_fraction}, indent=2))
+
+
+class _Runner:
+    """Runs batches on all local devices and assembles rows in their original order."""
+
+    def __init__(self, model: Model, k: int, opts: ExtractOptions, max_length: int):
+        self.model, self.k, self.opts, self.max_length = model, k, opts, max_length
+        self.mesh = default_mesh()
+        self.params = replicate(self.mesh, model.params)
+        self.pool_idx = tuple(POOLINGS.index(p) for p in opts.poolings)
+        self.pad_id = int(getattr(model.tokenizer, "pad_token_id", None) or 0)
+        self.summary = Summary()
+        self.bar = None
+
+    def _dispatch(self, ids, mask):
+        return _pooled_rows(self.model.config, self.k, self.pool_idx,
+                            jnp.dtype(STORE_DTYPES[self.opts.dtype]), (), self.params,
+                            _mesh_put(self.mesh, ids), _mesh_put(self.mesh, mask))
+
+    def run_rows(self, ids: list[np.ndarray], rows: np.ndarray, specs) -> dict[str, np.ndarray]:
+        """Features for ids[rows], as arrays in the order of `rows`."""
+        out = {n: np.empty((len(rows), *s), STORE_DTYPES[d]) for n, (s, d) in specs.items()}
+        lengths = np.array([len(ids[r]) for r in rows])
+        multiple = 1 if self.mesh is None else self.mesh.size
+        plan = plan_batches(lengths, self.max_length, self.opts.token_budget, multiple)
+        pending = deque()
+        start = time.perf_counter()
+        for local, blen, size in plan:
+            batch = [ids[rows[i]] for i in local]
+            # Fill the batch to its static size with one-token rows that are dropped later.
+            batch += [np.array([self.pad_id], np.int32)] * (size - len(batch))
+            b_ids, b_mask = pad_batch(batch, blen, self.pad_id)
+            pending.append((local, self._dispatch(b_ids, b_mask)))
+            self.summary.tokens += int(lengths[local].sum())
+            self.summary.padded_tokens += size * blen
+            if len(pending) > 2:  # keep the device busy while the host copies results
+                self._collect(pending.popleft(), out)
+        while pending:
+            self._collect(pending.popleft(), out)
+        self.summary.rows += len(rows)
+        self.summary.seconds += time.perf_counter() - start
+        return out
+
+    def _collect(self, item, out):
+        local, (hidden, ffn) = item
+        n = len(local)
+        out["hidden"][local] = np.asarray(hidden)[:n]
+        out["ffn"][local] = np.asarray(ffn)[:n]
+        if self.bar is not None:
+            self.bar.update(n)
+            s = self.summary
+            self.bar.set_postfix(tok_s=f"{s.tokens / max(self.bar.format_dict['elapsed'], 1e-9):,.0f}")
+
+    def fill_store(self, store: FeatureStore, ids, specs):
+        missing = store.missing_chunks()
+        self.summary.chunks_skipped = store.n_chunks - len(missing)
+        total = sum(np.subtract(*store.chunk_rows_range(i)[::-1]) for i in missing)
+        self.bar = _progress(total, self.opts.progress and jax.process_index() == 0)
+        for i in missing:
+            start, stop = store.chunk_rows_range(i)
+            arrays = self.run_rows(ids, np.arange(start, stop), specs)
+            if jax.process_index() == 0:
+                store.write_chunk(i, arrays)
+            self.summary.chunks_done += 1
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="rows", desc="extract", smoothing=0.1)
