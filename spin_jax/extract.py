@@ -24,7 +24,7 @@ import numpy as np
 from spin_jax import __version__
 from spin_jax.data import DataError, TextDataset
 from spin_jax.model import Model
-from spin_jax.models import POOLINGS, _forward
+from spin_jax.models import POOLINGS, InputError, _check_k, _forward
 from spin_jax.store import DTYPES as STORE_DTYPES
 from spin_jax.store import FeatureStore
 from spin_jax.text import encode, max_length_of, pad_batch
@@ -222,7 +222,9 @@ def extract(model: Model, data, out=None, **options):
         raise DataError(f"unknown pooling(s) {sorted(unknown)}; choose from {POOLINGS}.")
     if opts.dtype not in STORE_DTYPES:
         raise DataError(f"dtype {opts.dtype!r}: choose one of {sorted(STORE_DTYPES)}.")
-    k = model.config.num_layers if opts.num_layers is None else int(opts.num_layers)
+    if opts.max_length is not None and opts.max_length < 1:
+        raise InputError(f"max_length={opts.max_length}: pass a positive number of tokens.")
+    k = _check_k(model.config, opts.num_layers)  # before a store is made with a wrong shape
     max_length = min(opts.max_length or max_length_of(model), max_length_of(model))
     ids, truncated = encode(model.tokenizer, ds.texts, max_length)
     specs = _array_specs(model, k, opts)
@@ -298,8 +300,8 @@ class _Runner:
         out["ffn"][local] = np.asarray(ffn)[:n]
         if self.bar is not None:
             self.bar.update(n)
-            s = self.summary
-            self.bar.set_postfix(tok_s=f"{s.tokens / max(self.bar.format_dict['elapsed'], 1e-9):,.0f}")
+            rate = self.summary.tokens / max(self.bar.format_dict["elapsed"], 1e-9)
+            self.bar.set_postfix(tok_s=f"{rate:,.0f}")
 
     def fill_store(self, store: FeatureStore, ids, specs):
         missing = store.missing_chunks()

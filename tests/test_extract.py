@@ -1,0 +1,356 @@
+"""Extraction: CLI features == direct forward, resume, refusals, batching plan, compile count,
+8 fake CPU devices == 1 device, run summary.
+
+One tiny random BERT (vocab 30522 so that MiniLM's real tokenizer fits it), saved with
+save_pretrained into a temporary folder: no download, a compile costs well under a second.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import spin_jax
+from spin_jax import extract as extract_mod
+from spin_jax.cli import main
+from spin_jax.data import load_texts
+from spin_jax.extract import MemoryFeatures, extract, plan_batches
+from spin_jax.store import FeatureStore, StoreMismatchError
+from tests import hf_tiny
+from tests.test_models import minilm_dir
+
+pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-5
+MAX_LENGTH = 24  # < the model's 67 positions, so --max-length is what truncates
+WORDS = ("the movie was good bad long short film actor plot scene music story end "
+         "great poor slow fast love hate").split()
+
+
+def make_texts(n: int, seed: int, max_words: int) -> list[str]:
+    """A shuffled mix of lengths: one empty text, some longer than MAX_LENGTH tokens."""
+    rng = np.random.default_rng(seed)
+    lengths = [0, max_words, max_words - 3, 1, *rng.integers(1, max_words, n - 4)]
+    texts = [" ".join(rng.choice(WORDS, k)) for k in lengths]
+    rng.shuffle(texts)
+    return texts
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny random BERT with MiniLM's tokenizer, as an HF model folder."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    hf_tiny.bert(vocab_size=30522, max_position_embeddings=67).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(folder):
+    return spin_jax.load_model(str(folder))
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return make_texts(23, seed=1, max_words=40)
+
+
+@pytest.fixture(scope="module")
+def csv_file(tmp_path_factory, texts):
+    path = tmp_path_factory.mktemp("data") / "texts.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([t, i % 2] for i, t in enumerate(texts))
+    return path
+
+
+def extract_args(folder, csv_file, out, *extra):
+    return ["extract", "--model", str(folder), "--data", str(csv_file), "--out", str(out),
+            "--dtype", "float32", "--quiet", "--max-length", str(MAX_LENGTH), *extra]
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory, folder, csv_file):
+    """A store written by the CLI in chunks of 7 rows."""
+    out = tmp_path_factory.mktemp("cli") / "features"
+    assert main(extract_args(folder, csv_file, out, "--chunk-rows", "7")) == 0
+    return out
+
+
+def reference(model, texts, max_length=MAX_LENGTH):
+    """Pooled features from direct `forward` calls, [N, L+1, P, D] and [N, L, P, F].
+
+    Tokenised by the HF tokenizer itself (truncation keeps [SEP] last), independently of
+    spin_jax.encode, and padded to a length no bucket uses.
+    """
+    enc = model.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    ids, mask = spin_jax.pad_batch([np.asarray(e) for e in enc], max_length + 5)
+    f = spin_jax.forward(model, ids, mask)
+    return np.moveaxis(np.asarray(f.hidden), 0, 1), np.moveaxis(np.asarray(f.ffn), 0, 1)
+
+
+def n_overlong(model, texts, max_length=MAX_LENGTH):
+    return sum(len(e) > max_length for e in model.tokenizer(texts)["input_ids"])
+
+
+# ---- features --------------------------------------------------------------------------
+
+
+def test_cli_features_equal_direct_forward(store_dir, model, texts):
+    assert n_overlong(model, texts) >= 2 and "" in texts  # the mix the test is about
+    store = FeatureStore.open(store_dir, verify=True)
+    assert store.n_chunks == 4
+    hidden, ffn = store.read("hidden"), store.read("ffn")
+    L, P = model.config.num_layers, len(spin_jax.POOLINGS)
+    assert hidden.shape == (len(texts), L + 1, P, model.config.hidden_size)
+    assert ffn.shape == (len(texts), L, P, model.config.ffn_size)
+    want_h, want_f = reference(model, texts)
+    np.testing.assert_allclose(hidden, want_h, atol=TOL, rtol=0)
+    np.testing.assert_allclose(ffn, want_f, atol=TOL, rtol=0)
+    np.testing.assert_array_equal(store.labels, np.arange(len(texts)) % 2)
+
+
+def test_empty_text_gives_a_finite_row(store_dir, texts):
+    store = FeatureStore.open(store_dir)
+    row = [texts.index("")]
+    for name in ("hidden", "ffn"):
+        x = store.read(name, rows=row)
+        assert np.isfinite(x).all() and np.abs(x).sum() > 0, name
+
+
+def test_summary(store_dir, model, texts):
+    summary = json.loads((store_dir / "summary.json").read_text())
+    enc = model.tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+    assert summary["rows"] == len(texts)
+    assert summary["tokens"] == sum(map(len, enc))
+    assert summary["truncated"] == n_overlong(model, texts)
+    assert summary["padded_tokens"] >= summary["tokens"]
+    assert summary["padding_fraction"] == pytest.approx(
+        1 - summary["tokens"] / summary["padded_tokens"])
+    assert 0 <= summary["padding_fraction"] < 1
+    assert (summary["chunks_done"], summary["chunks_skipped"]) == (4, 0)
+
+
+def test_memory_features_equal_store(store_dir, model, texts):
+    mem = extract(model, texts, max_length=MAX_LENGTH, dtype="float32", progress=False)
+    store = FeatureStore.open(store_dir)
+    assert isinstance(mem, MemoryFeatures) and mem.n_rows == len(texts)
+    for name in ("hidden", "ffn"):
+        np.testing.assert_allclose(mem.read(name), store.read(name), atol=TOL, rtol=0)
+    sel = dict(rows=[3, 0], layers=[-1], poolings=[1])
+    np.testing.assert_array_equal(mem.read("hidden", **sel),
+                                  mem.read("hidden")[[3, 0]][:, [-1]][:, :, [1]])
+
+
+# ---- resume and refusals -----------------------------------------------------------------
+
+
+class Crash(Exception):
+    pass
+
+
+def chunk_digests(path: Path) -> dict[str, str]:
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(path.glob("*-*.npy"))}
+
+
+def test_resume_after_crash_gives_identical_files(tmp_path, folder, csv_file, monkeypatch):
+    args = lambda out: extract_args(folder, csv_file, out, "--chunk-rows", "3")  # noqa: E731
+    assert main(args(tmp_path / "whole")) == 0
+    whole = chunk_digests(tmp_path / "whole")
+    assert len(whole) == 2 * 8  # 23 rows in chunks of 3, hidden and ffn
+
+    real_write, real_run = FeatureStore.write_chunk, extract_mod._Runner.run_rows
+    writes, runs = [], []
+
+    def crashing_write(self, i, arrays):
+        if len(writes) == 2:
+            raise Crash("power cut")
+        writes.append(i)
+        real_write(self, i, arrays)
+
+    def counting_run(self, ids, rows, specs):
+        runs.append((int(rows[0]), len(rows)))
+        return real_run(self, ids, rows, specs)
+
+    monkeypatch.setattr(FeatureStore, "write_chunk", crashing_write)
+    monkeypatch.setattr(extract_mod._Runner, "run_rows", counting_run)
+    out = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        main(args(out))
+    assert writes == [0, 1] and len(chunk_digests(out)) == 4
+    with pytest.raises(Exception, match="incomplete"):
+        FeatureStore.open(out)
+
+    monkeypatch.setattr(FeatureStore, "write_chunk", real_write)
+    runs.clear()
+    assert main(args(out)) == 0
+    assert runs == [(3 * i, 3 if i < 7 else 2) for i in range(2, 8)]  # only the missing chunks
+    assert chunk_digests(out) == whole
+    FeatureStore.open(out, verify=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["chunks_done"], summary["chunks_skipped"]) == (6, 2)
+
+
+def test_rerun_with_another_max_length_is_refused(store_dir, folder, csv_file, capsys):
+    before = chunk_digests(store_dir)
+    args = extract_args(folder, csv_file, store_dir, "--chunk-rows", "7")
+    args[args.index("--max-length") + 1] = str(MAX_LENGTH + 1)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spin-jax: error:") and "max_length" in err
+    assert f"stored {MAX_LENGTH}, new {MAX_LENGTH + 1}" in err
+    assert chunk_digests(store_dir) == before  # nothing was overwritten
+
+
+def test_rerun_with_another_model_is_refused(store_dir, model, csv_file):
+    other = dataclasses.replace(model, params=jax.tree.map(lambda x: x * 1.01, model.params))
+    assert other.fingerprint != model.fingerprint
+    before = chunk_digests(store_dir)
+    ds = load_texts(csv_file, require_labels=False)  # as the CLI read it: only the model differs
+    with pytest.raises(StoreMismatchError, match="params_fingerprint") as e:
+        extract(other, ds, store_dir, max_length=MAX_LENGTH, dtype="float32", chunk_rows=7,
+                progress=False)
+    assert "max_length" not in str(e.value) and "texts_sha256" not in str(e.value)
+    assert chunk_digests(store_dir) == before
+
+
+# ---- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["missing file", "missing column", "empty file",
+                                  "header only"])
+def test_bad_input_exits_2_with_a_message(case, tmp_path, folder, capsys):
+    data, extra, words = tmp_path / "data.csv", [], ["data.csv"]
+    if case == "missing column":
+        data.write_text("text\nhello\n")
+        extra, words = ["--text-column", "review"], ["'review'", "available columns: text"]
+    elif case == "empty file":
+        data.write_text("")
+        words = ["data.csv is empty"]
+    elif case == "header only":
+        data.write_text("text,label\n")
+        words = ["has no rows"]
+    else:
+        words = ["file not found", "data.csv"]
+    out = tmp_path / "out"
+    assert main(extract_args(folder, data, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spin-jax: error:")
+    for w in words:
+        assert w in err, (w, err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option,value,words", [
+    ("--num-layers", "4", ["num_layers=4", "[0, 3]"]),
+    ("--num-layers", "-1", ["num_layers=-1"]),
+    ("--max-length", "0", ["max_length=0", "positive"]),
+    ("--poolings", "mean,median", ["median"]),
+])
+def test_bad_options_exit_2_before_a_store_is_made(option, value, words, tmp_path, folder,
+                                                   csv_file, capsys):
+    args = extract_args(folder, csv_file, tmp_path / "out")
+    if option in args:
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spin-jax: error:")
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "out").exists()
+
+
+# ---- batching and compilation --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_plan_batches_covers_rows_in_few_shapes(multiple):
+    rng = np.random.default_rng(multiple)
+    lengths = np.concatenate([rng.integers(1, 600, 990), [1, 2, 16, 17, 512, 513, 599, 3]])
+    max_length, budget = 512, 4096
+    plan = plan_batches(lengths, max_length, budget, multiple)
+    rows = np.concatenate([r for r, _, _ in plan])
+    np.testing.assert_array_equal(np.sort(rows), np.arange(len(lengths)))
+    shapes = {(blen, size) for _, blen, size in plan}
+    assert len(shapes) <= len(extract_mod.BUCKETS)
+    assert len(plan) > 2 * len(shapes)  # shapes repeat
+    for r, blen, size in plan:
+        assert 1 <= len(r) <= size and size % multiple == 0
+        assert blen <= max_length
+        assert (np.minimum(lengths[r], max_length) <= blen).all()
+        assert size * blen <= max(budget, multiple * blen)
+    # One batch size per padded length, so the number of shapes is the number of buckets.
+    assert len(shapes) == len({blen for blen, _ in shapes})
+
+
+def test_compiles_once_per_shape(model):
+    texts = make_texts(200, seed=2, max_words=60)
+    budget = 256
+    ids, _ = spin_jax.encode(model.tokenizer, texts, 64)
+    plan = plan_batches(np.array([len(i) for i in ids]), 64, budget)
+    shapes = {(blen, size) for _, blen, size in plan}
+    assert len(plan) > len(shapes) >= 3
+    extract_mod._pooled_rows.clear_cache()
+    feats = extract(model, texts, max_length=64, dtype="float32", token_budget=budget,
+                    progress=False)
+    assert feats.n_rows == 200
+    assert 1 <= extract_mod._pooled_rows._cache_size() <= len(shapes)
+
+
+# ---- 8 fake CPU devices == 1 device ----------------------------------------------------------
+
+SHARDED = """
+import sys
+import jax
+jax.config.update("jax_default_matmul_precision", "highest")
+import numpy as np
+import spin_jax
+from spin_jax.extract import default_mesh, extract
+
+folder, out, max_length = sys.argv[1], sys.argv[2], int(sys.argv[3])
+texts = [line.rstrip("\\n") for line in open(sys.argv[4], encoding="utf-8")]
+assert jax.device_count() == 8, jax.devices()
+mesh = default_mesh()
+assert mesh is not None and mesh.size == 8, mesh
+feats = extract(spin_jax.load_model(folder), texts, max_length=max_length, dtype="float32",
+                progress=False)
+np.save(out + "/hidden.npy", feats.read("hidden"))
+np.save(out + "/ffn.npy", feats.read("ffn"))
+"""
+
+
+def test_eight_devices_equal_one(tmp_path, folder, model):
+    texts = make_texts(20, seed=3, max_words=30)
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    (tmp_path / "sharded.py").write_text(textwrap.dedent(SHARDED))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
+                          + " --xla_force_host_platform_device_count=8").strip())
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "sharded.py"), str(folder), str(tmp_path),
+         str(MAX_LENGTH), str(tmp_path / "texts.txt")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert extract_mod.default_mesh() is None  # this process has one device
+    one = extract(model, texts, max_length=MAX_LENGTH, dtype="float32", progress=False)
+    for name in ("hidden", "ffn"):
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), one.read(name),
+                                   atol=TOL, rtol=0, err_msg=name)
