@@ -1,0 +1,392 @@
+"""L1 logistic-regression probes: FISTA along a regularisation path, vmapped over problems.
+
+Shape legend: G problems (layers x poolings), N rows, F features, R regularisation
+strengths, K weight columns (K = 1 when n_classes == 2, else K = n_classes), C classes.
+
+Objective of one problem at one strength lam, with row mask m (0/1) and N_eff = sum(m):
+
+    (1 / N_eff) * sum_i m_i * loss(x_i W + b, y_i) + lam * ||W||_1      (b not penalised)
+
+Binary problems use one column and the sigmoid loss, multiclass problems softmax cross-entropy
+over C columns; these are scikit-learn's binary and multinomial objectives divided by C * N_eff,
+so scikit-learn's C is 1 / (lam * N_eff) (see `lams_from_c`).
+
+Standardisation: the solvers (`fit_path`, `fit_many`) take X as given. Standardise first with
+`standardize_stats` + `standardize`, or call `fit_many_standardized`, which does it per problem
+and returns the statistics; `unstandardize` maps weights back to the raw feature scale.
+
+Dtype policy: X may be stored in bf16 (or any float); the solver upcasts it once to fp32 and
+every matmul, loss and accumulator runs in fp32 at "highest" precision (no TF32 on GPU: the
+matmuls are matrix-vector products, bound by memory bandwidth, so full precision is free).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Reference grid of scikit-learn's C (inverse regularisation strength), as given in the
+# project spec for the paper's probes. Convert to our lam with `lams_from_c`.
+PAPER_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+# A feature whose std is below this fraction of max(|mean|, 1) counts as constant: its std is
+# set to 1 so it standardises to ~0 instead of blowing up rounding noise (or dividing by 0).
+_STD_FLOOR = 1e-5
+# Power iteration gives a lower bound on ||X||_2; the margin keeps 1/L a safe step.
+_POWER_ITERS = 30
+_LIPSCHITZ_MARGIN = 1.05
+# Class frequencies are clipped so an absent class gets a finite starting intercept.
+_PRIOR_CLIP = 1e-6
+
+
+@flax.struct.dataclass
+class ProbeFit:
+    """Solutions along a regularisation path (add a leading G axis for `fit_many`).
+
+    weights [R, F, K], intercept [R, K], n_iter [R] int32 (FISTA iterations at each lam),
+    converged [R] bool (relative change fell below tol before max_iter).
+    """
+
+    weights: Array
+    intercept: Array
+    n_iter: Array
+    converged: Array
+
+
+def n_columns(n_classes: int) -> int:
+    """K: one weight column for binary problems, one per class otherwise."""
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+    return 1 if n_classes == 2 else n_classes
+
+
+# ----------------------------------------------------------------------------- standardise
+
+
+def _row_weights(X: Array, rowmask: Array | None) -> Array:
+    """rowmask [N] as fp32 0/1 (all ones when None)."""
+    if rowmask is None:
+        return jnp.ones(X.shape[0], jnp.float32)
+    return (rowmask > 0).astype(jnp.float32)
+
+
+def _masked_fp32(X: Array, m: Array) -> Array:
+    """X in fp32 with padded rows set to 0, so garbage (even NaN) there cannot leak."""
+    return jnp.where(m[:, None] > 0, X.astype(jnp.float32), 0.0)
+
+
+def standardize_stats(X: Array, rowmask: Array | None = None) -> tuple[Array, Array]:
+    """Mean [F] and std [F] of X [N, F] over the unmasked rows, in fp32.
+
+    Constant features get std 1 (not 0), so `standardize` maps them to 0 rather than NaN.
+    """
+    m = _row_weights(X, rowmask)
+    n = jnp.maximum(m.sum(), 1.0)
+    # Shift by the first unmasked row before summing: fewer cancellation errors for features
+    # with a large offset, and a constant feature gets exactly its value as mean (std 0).
+    shift = X[jnp.argmax(m)].astype(jnp.float32)
+    Xc = _masked_fp32(X, m) - shift
+    mean_c = jnp.einsum("N,NF->F", m, Xc, precision=_HIGHEST) / n
+    var = jnp.einsum("N,NF->F", m, (Xc - mean_c) ** 2, precision=_HIGHEST) / n
+    mean = shift + mean_c
+    std = jnp.sqrt(var)
+    constant = std <= _STD_FLOOR * jnp.maximum(jnp.abs(mean), 1.0)
+    return mean, jnp.where(constant, 1.0, std)
+
+
+def standardize(X: Array, mean: Array, std: Array) -> Array:
+    """(X - mean) / std, computed in fp32 and returned in X's dtype."""
+    return ((X.astype(jnp.float32) - mean) / std).astype(X.dtype)
+
+
+def unstandardize(weights: Array, intercept: Array, mean: Array, std: Array):
+    """Weights [..., F, K] and intercept [..., K] fitted on standardised X, for raw X."""
+    w_raw = weights / std[..., :, None]
+    b_raw = intercept - jnp.einsum("...F,...FK->...K", mean, w_raw, precision=_HIGHEST)
+    return w_raw, b_raw
+
+
+# ----------------------------------------------------------------------------- loss pieces
+
+
+def _targets(y: Array, n_classes: int) -> Array:
+    """Targets [N, K]: y itself for the binary column, one-hot rows otherwise."""
+    if n_classes == 2:
+        return y.astype(jnp.float32)[:, None]
+    return jax.nn.one_hot(y, n_classes, dtype=jnp.float32)
+
+
+def _logits(X: Array, theta: Array) -> Array:
+    """theta [F+1, K] stacks W [F, K] over the intercept row b [K]."""
+    return jnp.einsum("NF,FK->NK", X, theta[:-1], precision=_HIGHEST) + theta[-1]
+
+
+def _smooth_grad(X: Array, T: Array, m_over_n: Array, theta: Array) -> Array:
+    """Gradient [F+1, K] of (1/N_eff) sum_i m_i loss_i; X has padded rows zeroed."""
+    z = _logits(X, theta)
+    p = jax.nn.sigmoid(z) if z.shape[-1] == 1 else jax.nn.softmax(z, axis=-1)
+    r = (p - T) * m_over_n[:, None]
+    g_w = jnp.einsum("NF,NK->FK", X, r, precision=_HIGHEST)
+    return jnp.concatenate([g_w, r.sum(0, keepdims=True)], axis=0)
+
+
+def _init_theta(T: Array, m: Array, n_feat: int) -> Array:
+    """Zero weights and the intercept-only optimum (prior log-odds / log-frequencies)."""
+    prior = jnp.clip(m @ T / jnp.maximum(m.sum(), 1.0), _PRIOR_CLIP, 1.0 - _PRIOR_CLIP)
+    b0 = jnp.log(prior) - jnp.log1p(-prior) if T.shape[-1] == 1 else jnp.log(prior)
+    return jnp.zeros((n_feat + 1, T.shape[-1]), jnp.float32).at[-1].set(b0)
+
+
+def lipschitz(X: Array, rowmask: Array | None = None, n_classes: int = 2) -> Array:
+    """Lipschitz constant of the smooth part's gradient in (W, b), a scalar.
+
+    The loss Hessian in the logits is at most 1/4 (sigmoid) or has top eigenvalue at most 1/2
+    (softmax: diag(p) - p p^T), so L = c * ||[X, 1]||_2^2 / N_eff over unmasked rows, with
+    ||.||_2 from a few power iterations (times a small safety margin).
+    """
+    m = _row_weights(X, rowmask)
+    Xf = _masked_fp32(X, m)
+    return _lipschitz(Xf, m, n_classes)
+
+
+def _lipschitz(Xf: Array, m: Array, n_classes: int) -> Array:
+    def apply(v):  # [X, m] v, then its transpose: one step of power iteration on A^T A.
+        u = jnp.einsum("NF,F->N", Xf, v[:-1], precision=_HIGHEST) + v[-1] * m
+        return jnp.append(jnp.einsum("NF,N->F", Xf, u, precision=_HIGHEST), m @ u)
+
+    def body(_, v):
+        w = apply(v)
+        return w / jnp.linalg.norm(w)
+
+    # A fixed random start: deterministic, yet almost surely not orthogonal to the top vector.
+    v0 = jax.random.normal(jax.random.key(0), (Xf.shape[1] + 1,), jnp.float32)
+    v = jax.lax.fori_loop(0, _POWER_ITERS, body, v0 / jnp.linalg.norm(v0))
+    sigma2 = v @ apply(v)  # Rayleigh quotient of A^T A: <= ||A||_2^2, converging to it
+    curvature = 0.25 if n_classes == 2 else 0.5
+    return _LIPSCHITZ_MARGIN * curvature * sigma2 / jnp.maximum(m.sum(), 1.0)
+
+
+# ----------------------------------------------------------------------------- solver
+
+
+def _prox(v: Array, thresh: Array, keep: Array) -> Array:
+    """Soft-threshold by thresh [F+1] (0 on the intercept), then zero masked features."""
+    return jnp.sign(v) * jnp.maximum(jnp.abs(v) - thresh[:, None], 0.0) * keep[:, None]
+
+
+def _fista(grad_fn, penalty: Array, keep: Array, lam, L, theta0, max_iter: int, tol):
+    """FISTA with gradient-based adaptive restart (O'Donoghue & Candes 2015).
+
+    Stops when ||theta_k+1 - theta_k|| <= tol * max(||theta_k+1||, 1) or at max_iter.
+    Returns (theta, iterations, last relative change).
+    """
+    thresh = penalty * (lam / L)
+
+    def step(state):
+        x, y, t, k, _ = state
+        x_new = _prox(y - grad_fn(y) / L, thresh, keep)
+        diff = x_new - x
+        # Restart momentum when it points against the descent direction just taken.
+        restart = jnp.vdot(y - x_new, diff) > 0
+        t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
+        beta = jnp.where(restart, 0.0, (t - 1.0) / t_new)
+        t_new = jnp.where(restart, 1.0, t_new)
+        change = jnp.linalg.norm(diff) / jnp.maximum(jnp.linalg.norm(x_new), 1.0)
+        return x_new, x_new + beta * diff, t_new, k + 1, change
+
+    def cond(state):
+        *_, k, change = state
+        return (k < max_iter) & (change > tol)
+
+    init = (theta0, theta0, jnp.float32(1.0), jnp.int32(0), jnp.float32(jnp.inf))
+    x, _, _, k, change = jax.lax.while_loop(cond, step, init)
+    return x, k, change
+
+
+def _setup(X, y, n_classes, rowmask, featmask):
+    """fp32 X with padded rows and masked features zeroed, targets, masks, theta0."""
+    m = _row_weights(X, rowmask)
+    f = jnp.ones(X.shape[1], jnp.float32) if featmask is None else (featmask > 0)
+    f = f.astype(jnp.float32)
+    Xf = _masked_fp32(X, m) * f
+    T = _targets(y, n_classes)
+    m_over_n = m / jnp.maximum(m.sum(), 1.0)
+    penalty = jnp.append(f, 0.0)  # L1 on the weights, none on the intercept
+    keep = jnp.append(f, 1.0)  # masked features are held at exactly 0
+    return Xf, T, m, m_over_n, penalty, keep, _init_theta(T, m, X.shape[1])
+
+
+def _fit_path(X, y, n_classes, lams, rowmask, featmask, max_iter, tol) -> ProbeFit:
+    Xf, T, m, m_over_n, penalty, keep, theta0 = _setup(X, y, n_classes, rowmask, featmask)
+    L = _lipschitz(Xf, m, n_classes)  # once per feature matrix, shared by the whole path
+
+    def grad_fn(theta):
+        return _smooth_grad(Xf, T, m_over_n, theta)
+
+    def solve(theta, lam):  # warm start: each lam starts from the previous solution
+        theta, k, change = _fista(grad_fn, penalty, keep, lam, L, theta, max_iter, tol)
+        return theta, (theta, k, change <= tol)
+
+    lams = jnp.asarray(lams, jnp.float32)
+    _, (thetas, n_iter, converged) = jax.lax.scan(solve, theta0, lams)
+    return ProbeFit(thetas[:, :-1], thetas[:, -1], n_iter, converged)
+
+
+@partial(jax.jit, static_argnames=("n_classes", "max_iter"))
+def fit_path(
+    X: Array,
+    y: Array,
+    n_classes: int,
+    lams: Array,
+    rowmask: Array | None = None,
+    featmask: Array | None = None,
+    max_iter: int = 2000,
+    tol: float = 1e-6,
+) -> ProbeFit:
+    """Fit one problem along lams [R] (largest first), warm-starting each from the last.
+
+    X [N, F] (already standardised; any float dtype), y [N] int class ids in [0, n_classes),
+    rowmask [N] 0/1 (padded rows: 0), featmask [F] 0/1 (features held at exactly 0).
+    Returns ProbeFit with weights [R, F, K], intercept [R, K], n_iter [R], converged [R].
+    """
+    return _fit_path(X, y, n_classes, lams, rowmask, featmask, max_iter, tol)
+
+
+def _axis(a: Array | None, shared_ndim: int) -> int | None:
+    """vmap axis of an argument that is either shared (rank shared_ndim) or per problem."""
+    return None if a is None or a.ndim == shared_ndim else 0
+
+
+@partial(jax.jit, static_argnames=("n_classes", "max_iter"))
+def fit_many(
+    X: Array,
+    y: Array,
+    n_classes: int,
+    lams: Array,
+    rowmask: Array | None = None,
+    featmask: Array | None = None,
+    max_iter: int = 2000,
+    tol: float = 1e-6,
+) -> ProbeFit:
+    """`fit_path` over G independent problems in one program (vmap; no Python loop).
+
+    X [G, N, F]. y [N] or [G, N], lams [R] or [G, R], rowmask None, [N] or [G, N] and
+    featmask None, [F] or [G, F]: the unbatched ranks are shared by every problem.
+    Returns ProbeFit with weights [G, R, F, K], intercept [G, R, K], n_iter/converged [G, R].
+    """
+
+    def one(X, y, lams, rowmask, featmask):
+        return _fit_path(X, y, n_classes, lams, rowmask, featmask, max_iter, tol)
+
+    in_axes = (0, _axis(y, 1), _axis(lams, 1), _axis(rowmask, 1), _axis(featmask, 1))
+    return jax.vmap(one, in_axes=in_axes)(X, y, lams, rowmask, featmask)
+
+
+@partial(jax.jit, static_argnames=("n_classes", "max_iter"))
+def fit_many_standardized(
+    X: Array,
+    y: Array,
+    n_classes: int,
+    lams: Array,
+    rowmask: Array | None = None,
+    featmask: Array | None = None,
+    max_iter: int = 2000,
+    tol: float = 1e-6,
+) -> tuple[ProbeFit, Array, Array]:
+    """`fit_many` on X [G, N, F] standardised per problem over its unmasked rows.
+
+    Returns (fit, mean [G, F], std [G, F]); the weights are on the standardised scale
+    (`unstandardize` maps them to raw X). The standardised copy is fp32: peak memory is
+    about X plus two fp32 copies of it.
+    """
+    mean, std = jax.vmap(standardize_stats, in_axes=(0, _axis(rowmask, 1)))(X, rowmask)
+    Xs = (X.astype(jnp.float32) - mean[:, None]) / std[:, None]
+    fit = fit_many(Xs, y, n_classes, lams, rowmask, featmask, max_iter=max_iter, tol=tol)
+    return fit, mean, std
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+@partial(jax.jit, static_argnames=("n_classes", "num"))
+def default_lams(
+    X: Array,
+    y: Array,
+    n_classes: int,
+    num: int = 8,
+    ratio: float = 1e-3,
+    rowmask: Array | None = None,
+    featmask: Array | None = None,
+) -> Array:
+    """Log-spaced lams [num] from lam_max down to lam_max * ratio (X as passed to fit_path).
+
+    lam_max = max |X^T (Y - p0)| / N_eff, the gradient at zero weights and the intercept-only
+    optimum p0: the smallest lam whose solution has all-zero weights.
+    """
+    Xf, T, _, m_over_n, _, _, theta0 = _setup(X, y, n_classes, rowmask, featmask)
+    # The logits at zero weights are the intercept alone. Not written as X @ 0: XLA CPU
+    # (jax 0.10, YNNPACK fusion) miscomputes a dot with a constant zero operand fused into a
+    # reduction (-inf / NaN).
+    z0 = jnp.broadcast_to(theta0[-1], T.shape)
+    p0 = jax.nn.sigmoid(z0) if T.shape[-1] == 1 else jax.nn.softmax(z0, axis=-1)
+    grad = jnp.einsum("NF,NK->FK", Xf, (p0 - T) * m_over_n[:, None], precision=_HIGHEST)
+    # A hair above the exact value, so rounding cannot leave a weight at 1e-9 at lam_max.
+    lam_max = jnp.max(jnp.abs(grad)) * (1.0 + 1e-4)
+    return lam_max * jnp.logspace(0.0, jnp.log10(ratio), num, dtype=jnp.float32)
+
+
+def lams_from_c(c_values, n_rows) -> Array:
+    """scikit-learn C values -> our lams [len(c_values)], largest lam (smallest C) first."""
+    c = jnp.sort(jnp.asarray(c_values, jnp.float32))
+    return 1.0 / (c * n_rows)
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+def decision(X: Array, weights: Array, intercept: Array) -> Array:
+    """Logits [..., N, K] of X [N, F] under weights [..., F, K] and intercept [..., K]."""
+    z = jnp.einsum("NF,...FK->...NK", X.astype(jnp.float32), weights, precision=_HIGHEST)
+    return z + intercept[..., None, :]
+
+
+def predict_proba(X: Array, weights: Array, intercept: Array) -> Array:
+    """Class probabilities [..., N, C] (C = 2 for the one-column binary weights)."""
+    z = decision(X, weights, intercept)
+    if z.shape[-1] == 1:
+        p = jax.nn.sigmoid(z)
+        return jnp.concatenate([1.0 - p, p], axis=-1)
+    return jax.nn.softmax(z, axis=-1)
+
+
+def predict(X: Array, weights: Array, intercept: Array) -> Array:
+    """Class ids [..., N] int32."""
+    z = decision(X, weights, intercept)
+    if z.shape[-1] == 1:
+        return (z[..., 0] > 0).astype(jnp.int32)
+    return jnp.argmax(z, axis=-1).astype(jnp.int32)
+
+
+def accuracy(y_true: Array, y_pred: Array, rowmask: Array | None = None) -> Array:
+    """Fraction correct over unmasked rows; y_true [N], y_pred [..., N] -> [...]."""
+    m = _row_weights(y_true, rowmask)
+    return jnp.sum((y_true == y_pred) * m, axis=-1) / jnp.maximum(m.sum(), 1.0)
+
+
+def macro_f1(y_true: Array, y_pred: Array, n_classes: int, rowmask=None) -> Array:
+    """Unweighted mean F1 over classes present in y_true or y_pred (scikit-learn's
+    f1_score(average="macro"), zero_division=0); y_true [N], y_pred [..., N] -> [...]."""
+    m = _row_weights(y_true, rowmask)[:, None]
+    t = jax.nn.one_hot(y_true, n_classes) * m
+    p = jax.nn.one_hot(y_pred, n_classes) * m
+    tp = jnp.sum(t * p, axis=-2)
+    n_true, n_pred = t.sum(-2), p.sum(-2)
+    f1 = 2.0 * tp / jnp.maximum(n_true + n_pred, 1.0)  # = 2tp / (2tp + fp + fn)
+    present = (n_true + n_pred) > 0
+    return jnp.sum(f1 * present, axis=-1) / jnp.maximum(present.sum(-1), 1)

@@ -1,0 +1,273 @@
+"""Tests of the L1 logistic probe solver: parity with scikit-learn, invariances, exact zeros."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sklearn
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+from spin_jax import probes
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+# Small sizes are distinct primes, so a transposed axis cannot pass a shape check by accident.
+# Most tests share them and a path of R_SMALL lams, so they share one compiled program.
+N_SMALL, F_SMALL, R_SMALL = 503, 37, 4
+
+
+def make_problem(seed, n, f, n_classes, informative=(3, 7), scale=2.0, correlated=False):
+    """Standardised fp32 X [n, f] and labels y [n] drawn from a planted multinomial model."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, f))
+    if correlated:  # a low-rank component, like transformer activations
+        X += 2.0 * rng.standard_normal((n, 5)) @ rng.standard_normal((5, f))
+    X = ((X - X.mean(0)) / X.std(0)).astype(np.float32)
+    coef = np.zeros((f, n_classes))
+    for i, j in enumerate(informative):  # the i-th informative feature favours class i % C
+        coef[j, i % n_classes] = scale
+    y = np.argmax(X @ coef + rng.gumbel(size=(n, n_classes)), axis=1).astype(np.int32)
+    return X, y
+
+
+def objective_np(X, y, W, b, lam):
+    """The objective of probes.py in float64 numpy: mean loss + lam * ||W||_1 (W [F, K])."""
+    X, W, b = (np.asarray(a, np.float64) for a in (X, W, b))
+    z = X @ W + b
+    if W.shape[1] == 1:
+        loss = np.logaddexp(0.0, z[:, 0]) - y * z[:, 0]
+    else:
+        zmax = z.max(1)
+        loss = zmax + np.log(np.exp(z - zmax[:, None]).sum(1)) - z[np.arange(len(y)), y]
+    return loss.mean() + lam * np.abs(W).sum()
+
+
+def sklearn_l1(C, tol, max_iter):
+    """L1 saga LogisticRegression; scikit-learn 1.8 replaced penalty="l1" by l1_ratio=1."""
+    version = tuple(int(p) for p in sklearn.__version__.split(".")[:2])
+    kind = {"l1_ratio": 1.0} if version >= (1, 8) else {"penalty": "l1"}
+    return LogisticRegression(solver="saga", C=C, tol=tol, max_iter=max_iter, **kind)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_objective_matches_sklearn(n_classes):
+    n, f = 2000, 500
+    X, y = make_problem(0, n, f, n_classes, informative=tuple(range(0, 40, 4)), scale=0.7)
+    lams = probes.default_lams(jnp.asarray(X), jnp.asarray(y), n_classes, num=8, ratio=1e-2)
+    lams = lams[:4]  # reach the target lam along a path, as the library is used
+    lam = float(lams[-1])
+    fit = probes.fit_path(jnp.asarray(X), jnp.asarray(y), n_classes, lams, tol=1e-7)
+    assert bool(fit.converged[-1])
+    ours = objective_np(X, y, fit.weights[-1], fit.intercept[-1], lam)
+
+    # saga's own stopping rule stalls at fp rounding below tol ~1e-7 on the multinomial problem.
+    sk = sklearn_l1(C=1.0 / (lam * n), tol=1e-6, max_iter=5000).fit(X, y)
+    theirs = objective_np(X, y, sk.coef_.T, sk.intercept_, lam)
+
+    nnz = int(np.sum(np.asarray(fit.weights[-1]) != 0))
+    assert 0 < nnz < f * n_classes // 4, nnz  # a moderately sparse solution
+    assert ours <= theirs * (1 + 1e-4)
+    assert abs(ours - theirs) / theirs <= 1e-4
+
+
+@pytest.mark.parametrize("shared_y", [True, False])
+def test_fit_many_equals_loop(shared_y):
+    G, n_classes = 3, 3
+    # Well-conditioned problems (N >> F, moderate lams): the solution is pinned down to ~1e-7,
+    # so the loop and the vmapped program, whose matmuls round differently, agree tightly.
+    problems = [make_problem(s, N_SMALL, F_SMALL, n_classes, scale=1.0) for s in range(G)]
+    X = jnp.stack([jnp.asarray(p[0]) for p in problems])
+    y = jnp.asarray(problems[0][1]) if shared_y else jnp.stack([p[1] for p in problems])
+    featmask = jnp.asarray(np.random.default_rng(5).random((G, F_SMALL)) > 0.2)
+    y0 = jnp.asarray(problems[0][1])
+    lams = probes.default_lams(X[0], y0, n_classes, num=R_SMALL, ratio=0.05)
+
+    many = probes.fit_many(X, y, n_classes, lams, featmask=featmask)
+    assert many.weights.shape == (G, R_SMALL, F_SMALL, n_classes)
+    for g in range(G):
+        y_g = y if shared_y else y[g]
+        one = probes.fit_path(X[g], y_g, n_classes, lams, featmask=featmask[g])
+        np.testing.assert_allclose(many.weights[g], one.weights, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(many.intercept[g], one.intercept, rtol=1e-5, atol=1e-6)
+        assert np.all(np.abs(many.n_iter[g] - one.n_iter) <= 1)  # a rounding tie at tol
+
+
+def test_fit_many_standardized_equals_manual():
+    rng = np.random.default_rng(3)
+    X = rng.normal(5.0, 3.0, (2, N_SMALL, F_SMALL)).astype(np.float32)
+    y = (X[0, :, 3] > 5.0).astype(np.int32)
+    lams = jnp.asarray([0.1, 0.05, 0.02, 0.01])
+    fit, mean, std = probes.fit_many_standardized(jnp.asarray(X), jnp.asarray(y), 2, lams)
+    for g in range(2):
+        m, s = probes.standardize_stats(jnp.asarray(X[g]))
+        np.testing.assert_allclose(mean[g], m, rtol=1e-6)
+        np.testing.assert_allclose(std[g], s, rtol=1e-6)
+        one = probes.fit_path(probes.standardize(jnp.asarray(X[g]), m, s), y, 2, lams)
+        np.testing.assert_allclose(fit.weights[g], one.weights, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_features_are_exactly_zero():
+    X, y = make_problem(1, N_SMALL, F_SMALL, 3)
+    featmask = np.ones(F_SMALL, bool)
+    featmask[[3, 5, 11]] = False  # 3 is informative: the solver must still keep it at 0
+    lams = jnp.asarray([0.05, 0.01, 1e-3, 1e-4])
+    fit = probes.fit_path(jnp.asarray(X), jnp.asarray(y), 3, lams, featmask=jnp.asarray(featmask))
+    W = np.asarray(fit.weights)
+    assert np.all(W[:, ~featmask] == 0.0)
+    # Small lam: every kept feature is used (by some class; softmax leaves some entries 0).
+    assert np.all(np.any(W[-1, featmask] != 0.0, axis=-1))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_lam_max_gives_exact_zeros(n_classes):
+    X, y = make_problem(2, N_SMALL, F_SMALL, n_classes)
+    lams = probes.default_lams(jnp.asarray(X), jnp.asarray(y), n_classes, num=R_SMALL)
+    assert np.all(np.diff(np.asarray(lams)) < 0)
+    fit = probes.fit_path(jnp.asarray(X), jnp.asarray(y), n_classes, lams)
+    W = np.asarray(fit.weights)
+    assert np.all(W[0] == 0.0)
+    assert np.any(W[1] != 0.0)  # lam_max is tight: a bit below it, weights appear
+    huge = probes.fit_path(jnp.asarray(X), jnp.asarray(y), n_classes, lams * 1e3)
+    assert np.all(np.asarray(huge.weights) == 0.0)
+    # With zero weights the intercept is the class log-prior (up to a shift for softmax).
+    prior = np.bincount(y, minlength=n_classes) / len(y)
+    proba = probes.predict_proba(jnp.asarray(X[:1]), fit.weights[0], fit.intercept[0])
+    np.testing.assert_allclose(proba[0], prior, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_path_end_equals_cold_solve(n_classes):
+    X, y = make_problem(3, N_SMALL, F_SMALL, n_classes, correlated=True)
+    lams = probes.default_lams(jnp.asarray(X), jnp.asarray(y), n_classes, num=R_SMALL, ratio=1e-2)
+    path = probes.fit_path(jnp.asarray(X), jnp.asarray(y), n_classes, lams, tol=1e-7)
+    # A "path" that repeats the last lam: its first entry is a cold solve from zero weights.
+    same = jnp.full_like(lams, lams[-1])
+    cold = probes.fit_path(jnp.asarray(X), jnp.asarray(y), n_classes, same, tol=1e-7)
+    lam = float(lams[-1])
+    obj_path = objective_np(X, y, path.weights[-1], path.intercept[-1], lam)
+    obj_cold = objective_np(X, y, cold.weights[0], cold.intercept[0], lam)
+    assert abs(obj_path - obj_cold) <= 1e-6 * obj_cold
+    np.testing.assert_allclose(path.weights[-1], cold.weights[0], atol=2e-3)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_planted_features_have_largest_weights(n_classes):
+    X, y = make_problem(4, N_SMALL, F_SMALL, n_classes)
+    lams = probes.default_lams(jnp.asarray(X), jnp.asarray(y), n_classes, num=R_SMALL, ratio=1e-2)
+    fit = probes.fit_path(jnp.asarray(X), jnp.asarray(y), n_classes, lams)
+    strength = np.abs(np.asarray(fit.weights[-1])).max(axis=1)
+    assert set(np.argsort(strength)[-2:]) == {3, 7}
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_padded_rows_do_not_change_the_solution(n_classes):
+    X, y = make_problem(5, N_SMALL, F_SMALL, n_classes)
+    pad = 17
+    garbage = np.full((pad, F_SMALL), np.nan, np.float32)
+    garbage[::2] = 1e30
+    Xp = np.concatenate([X, garbage])
+    yp = np.concatenate([y, np.full(pad, n_classes - 1, np.int32)])
+    rowmask = np.arange(len(yp)) < len(y)
+    lams = jnp.asarray([0.1, 0.05, 0.02, 0.01])
+
+    ref = probes.fit_path(jnp.asarray(X), jnp.asarray(y), n_classes, lams)
+    padded = probes.fit_path(
+        jnp.asarray(Xp), jnp.asarray(yp), n_classes, lams, rowmask=jnp.asarray(rowmask)
+    )
+    np.testing.assert_allclose(padded.weights, ref.weights, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(padded.intercept, ref.intercept, rtol=1e-5, atol=1e-6)
+    mean, std = probes.standardize_stats(jnp.asarray(Xp), jnp.asarray(rowmask))
+    np.testing.assert_allclose(mean, X.mean(0), atol=1e-6)
+    np.testing.assert_allclose(std, X.std(0), rtol=1e-5)
+
+
+def test_traces_once_per_shape():
+    traces = []
+
+    def counted(*args, **kwargs):
+        traces.append(1)
+        return probes.fit_path.__wrapped__(*args, **kwargs)
+
+    fit = jax.jit(counted, static_argnames=("n_classes", "max_iter"))
+    cached = probes.fit_many._cache_size()
+    for seed in range(3):  # new values of X, y, lams and tol, same shapes
+        X, y = make_problem(seed, N_SMALL, F_SMALL, 3)
+        lams = jnp.asarray([0.1, 0.05, 0.02, 0.01]) * (seed + 1)
+        jax.block_until_ready(fit(X, y, n_classes=3, lams=lams, tol=10.0 ** -(seed + 5)))
+        jax.block_until_ready(probes.fit_many(X[None], y, 3, lams, tol=10.0 ** -(seed + 5)))
+    assert len(traces) == 1
+    assert probes.fit_many._cache_size() - cached <= 1
+
+
+def test_standardize_constant_feature_and_bf16():
+    X, y = make_problem(6, N_SMALL, F_SMALL, 2)
+    X[:, 0] = 3.7  # constant
+    mean, std = probes.standardize_stats(jnp.asarray(X))
+    Xs = np.asarray(probes.standardize(jnp.asarray(X), mean, std))
+    assert np.all(np.isfinite(Xs))
+    assert np.all(Xs[:, 0] == 0.0)
+
+    # bf16 storage: same solver in fp32, so the fit matches fp32 X rounded to bf16.
+    Xb = jnp.asarray(X).astype(jnp.bfloat16)
+    lams = jnp.asarray([0.1, 0.05, 0.02, 0.01])
+    fit_b = probes.fit_path(Xb, jnp.asarray(y), 2, lams)
+    fit_f = probes.fit_path(Xb.astype(jnp.float32), jnp.asarray(y), 2, lams)
+    assert fit_b.weights.dtype == jnp.float32
+    np.testing.assert_allclose(fit_b.weights, fit_f.weights, rtol=1e-6, atol=1e-7)
+
+
+def test_unstandardize_gives_same_logits_on_raw_features():
+    rng = np.random.default_rng(7)
+    X = rng.normal(2.0, 4.0, (N_SMALL, F_SMALL)).astype(np.float32)
+    y = (X[:, 3] > 2.0).astype(np.int32)
+    mean, std = probes.standardize_stats(jnp.asarray(X))
+    Xs = probes.standardize(jnp.asarray(X), mean, std)
+    fit = probes.fit_path(Xs, jnp.asarray(y), 2, jnp.asarray([0.1, 0.05, 0.02, 0.01]))
+    w_raw, b_raw = probes.unstandardize(fit.weights, fit.intercept, mean, std)
+    np.testing.assert_allclose(
+        probes.decision(jnp.asarray(X), w_raw, b_raw),
+        probes.decision(Xs, fit.weights, fit.intercept),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_lipschitz_bounds_the_true_constant():
+    X, _ = make_problem(8, N_SMALL, F_SMALL, 2, correlated=True)
+    aug = np.concatenate([X, np.ones((N_SMALL, 1), np.float32)], axis=1).astype(np.float64)
+    sigma2 = np.linalg.norm(aug, 2) ** 2 / N_SMALL
+    for n_classes, curvature in [(2, 0.25), (3, 0.5)]:
+        L = float(probes.lipschitz(jnp.asarray(X), None, n_classes))
+        assert curvature * sigma2 <= L <= 1.1 * curvature * sigma2
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_metrics_match_sklearn(n_classes):
+    rng = np.random.default_rng(9)
+    y_true = rng.integers(0, n_classes, 101)
+    y_pred = np.where(rng.random(101) < 0.6, y_true, rng.integers(0, n_classes, 101))
+    y_pred[y_pred == n_classes - 1] = 0  # a class that is never predicted
+    acc = probes.accuracy(jnp.asarray(y_true), jnp.asarray(y_pred))
+    f1 = probes.macro_f1(jnp.asarray(y_true), jnp.asarray(y_pred), n_classes)
+    np.testing.assert_allclose(acc, np.mean(y_true == y_pred), rtol=1e-6)
+    np.testing.assert_allclose(f1, f1_score(y_true, y_pred, average="macro"), rtol=1e-6)
+    # Batched predictions [R, N] against shared labels [N].
+    both = probes.accuracy(jnp.asarray(y_true), jnp.asarray(np.stack([y_pred, y_true])))
+    np.testing.assert_allclose(both, [np.mean(y_true == y_pred), 1.0], rtol=1e-6)
+
+
+def test_predictions_and_c_grid():
+    X, y = make_problem(10, N_SMALL, F_SMALL, 3)
+    fit = probes.fit_path(jnp.asarray(X), jnp.asarray(y), 3, jnp.asarray([0.1, 0.05, 0.02, 0.01]))
+    proba = probes.predict_proba(jnp.asarray(X), fit.weights, fit.intercept)
+    assert proba.shape == (R_SMALL, N_SMALL, 3)
+    np.testing.assert_allclose(proba.sum(-1), 1.0, rtol=1e-6)
+    pred = probes.predict(jnp.asarray(X), fit.weights, fit.intercept)
+    np.testing.assert_array_equal(pred, np.argmax(proba, -1))
+    assert float(probes.accuracy(jnp.asarray(y), pred[-1])) > 0.6
+    lams = probes.lams_from_c(probes.PAPER_C_GRID, 200)
+    np.testing.assert_allclose(lams, 1.0 / (np.sort(probes.PAPER_C_GRID) * 200), rtol=1e-6)
+    assert np.all(np.diff(np.asarray(lams)) < 0)
