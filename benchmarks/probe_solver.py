@@ -65,9 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a CPU smoke test")
     args = p.parse_args(argv)
-    if args.quick:
-        args.layers, args.hidden, args.ffn = 2, 48, 192
-        args.n_train, args.n_valid, args.sk_sample = 1000, 300, 2
+    if args.quick:  # tiny defaults; flags given explicitly still win
+        p.set_defaults(layers=2, hidden=48, ffn=192, n_train=1000, n_valid=300, sk_sample=2)
+        args = p.parse_args(argv)
     return args
 
 
