@@ -175,6 +175,11 @@ def _encode_labels(values, names, column, source) -> tuple[np.ndarray, tuple[str
     return ids, names
 
 
+def encode_labels(values, names=None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Class ids for in-memory labels (strings or ints), with the sorted label names."""
+    return _encode_labels(list(values), names, "label", "the given labels")
+
+
 # ----------------------------------------------------------------------------- readers
 
 
