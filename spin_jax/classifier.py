@@ -1,0 +1,360 @@
+"""SpinClassifier: fit on texts, predict with early exit, save as safetensors + JSON."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spin_jax import __version__
+from spin_jax.data import TextDataset, check_classes, stratified_split, subset
+from spin_jax.extract import extract, plan_batches
+from spin_jax.learner import SpinError, SpinHead, SpinOptions, fit_spin, score
+from spin_jax.model import Model, head_logits, load_model
+from spin_jax.models import _forward
+from spin_jax.store import sha256_file, write_json_atomic
+from spin_jax.text import encode, max_length_of, pad_batch
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "classifier.safetensors"
+META_FILE = "classifier.json"
+REPORT_FILE = "report.json"
+
+
+class ArtifactError(ValueError):
+    """A saved classifier that is damaged, tampered with, or for another model/version."""
+
+
+# ---- the device program of inference -----------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _head_logits(config, k, params, sel, ids, mask):
+    """Runs k blocks, reads only the kept neurons, applies the head: logits [B, K]."""
+    return _head_apply(_kept_features(config, k, params, sel, ids, mask, pooled=True), sel)
+
+
+def _kept_features(config, k, params, sel, ids, mask, *, pooled):
+    """Kept neurons [B, M] (pooled) or [B, T, M] (per token), standardised."""
+    f = _forward(config, k, pooled, True, (), params, ids, mask)
+    # hidden [k+1, B, P or T, D]; per token, every pooling of a neuron is the token's value.
+    h = f.hidden[sel["h_layer"], :, sel["h_pool"] if pooled else slice(None), sel["h_neuron"]]
+    a = f.ffn[sel["f_layer"], :, sel["f_pool"] if pooled else slice(None), sel["f_neuron"]]
+    # Advanced indices split by a slice go first: [M, B] pooled, [M, B, T] per token.
+    x = jnp.concatenate([h, a], axis=0).astype(jnp.float32)  # [M, B] or [M, B, T]
+    x = jnp.moveaxis(x, 0, -1)
+    return (x - sel["mean"]) / sel["std"]
+
+
+def _head_apply(x, sel):
+    return jnp.einsum("...M,MK->...K", x, sel["weights"]) + sel["intercept"]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _token_logits(config, k, params, sel, ids, mask):
+    return _head_apply(_kept_features(config, k, params, sel, ids, mask, pooled=False), sel)
+
+
+def selection(head: SpinHead) -> dict[str, jax.Array]:
+    """Device arrays that index the kept neurons; columns ordered hidden first, then ffn."""
+    h, f = head.rep == 0, head.rep == 1
+    order = np.concatenate([np.nonzero(h)[0], np.nonzero(f)[0]])
+    return {
+        "h_layer": jnp.asarray(head.layer[h]), "h_pool": jnp.asarray(head.pool[h]),
+        "h_neuron": jnp.asarray(head.neuron[h]),
+        "f_layer": jnp.asarray(head.layer[f] - 1), "f_pool": jnp.asarray(head.pool[f]),
+        "f_neuron": jnp.asarray(head.neuron[f]),
+        "mean": jnp.asarray(head.mean[order]), "std": jnp.asarray(head.std[order]),
+        "weights": jnp.asarray(head.weights[order], jnp.float32),
+        "intercept": jnp.asarray(head.intercept, jnp.float32),
+    }
+
+
+def _proba(logits: np.ndarray) -> np.ndarray:
+    if logits.shape[-1] == 1:
+        p = 1 / (1 + np.exp(-logits[..., 0]))
+        return np.stack([1 - p, p], axis=-1)
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+# ---- the classifier ----------------------------------------------------------------------
+
+
+class SpinClassifier:
+    """SPIN text classifier over a frozen transformer.
+
+    >>> clf = SpinClassifier(model="path/or/hub-id").fit(texts, labels)
+    >>> clf.predict(["a new text"])
+    """
+
+    def __init__(self, model: str | Model, *, feature_dtype: str = "float32",
+                 max_length: int | None = None, valid_fraction: float = 0.2, seed: int = 0,
+                 token_budget: int = 16384, progress: bool = False, work_dir=None,
+                 **options):
+        self.model = model if isinstance(model, Model) else load_model(model)
+        self.options = SpinOptions(**options)
+        self.feature_dtype, self.valid_fraction, self.seed = feature_dtype, valid_fraction, seed
+        self.max_length = min(max_length or max_length_of(self.model),
+                              max_length_of(self.model))
+        self.token_budget, self.progress, self.work_dir = token_budget, progress, work_dir
+        self.head: SpinHead | None = None
+        self.label_names: tuple[str, ...] | None = None
+        self.report: dict = {}
+
+    # -- fitting
+
+    def _dataset(self, texts, labels, names=None) -> TextDataset:
+        from spin_jax.data import encode_labels
+
+        if labels is not None and len(texts) != len(labels):
+            raise SpinError(f"{len(texts)} texts but {len(labels)} labels; pass one label "
+                            "per text.")
+        y, names = (None, names) if labels is None else encode_labels(list(labels), names)
+        return TextDataset(texts=[str(t) for t in texts], labels=y, label_names=names,
+                           source="<memory>")
+
+    def fit(self, texts, labels, valid=None, test=None) -> SpinClassifier:
+        """Fits on texts/labels; valid and test are (texts, labels) pairs or TextDatasets."""
+        train = texts if isinstance(texts, TextDataset) else self._dataset(texts, labels)
+        check_classes(train.labels, train.label_names)
+        names = train.label_names
+        if valid is None:
+            tr, va = stratified_split(train.labels, self.valid_fraction, self.seed)
+            train, valid = subset(train, tr), subset(train, va)
+        else:
+            valid = self._as_dataset(valid, names)
+        test = None if test is None else self._as_dataset(test, names)
+        feats = [self._extract(ds, name) for ds, name in
+                 ((train, "train"), (valid, "valid"), (test, "test")) if ds is not None]
+        return self.fit_features(*feats)
+
+    def _as_dataset(self, data, names) -> TextDataset:
+        if isinstance(data, TextDataset):
+            return data
+        return self._dataset(data[0], data[1], names)
+
+    def _extract(self, ds: TextDataset, name: str):
+        out = None if self.work_dir is None else Path(self.work_dir) / f"features-{name}"
+        return extract(self.model, ds, out, dtype=self.feature_dtype,
+                       max_length=self.max_length, token_budget=self.token_budget,
+                       progress=self.progress)
+
+    def fit_features(self, train, valid, test=None) -> SpinClassifier:
+        """Fits on already-extracted feature sources (FeatureStore or MemoryFeatures)."""
+        for src in (train, valid, test):
+            if src is not None:
+                check_features(src, self.model)
+        self.label_names = tuple(train.label_names) if train.label_names else None
+        head_fn = _head_baseline(self.model) if self.model.head is not None else None
+        self.head, self.report = fit_spin(train, valid, test, self.options,
+                                          head_fn=head_fn)
+        return self
+
+    # -- inference
+
+    def _check_fitted(self):
+        if self.head is None:
+            raise SpinError("this classifier is not fitted; call fit() or load() first.")
+
+    def decision_function(self, texts) -> np.ndarray:
+        """Logits [N, K] running only the first k blocks and reading only kept neurons."""
+        self._check_fitted()
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.head.weights.shape[1]), np.float32)
+        ids, _ = encode(self.model.tokenizer, texts, self.max_length)
+        sel = selection(self.head)
+        out = np.empty((len(ids), self.head.weights.shape[1]), np.float32)
+        pending = []
+        pad = int(getattr(self.model.tokenizer, "pad_token_id", None) or 0)
+        lengths = np.array([len(i) for i in ids])
+        for rows, blen, size in plan_batches(lengths, self.max_length, self.token_budget):
+            batch = [ids[r] for r in rows] + [np.array([pad], np.int32)] * (size - len(rows))
+            b_ids, b_mask = pad_batch(batch, blen, pad)
+            pending.append((rows, _head_logits(self.model.config, self.head.num_layers,
+                                               self.model.params, sel, b_ids, b_mask)))
+        for rows, logits in pending:
+            out[rows] = np.asarray(logits)[: len(rows)]
+        return out
+
+    def predict_proba(self, texts) -> np.ndarray:
+        return _proba(self.decision_function(texts))
+
+    def predict(self, texts) -> list:
+        idx = np.argmax(self.predict_proba(texts), axis=-1)
+        return [self.label_names[i] for i in idx] if self.label_names else idx.tolist()
+
+    def score(self, texts, labels, metric: str = "accuracy") -> float:
+        ds = self._dataset(texts, labels, self.label_names)
+        pred = np.argmax(self.predict_proba(ds.texts), axis=-1)
+        return float(score(metric, jnp.asarray(ds.labels), jnp.asarray(pred),
+                           len(self.label_names or [0, 1])))
+
+    def explain(self, text: str) -> list[tuple[str, np.ndarray]]:
+        """Per-token class probabilities from the same head applied to each token."""
+        self._check_fitted()
+        ids, _ = encode(self.model.tokenizer, [str(text)], self.max_length)
+        b_ids, b_mask = pad_batch(ids, len(ids[0]))
+        logits = _token_logits(self.model.config, self.head.num_layers, self.model.params,
+                               selection(self.head), b_ids, b_mask)
+        tokens = self.model.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+        return list(zip(tokens, _proba(np.asarray(logits)[0])))
+
+    # -- persistence
+
+    def save(self, out) -> Path:
+        """Writes classifier.safetensors + classifier.json (+ report.json) atomically."""
+        from safetensors.numpy import save_file
+
+        self._check_fitted()
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        h = self.head
+        arrays = {"rep": h.rep, "pool": h.pool, "layer": h.layer, "neuron": h.neuron}
+        arrays = {k: np.ascontiguousarray(v, np.int32) for k, v in arrays.items()}
+        arrays.update({k: np.ascontiguousarray(getattr(h, k), np.float32)
+                       for k in ("mean", "std", "weights", "intercept")})
+        with tempfile.NamedTemporaryFile(dir=out, suffix=".tmp", delete=False) as f:
+            tmp = f.name
+        save_file(arrays, tmp)
+        os.replace(tmp, out / WEIGHTS_FILE)
+        write_json_atomic(out / META_FILE, self._meta(sha256_file(out / WEIGHTS_FILE)))
+        write_json_atomic(out / REPORT_FILE, self.report)
+        return out
+
+    def _meta(self, weights_sha256: str) -> dict:
+        m = self.model
+        tok = m.tokenizer
+        return {
+            "format": "spin_jax.classifier", "format_version": FORMAT_VERSION,
+            "spin_jax_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "model": {"source": m.source, "revision": m.revision,
+                      "model_type": m.config.model_type, "config_hash": m.config_hash,
+                      "params_fingerprint": m.fingerprint, "dtype": m.dtype},
+            "tokenizer": {"class": type(tok).__name__,
+                          "name": getattr(tok, "name_or_path", ""),
+                          "max_length": self.max_length},
+            "num_layers": self.head.num_layers, "n_neurons": int(len(self.head.rep)),
+            "label_names": list(self.label_names) if self.label_names else None,
+            "metric": self.report.get("metric"), "chosen": self.report.get("chosen"),
+            "weights_file": WEIGHTS_FILE, "weights_sha256": weights_sha256,
+        }
+
+    @classmethod
+    def load(cls, path, model: str | Model | None = None) -> SpinClassifier:
+        """Loads a saved classifier; checks format, version, weights hash and the model."""
+        path = Path(path)
+        meta = read_meta(path)
+        arrays = _read_weights(path, meta)
+        if model is None:
+            model = meta["model"]["source"]
+        model = model if isinstance(model, Model) else load_model(model)
+        check_model(meta, model)
+        clf = cls(model, max_length=meta["tokenizer"]["max_length"])
+        clf.head = SpinHead(arrays["rep"], arrays["pool"], arrays["layer"], arrays["neuron"],
+                            arrays["mean"], arrays["std"], arrays["weights"],
+                            arrays["intercept"], int(meta["num_layers"]))
+        clf.label_names = tuple(meta["label_names"]) if meta["label_names"] else None
+        report = path / REPORT_FILE
+        clf.report = json.loads(report.read_text()) if report.exists() else {}
+        return clf
+
+
+def read_meta(path: Path) -> dict:
+    f = path / META_FILE
+    if not f.exists():
+        raise ArtifactError(f"{path} holds no {META_FILE}; pass the folder written by "
+                            "`spin-jax fit --out`.")
+    try:
+        meta = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{f} is corrupted ({e}); re-run `spin-jax fit`.") from None
+    if meta.get("format") != "spin_jax.classifier":
+        raise ArtifactError(f"{f} is not a spin_jax classifier.")
+    if meta.get("format_version") != FORMAT_VERSION or \
+            _minor(meta.get("spin_jax_version", "")) != _minor(__version__):
+        raise ArtifactError(
+            f"{path} was saved by spin_jax {meta.get('spin_jax_version')} (format "
+            f"{meta.get('format_version')}); this is spin_jax {__version__} (format "
+            f"{FORMAT_VERSION}). Re-fit it with this version, or install spin_jax=="
+            f"{meta.get('spin_jax_version')}.")
+    return meta
+
+
+def _minor(version: str) -> str:
+    return ".".join(str(version).split(".")[:2])
+
+
+def _read_weights(path: Path, meta: dict) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    f = path / meta.get("weights_file", WEIGHTS_FILE)
+    if not f.exists():
+        raise ArtifactError(f"{f} is missing; the classifier folder is incomplete.")
+    if sha256_file(f) != meta.get("weights_sha256"):
+        raise ArtifactError(f"{f} does not match the sha256 recorded in {META_FILE}: the "
+                            "weights were modified or damaged. Re-fit or restore the folder.")
+    try:
+        arrays = load_file(str(f))
+    except Exception as e:
+        raise ArtifactError(f"{f} cannot be read ({e}).") from None
+    need = {"rep", "pool", "layer", "neuron", "mean", "std", "weights", "intercept"}
+    if need - set(arrays):
+        raise ArtifactError(f"{f} lacks arrays {sorted(need - set(arrays))}.")
+    return arrays
+
+
+def check_model(meta: dict, model: Model) -> None:
+    want = meta["model"]
+    got = {"config_hash": model.config_hash, "params_fingerprint": model.fingerprint}
+    for key, value in got.items():
+        if want.get(key) != value:
+            raise ArtifactError(
+                f"this classifier was trained on model {want.get('source')!r} "
+                f"({key} {want.get(key)}), but the model given has {key} {value}. Pass the "
+                "same model with --model.")
+
+
+def check_features(src, model: Model) -> None:
+    """Feature stores must come from this model, with every pooling."""
+    from spin_jax.models import POOLINGS
+
+    m = src.manifest
+    if m.get("poolings", list(POOLINGS)) != list(POOLINGS):
+        raise SpinError(f"features hold poolings {m.get('poolings')}; fitting needs all of "
+                        f"{list(POOLINGS)}. Re-extract without --poolings.")
+    for key, want in (("params_fingerprint", model.fingerprint),
+                      ("config_hash", model.config_hash)):
+        if m.get(key, want) != want:
+            raise SpinError(f"features were extracted with another model ({key} "
+                            f"{m.get(key)} != {want}); extract them with this model.")
+    if m.get("num_layers", model.config.num_layers) != model.config.num_layers:
+        raise SpinError("features were extracted with early exit (--num-layers); fitting "
+                        "needs every layer.")
+
+
+def _head_baseline(model: Model):
+    """The fine-tuned checkpoint's own classification head, scored like the others."""
+
+    def run(valid, test, yv, yt, n_classes, metric):
+        out = {}
+        for name, src, y in (("valid", valid, yv), ("test", test, yt)):
+            if src is None:
+                out[name] = None
+                continue
+            L = src.shape("hidden")[1] - 1
+            x = src.read("hidden", layers=[L], poolings=[0])[:, 0, 0]
+            pred = np.argmax(np.asarray(head_logits(model, jnp.asarray(x))), axis=-1)
+            out[name] = float(score(metric, y, jnp.asarray(pred), n_classes))
+        return out
+
+    return run

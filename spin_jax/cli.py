@@ -1,0 +1,99 @@
+"""The `spin-jax` command: thin argument parsing over library functions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+USER_ERRORS = ("ConfigError", "WeightsError", "InputError", "DataError", "StoreError",
+               "StoreMismatchError", "SpinError", "ArtifactError")
+
+
+def _add_data_args(p, *, labels=True, required=True):
+    p.add_argument("--data", required=required, help="CSV/TSV/JSONL/Parquet file, a "
+                   "datasets folder, or hf:NAME[/CONFIG]")
+    p.add_argument("--split", default=None, help="split of a hub dataset or DatasetDict")
+    p.add_argument("--text-column", default=None)
+    if labels:
+        p.add_argument("--label-column", default=None)
+
+
+def _add_model_args(p):
+    p.add_argument("--model", required=True, help="HF hub id, HF model folder, or a folder "
+                   "written by `spin-jax convert`")
+    p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--revision", default=None)
+
+
+def cmd_convert(args):
+    import spin_jax
+
+    model = spin_jax.load_model(args.model_path, dtype=args.model_dtype, revision=args.revision)
+    out = spin_jax.save_model(model, args.out)
+    print(f"wrote {out} ({model.config.model_type}, {model.config.num_layers} layers, "
+          f"fingerprint {model.fingerprint})")
+
+
+def cmd_extract(args):
+    import spin_jax
+    from spin_jax.data import load_texts
+    from spin_jax.extract import extract
+
+    ds = load_texts(args.data, split=args.split, text_column=args.text_column,
+                    label_column=args.label_column, require_labels=False)
+    model = spin_jax.load_model(args.model, dtype=args.model_dtype, revision=args.revision)
+    store = extract(model, ds, args.out, dtype=args.dtype, max_length=args.max_length,
+                    num_layers=args.num_layers, poolings=tuple(args.poolings.split(",")),
+                    chunk_rows=args.chunk_rows, token_budget=args.token_budget,
+                    progress=not args.quiet)
+    print(f"features of {store.n_rows} rows in {store.path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spin-jax", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert an HF checkpoint to an orbax checkpoint")
+    p.add_argument("model_path")
+    p.add_argument("out")
+    p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--revision", default=None)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("extract", help="extract pooled features of every layer")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--num-layers", type=int, default=None, help="early exit after k blocks")
+    p.add_argument("--poolings", default="token,mean,max")
+    p.add_argument("--chunk-rows", type=int, default=None)
+    p.add_argument("--token-budget", type=int, default=16384)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_extract)
+
+    from spin_jax import cli_learn
+
+    cli_learn.add_commands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(message)s")
+    try:
+        args.func(args)
+    except Exception as e:  # user mistakes end with one clear line, bugs with a traceback
+        if type(e).__name__ in USER_ERRORS:
+            print(f"spin-jax: error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
