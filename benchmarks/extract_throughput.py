@@ -181,8 +181,11 @@ def jax_contender(model, bare: bool):
     def dispatch(b: Batch):
         if bare:
             return (_bare_forward(model.config, model.params, put(b.ids), put(b.mask)),)
-        return _pooled_rows(model.config, model.config.num_layers, POOL_IDX, OUT_DTYPE, (),
-                            model.params, put(b.ids), put(b.mask))
+        out = _pooled_rows(model.config, model.config.num_layers, POOL_IDX, OUT_DTYPE, (),
+                           model.params, put(b.ids), put(b.mask))
+        for x in out:  # as spin_jax.extract does: copy out as soon as the batch is done
+            x.copy_to_host_async()
+        return out
 
     return dispatch, lambda handle: [np.asarray(x) for x in handle]
 

@@ -265,6 +265,12 @@ class _Runner:
         self.bar = None
 
     def _dispatch(self, ids, mask):
+        out = self._program(ids, mask)
+        for x in out:  # start the device-to-host copy as soon as the batch is done
+            x.copy_to_host_async()
+        return out
+
+    def _program(self, ids, mask):
         return _pooled_rows(self.model.config, self.k, self.pool_idx,
                             jnp.dtype(STORE_DTYPES[self.opts.dtype]), (), self.params,
                             _mesh_put(self.mesh, ids), _mesh_put(self.mesh, mask))
