@@ -153,6 +153,8 @@ class SpinClassifier:
             if src is not None:
                 check_features(src, self.model)
         self.label_names = tuple(train.label_names) if train.label_names else None
+        valid = align_labels(valid, self.label_names, "validation")
+        test = None if test is None else align_labels(test, self.label_names, "test")
         head_fn = _head_baseline(self.model) if self.model.head is not None else None
         self.head, self.report = fit_spin(train, valid, test, self.options,
                                           head_fn=head_fn)
@@ -206,7 +208,7 @@ class SpinClassifier:
         logits = _token_logits(self.model.config, self.head.num_layers, self.model.params,
                                selection(self.head), b_ids, b_mask)
         tokens = self.model.tokenizer.convert_ids_to_tokens(ids[0].tolist())
-        return list(zip(tokens, _proba(np.asarray(logits)[0])))
+        return list(zip(tokens, _proba(np.asarray(logits)[0]), strict=True))
 
     # -- persistence
 
@@ -278,7 +280,7 @@ def read_meta(path: Path) -> dict:
         meta = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{f} is corrupted ({e}); re-run `spin-jax fit`.") from None
-    if meta.get("format") != "spin_jax.classifier":
+    if not isinstance(meta, dict) or meta.get("format") != "spin_jax.classifier":
         raise ArtifactError(f"{f} is not a spin_jax classifier.")
     if meta.get("format_version") != FORMAT_VERSION or \
             _minor(meta.get("spin_jax_version", "")) != _minor(__version__):
@@ -287,6 +289,9 @@ def read_meta(path: Path) -> dict:
             f"{meta.get('format_version')}); this is spin_jax {__version__} (format "
             f"{FORMAT_VERSION}). Re-fit it with this version, or install spin_jax=="
             f"{meta.get('spin_jax_version')}.")
+    missing = [k for k in ("model", "tokenizer", "num_layers", "label_names") if k not in meta]
+    if missing:
+        raise ArtifactError(f"{f} lacks {missing}: it is damaged; re-run `spin-jax fit`.")
     return meta
 
 
@@ -340,6 +345,30 @@ def check_features(src, model: Model) -> None:
     if m.get("num_layers", model.config.num_layers) != model.config.num_layers:
         raise SpinError("features were extracted with early exit (--num-layers); fitting "
                         "needs every layer.")
+
+
+class _Relabelled:
+    """A feature source whose labels are re-numbered; everything else is the source's."""
+
+    def __init__(self, src, labels: np.ndarray, label_names: tuple[str, ...]):
+        self._src, self.labels, self.label_names = src, labels, label_names
+
+    def __getattr__(self, name):
+        return getattr(self._src, name)
+
+
+def align_labels(src, names: tuple[str, ...] | None, what: str):
+    """Class ids of `src` as ids into the training `names`: each store numbers the labels it
+    holds (a validation split lacking a class numbers the others differently)."""
+    theirs = tuple(src.label_names) if src.label_names else None
+    if names is None or theirs is None or theirs == names or src.labels is None:
+        return src
+    unseen = [n for n in theirs if n not in names]
+    if unseen:
+        raise SpinError(f"{what} labels {unseen} never occur in training (training labels: "
+                        f"{list(names)}); use a stratified split.")
+    remap = np.array([names.index(n) for n in theirs], np.int64)
+    return _Relabelled(src, remap[np.asarray(src.labels)], names)
 
 
 def _head_baseline(model: Model):

@@ -127,7 +127,8 @@ def _probe_chunk(train, valid, test, rep, pool, layers, y, yv, yt, n_classes, me
     X = jnp.asarray(read_layers(train, rep, pool, layers))
     mean, std = jax.vmap(probes.standardize_stats)(X)
     Xs = _standardize_many(X, mean, std)
-    lams = jax.vmap(lambda x: _lams(x, y, n_classes, opts, X.shape[1]))(Xs)
+    n_rows = X.shape[1]
+    lams = jax.vmap(lambda x: _lams(x, y, n_classes, opts, n_rows))(Xs)
     fit = probes.fit_many(Xs, y, n_classes, lams, max_iter=opts.max_iter, tol=opts.tol)
     del X, Xs
     v_scores = _eval(valid, rep, pool, layers, mean, std, fit, yv, n_classes, metric)
@@ -366,7 +367,7 @@ def check_labels(y: np.ndarray, yv: np.ndarray, n_classes: int):
 
 
 def fit_spin(train, valid, test=None, opts: SpinOptions = SpinOptions(), n_layers=None,
-             head_fn=None) -> tuple[Choice, dict]:
+             head_fn=None) -> tuple[SpinHead, dict]:
     """Runs stages 1-3 and model selection. Returns (SpinHead, report dict)."""
     times = {}
     y, yv = _labels(train, "train"), _labels(valid, "validation")
