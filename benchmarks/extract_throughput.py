@@ -52,14 +52,42 @@ from spin_jax.models import core, family_of
 from spin_jax.text import pad_batch
 
 GPT2_XL = dict(n_embd=1600, n_layer=48, n_head=25, n_positions=1024, vocab_size=50257)
-BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072, vocab_size=30522, max_position_embeddings=512)
+BERT_BASE = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    vocab_size=30522,
+    max_position_embeddings=512,
+)
 MODELS = {  # name -> (model_type, full config, quick config, default N)
-    "gpt2-xl": ("gpt2", GPT2_XL, dict(n_embd=64, n_layer=2, n_head=4, n_positions=128,
-                                      vocab_size=1000, bos_token_id=0, eos_token_id=0), 2048),
-    "bert-base": ("bert", BERT_BASE, dict(hidden_size=64, num_hidden_layers=2,
-                                          num_attention_heads=4, intermediate_size=256,
-                                          vocab_size=1000, max_position_embeddings=128), 4096),
+    "gpt2-xl": (
+        "gpt2",
+        GPT2_XL,
+        dict(
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=128,
+            vocab_size=1000,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+        2048,
+    ),
+    "bert-base": (
+        "bert",
+        BERT_BASE,
+        dict(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=256,
+            vocab_size=1000,
+            max_position_embeddings=128,
+        ),
+        4096,
+    ),
 }
 POOL_IDX, OUT_DTYPE = (0, 1, 2), jnp.dtype(jnp.bfloat16)  # all POOLINGS; storage dtype
 
@@ -169,8 +197,13 @@ def _bare_forward(config, params, ids, mask):
     """The layer scan with nothing pooled: mean final hidden state [B, D] only."""
     family, m = family_of(config.model_type), mask.astype(bool)
     block = functools.partial(family.block, config)
-    h, _ = core.run_stack(block, family.embed(config, params, ids, m), m, params["layers"],
-                          lambda a: jnp.zeros((), a.dtype))
+    h, _ = core.run_stack(
+        block,
+        family.embed(config, params, ids, m),
+        m,
+        params["layers"],
+        lambda a: jnp.zeros((), a.dtype),
+    )
     return h.astype(jnp.float32).mean(1)
 
 
@@ -181,8 +214,16 @@ def jax_contender(model, bare: bool):
     def dispatch(b: Batch):
         if bare:
             return (_bare_forward(model.config, model.params, put(b.ids), put(b.mask)),)
-        out = _pooled_rows(model.config, model.config.num_layers, POOL_IDX, OUT_DTYPE, (),
-                           model.params, put(b.ids), put(b.mask))
+        out = _pooled_rows(
+            model.config,
+            model.config.num_layers,
+            POOL_IDX,
+            OUT_DTYPE,
+            (),
+            model.params,
+            put(b.ids),
+            put(b.mask),
+        )
         for x in out:  # as spin_jax.extract does: copy out as soon as the batch is done
             x.copy_to_host_async()
         return out
@@ -266,8 +307,10 @@ def cross_check(name, ref, got, rows: int) -> dict:
         r, g = as_f32(r, rows), as_f32(g, rows)
         diff, scale = float(np.abs(r - g).max()), float(np.abs(r).max())
         out[label] = {"max_abs_diff": diff, "max_abs_ref": scale, "rel": diff / max(scale, 1e-30)}
-        print(f"    {name}, {label}: max |diff| {diff:.3g} (max |ref| {scale:.3g}, relative "
-              f"{out[label]['rel']:.2e})")
+        print(
+            f"    {name}, {label}: max |diff| {diff:.3g} (max |ref| {scale:.3g}, relative "
+            f"{out[label]['rel']:.2e})"
+        )
     return out
 
 
@@ -300,14 +343,19 @@ def prepare(name: str, args, device: str, dtype):
     lengths = imdb_like_lengths(n, max_len, 50 if args.quick else 300, args.seed)
     batches = make_batches(lengths, c.vocab_size, max_len, args.token_budget, args.seed)
     n_w = matmul_weights(model.params)
-    stats = dict(texts=n, tokens=sum(b.tokens for b in batches),
-                 padded=sum(b.ids.size for b in batches),
-                 flops=sum(batch_flops(c, n_w, b) for b in batches))
-    print(f"\n## {name}: {c.num_layers} layers, D={c.hidden_size}, F={c.ffn_size}, "
-          f"{n_w / 1e6:.1f}M matmul weights; {n} texts, {stats['tokens']} tokens "
-          f"({1 - stats['tokens'] / stats['padded']:.1%} padding), {len(batches)} batches, "
-          f"{len({b.ids.shape for b in batches})} shapes; {stats['flops'] / 1e12:.1f} TFLOP "
-          f"a pass; model built and converted in {setup_s:.1f}s")
+    stats = dict(
+        texts=n,
+        tokens=sum(b.tokens for b in batches),
+        padded=sum(b.ids.size for b in batches),
+        flops=sum(batch_flops(c, n_w, b) for b in batches),
+    )
+    print(
+        f"\n## {name}: {c.num_layers} layers, D={c.hidden_size}, F={c.ffn_size}, "
+        f"{n_w / 1e6:.1f}M matmul weights; {n} texts, {stats['tokens']} tokens "
+        f"({1 - stats['tokens'] / stats['padded']:.1%} padding), {len(batches)} batches, "
+        f"{len({b.ids.shape for b in batches})} shapes; {stats['flops'] / 1e12:.1f} TFLOP "
+        f"a pass; model built and converted in {setup_s:.1f}s"
+    )
     return hf, model, batches, stats
 
 
@@ -315,15 +363,21 @@ def bench_one(label, make, batches, stats, device, args) -> tuple[dict, list | N
     row = {"contender": label}
     try:
         dispatch, collect = make()
-        compile_s, steady_s, kept = time_contender(dispatch, collect, batches, device,
-                                                   args.repeats, len(batches) // 2)
+        compile_s, steady_s, kept = time_contender(
+            dispatch, collect, batches, device, args.repeats, len(batches) // 2
+        )
     except Exception as e:  # report per contender, keep going
         row["error"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
         print(f"  {label}: FAILED {row['error']}")
         traceback.print_exc(limit=4)
         return row, None
-    row.update(compile_s=compile_s, steady_s=steady_s, tokens_per_s=stats["tokens"] / steady_s,
-               examples_per_s=stats["texts"] / steady_s, tflops=stats["flops"] / steady_s / 1e12)
+    row.update(
+        compile_s=compile_s,
+        steady_s=steady_s,
+        tokens_per_s=stats["tokens"] / steady_s,
+        examples_per_s=stats["texts"] / steady_s,
+        tflops=stats["flops"] / steady_s / 1e12,
+    )
     print(f"  {label}: compile {compile_s:.1f}s, steady {steady_s:.2f}s")
     return row, kept
 
@@ -351,28 +405,39 @@ def bench_model(name: str, args, device: str, dtype) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | contender | compile s | steady s | tokens/s | examples/s | TFLOP/s "
-             "| x eager | x compile |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | contender | compile s | steady s | tokens/s | examples/s | TFLOP/s "
+        "| x eager | x compile |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['contender']} | failed: {r['error']} |||||||")
             continue
         x = [f"{r[k]:.2f}" if k in r else "-" for k in ("vs_eager", "vs_compile")]
-        lines.append(f"| {r['model']} | {r['contender']} | {r['compile_s']:.1f} | "
-                     f"{r['steady_s']:.2f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['examples_per_s']:,.1f} | {r['tflops']:.1f} | {x[0]} | {x[1]} |")
+        lines.append(
+            f"| {r['model']} | {r['contender']} | {r['compile_s']:.1f} | "
+            f"{r['steady_s']:.2f} | {r['tokens_per_s']:,.0f} | "
+            f"{r['examples_per_s']:,.1f} | {r['tflops']:.1f} | {x[0]} | {x[1]} |"
+        )
     return "\n".join(lines)
 
 
 def metadata(args, device: str, dtype) -> dict:
-    return {"command": " ".join(["python", *sys.argv]),
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "torch_device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-            "jax_device": jax.devices()[0].device_kind, "jax": jax.__version__,
-            "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""),
-            "token_budget": args.token_budget, "repeats": args.repeats,
-            "compile": None if args.skip_compile else
-            {"mode": args.compile_mode, "dynamic": not args.compile_static}}
+    return {
+        "command": " ".join(["python", *sys.argv]),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "torch_device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "jax_device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "dtype": str(dtype).replace("torch.", ""),
+        "token_budget": args.token_budget,
+        "repeats": args.repeats,
+        "compile": None
+        if args.skip_compile
+        else {"mode": args.compile_mode, "dynamic": not args.compile_static},
+    }
 
 
 def parse_args(argv=None):
@@ -383,8 +448,11 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="timed passes; the fastest is kept")
     p.add_argument("--skip-compile", action="store_true")
     p.add_argument("--compile-mode", default="default")
-    p.add_argument("--compile-static", action="store_true",
-                   help="torch.compile(dynamic=False): one compile per shape (slow)")
+    p.add_argument(
+        "--compile-static",
+        action="store_true",
+        help="torch.compile(dynamic=False): one compile per shape (slow)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny models and data; runs on CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
@@ -401,11 +469,14 @@ def main(argv=None):
     print(json.dumps(meta))
     if (device == "cuda") != (jax.default_backend() == "gpu"):
         print(f"warning: torch runs on {device}, JAX on {jax.default_backend()}")
-    rows = [r for name in args.models.split(",") for r in bench_model(name.strip(), args,
-                                                                       device, dtype)]
+    rows = [
+        r for name in args.models.split(",") for r in bench_model(name.strip(), args, device, dtype)
+    ]
     report = table(rows)
-    print(f"\n`{meta['command']}`\n{meta['torch_device']} / {meta['jax_device']}, jax "
-          f"{meta['jax']}, torch {meta['torch']}, {meta['dtype']}, {meta['date']}\n\n{report}")
+    print(
+        f"\n`{meta['command']}`\n{meta['torch_device']} / {meta['jax_device']}, jax "
+        f"{meta['jax']}, torch {meta['torch']}, {meta['dtype']}, {meta['date']}\n\n{report}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({**meta, "rows": rows, "table": report}, indent=1))
 

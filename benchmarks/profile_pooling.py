@@ -17,19 +17,27 @@ from spin_jax.models import config_from_hf, core, family_of, param_shapes
 from spin_jax.models import layers as L
 
 CONFIGS = {
-    "bert-base": dict(model_type="bert", vocab_size=30522, max_position_embeddings=512,
-                      hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                      intermediate_size=3072),
-    "gpt2-xl": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=1600,
-                    n_layer=48, n_head=25),
+    "bert-base": dict(
+        model_type="bert",
+        vocab_size=30522,
+        max_position_embeddings=512,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+    ),
+    "gpt2-xl": dict(
+        model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=1600, n_layer=48, n_head=25
+    ),
 }
 
 
 def rand_params(config):
     shapes = param_shapes(config, jnp.bfloat16)
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 512))
-    return jax.tree.map(lambda s: (0.02 * jax.random.normal(next(keys), s.shape)).astype(
-        jnp.bfloat16), shapes)
+    return jax.tree.map(
+        lambda s: (0.02 * jax.random.normal(next(keys), s.shape)).astype(jnp.bfloat16), shapes
+    )
 
 
 def timeit(name, fn, n=10):
@@ -53,8 +61,7 @@ def reducer(which, m, tok):
         if which == "token":
             return jnp.take_along_axis(x32, tok[:, None, None], axis=1)[:, 0]
         if which == "mean_einsum":
-            s = jnp.einsum("BT,BTF->BF", m.astype(x.dtype), x,
-                           preferred_element_type=jnp.float32)
+            s = jnp.einsum("BT,BTF->BF", m.astype(x.dtype), x, preferred_element_type=jnp.float32)
             return s / m.sum(-1, keepdims=True)
         if which == "max_native":
             return jnp.where(m[..., None], x, -jnp.inf).max(1).astype(jnp.float32)
@@ -62,11 +69,9 @@ def reducer(which, m, tok):
             xt = jnp.swapaxes(x, 1, 2)
             return jnp.where(m[:, None, :], xt, -jnp.inf).max(-1).astype(jnp.float32)
         if which == "token_native":
-            return jnp.take_along_axis(x, tok[:, None, None], axis=1)[:, 0].astype(
-                jnp.float32)
+            return jnp.take_along_axis(x, tok[:, None, None], axis=1)[:, 0].astype(jnp.float32)
         if which == "lean":  # reductions in the storage dtype where exact
-            s = jnp.einsum("BT,BTF->BF", m.astype(x.dtype), x,
-                           preferred_element_type=jnp.float32)
+            s = jnp.einsum("BT,BTF->BF", m.astype(x.dtype), x, preferred_element_type=jnp.float32)
             mx = jnp.where(m[..., None], x, -jnp.inf).max(1).astype(jnp.float32)
             t = jnp.take_along_axis(x, tok[:, None, None], axis=1)[:, 0].astype(jnp.float32)
             return jnp.stack([t, s / m.sum(-1, keepdims=True), mx], axis=1)
@@ -99,6 +104,10 @@ def erf_gelu(x):
     return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1 / np.sqrt(2))).astype(x.dtype))
 
 
+def host_copy(program):
+    return [np.asarray(x) for x in program()]
+
+
 def main():
     if os.environ.get("GELU") == "erf":
         L.ACTIVATIONS["gelu"] = erf_gelu
@@ -112,12 +121,13 @@ def main():
         ids = jnp.asarray(rng.integers(0, 1000, (B, T)), jnp.int32)
         mask = jnp.asarray(np.arange(T)[None] < rng.integers(200, T + 1, (B, 1)), jnp.int32)
         print(f"== {name}", flush=True)
-        for w in os.environ.get("VARIANTS", "token,all,barrier,hidden_only").split(","):
-            timeit(f"reduce={w}", lambda w=w: variant(c, w, p, ids, mask))
-        rows = functools.partial(_pooled_rows, c, c.num_layers, (0, 1, 2),
-                                 jnp.dtype(jnp.bfloat16), (), p, ids, mask)
+        for w in os.environ.get("VARIANTS", "token,all,lean,hidden_only").split(","):
+            timeit(f"reduce={w}", functools.partial(variant, c, w, p, ids, mask))
+        rows = functools.partial(
+            _pooled_rows, c, c.num_layers, (0, 1, 2), jnp.dtype(jnp.bfloat16), (), p, ids, mask
+        )
         timeit("_pooled_rows", rows)
-        timeit("_pooled_rows + host copy", lambda: [np.asarray(x) for x in rows()])
+        timeit("_pooled_rows + host copy", functools.partial(host_copy, rows))
 
 
 if __name__ == "__main__":

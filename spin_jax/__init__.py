@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from spin_jax.classifier import ArtifactError, SpinClassifier  # noqa: E402
+from spin_jax.data import DataError, TextDataset, load_texts  # noqa: E402
+from spin_jax.extract import MemoryFeatures, extract  # noqa: E402
+from spin_jax.learner import SpinError, SpinOptions, fit_spin  # noqa: E402
 from spin_jax.model import (  # noqa: E402
     Model,
     forward,
@@ -12,9 +16,34 @@ from spin_jax.model import (  # noqa: E402
 )
 from spin_jax.models import POOLINGS, Features  # noqa: E402
 from spin_jax.models.layers import ConfigError, InputError, WeightsError  # noqa: E402
+from spin_jax.store import FeatureStore, StoreError, StoreMismatchError  # noqa: E402
 from spin_jax.text import encode, pad_batch  # noqa: E402
 
 __all__ = [
-    "POOLINGS", "ConfigError", "Features", "InputError", "Model", "WeightsError", "encode",
-    "forward", "from_transformers", "head_logits", "load_model", "pad_batch", "save_model",
+    "POOLINGS",
+    "ArtifactError",
+    "ConfigError",
+    "DataError",
+    "FeatureStore",
+    "Features",
+    "InputError",
+    "MemoryFeatures",
+    "Model",
+    "SpinClassifier",
+    "SpinError",
+    "SpinOptions",
+    "StoreError",
+    "StoreMismatchError",
+    "TextDataset",
+    "WeightsError",
+    "encode",
+    "extract",
+    "fit_spin",
+    "forward",
+    "from_transformers",
+    "head_logits",
+    "load_model",
+    "load_texts",
+    "pad_batch",
+    "save_model",
 ]

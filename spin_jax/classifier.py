@@ -67,11 +67,14 @@ def selection(head: SpinHead) -> dict[str, jax.Array]:
     h, f = head.rep == 0, head.rep == 1
     order = np.concatenate([np.nonzero(h)[0], np.nonzero(f)[0]])
     return {
-        "h_layer": jnp.asarray(head.layer[h]), "h_pool": jnp.asarray(head.pool[h]),
+        "h_layer": jnp.asarray(head.layer[h]),
+        "h_pool": jnp.asarray(head.pool[h]),
         "h_neuron": jnp.asarray(head.neuron[h]),
-        "f_layer": jnp.asarray(head.layer[f] - 1), "f_pool": jnp.asarray(head.pool[f]),
+        "f_layer": jnp.asarray(head.layer[f] - 1),
+        "f_pool": jnp.asarray(head.pool[f]),
         "f_neuron": jnp.asarray(head.neuron[f]),
-        "mean": jnp.asarray(head.mean[order]), "std": jnp.asarray(head.std[order]),
+        "mean": jnp.asarray(head.mean[order]),
+        "std": jnp.asarray(head.std[order]),
         "weights": jnp.asarray(head.weights[order], jnp.float32),
         "intercept": jnp.asarray(head.intercept, jnp.float32),
     }
@@ -95,15 +98,23 @@ class SpinClassifier:
     >>> clf.predict(["a new text"])
     """
 
-    def __init__(self, model: str | Model, *, feature_dtype: str = "float32",
-                 max_length: int | None = None, valid_fraction: float = 0.2, seed: int = 0,
-                 token_budget: int = 16384, progress: bool = False, work_dir=None,
-                 **options):
+    def __init__(
+        self,
+        model: str | Model,
+        *,
+        feature_dtype: str = "float32",
+        max_length: int | None = None,
+        valid_fraction: float = 0.2,
+        seed: int = 0,
+        token_budget: int = 16384,
+        progress: bool = False,
+        work_dir=None,
+        **options,
+    ):
         self.model = model if isinstance(model, Model) else load_model(model)
         self.options = SpinOptions(**options)
         self.feature_dtype, self.valid_fraction, self.seed = feature_dtype, valid_fraction, seed
-        self.max_length = min(max_length or max_length_of(self.model),
-                              max_length_of(self.model))
+        self.max_length = min(max_length or max_length_of(self.model), max_length_of(self.model))
         self.token_budget, self.progress, self.work_dir = token_budget, progress, work_dir
         self.head: SpinHead | None = None
         self.label_names: tuple[str, ...] | None = None
@@ -115,11 +126,13 @@ class SpinClassifier:
         from spin_jax.data import encode_labels
 
         if labels is not None and len(texts) != len(labels):
-            raise SpinError(f"{len(texts)} texts but {len(labels)} labels; pass one label "
-                            "per text.")
+            raise SpinError(
+                f"{len(texts)} texts but {len(labels)} labels; pass one label per text."
+            )
         y, names = (None, names) if labels is None else encode_labels(list(labels), names)
-        return TextDataset(texts=[str(t) for t in texts], labels=y, label_names=names,
-                           source="<memory>")
+        return TextDataset(
+            texts=[str(t) for t in texts], labels=y, label_names=names, source="<memory>"
+        )
 
     def fit(self, texts, labels, valid=None, test=None) -> SpinClassifier:
         """Fits on texts/labels; valid and test are (texts, labels) pairs or TextDatasets."""
@@ -132,8 +145,11 @@ class SpinClassifier:
         else:
             valid = self._as_dataset(valid, names)
         test = None if test is None else self._as_dataset(test, names)
-        feats = [self._extract(ds, name) for ds, name in
-                 ((train, "train"), (valid, "valid"), (test, "test")) if ds is not None]
+        feats = [
+            self._extract(ds, name)
+            for ds, name in ((train, "train"), (valid, "valid"), (test, "test"))
+            if ds is not None
+        ]
         return self.fit_features(*feats)
 
     def _as_dataset(self, data, names) -> TextDataset:
@@ -143,9 +159,15 @@ class SpinClassifier:
 
     def _extract(self, ds: TextDataset, name: str):
         out = None if self.work_dir is None else Path(self.work_dir) / f"features-{name}"
-        return extract(self.model, ds, out, dtype=self.feature_dtype,
-                       max_length=self.max_length, token_budget=self.token_budget,
-                       progress=self.progress)
+        return extract(
+            self.model,
+            ds,
+            out,
+            dtype=self.feature_dtype,
+            max_length=self.max_length,
+            token_budget=self.token_budget,
+            progress=self.progress,
+        )
 
     def fit_features(self, train, valid, test=None) -> SpinClassifier:
         """Fits on already-extracted feature sources (FeatureStore or MemoryFeatures)."""
@@ -156,8 +178,7 @@ class SpinClassifier:
         valid = align_labels(valid, self.label_names, "validation")
         test = None if test is None else align_labels(test, self.label_names, "test")
         head_fn = _head_baseline(self.model) if self.model.head is not None else None
-        self.head, self.report = fit_spin(train, valid, test, self.options,
-                                          head_fn=head_fn)
+        self.head, self.report = fit_spin(train, valid, test, self.options, head_fn=head_fn)
         return self
 
     # -- inference
@@ -181,8 +202,19 @@ class SpinClassifier:
         for rows, blen, size in plan_batches(lengths, self.max_length, self.token_budget):
             batch = [ids[r] for r in rows] + [np.array([pad], np.int32)] * (size - len(rows))
             b_ids, b_mask = pad_batch(batch, blen, pad)
-            pending.append((rows, _head_logits(self.model.config, self.head.num_layers,
-                                               self.model.params, sel, b_ids, b_mask)))
+            pending.append(
+                (
+                    rows,
+                    _head_logits(
+                        self.model.config,
+                        self.head.num_layers,
+                        self.model.params,
+                        sel,
+                        b_ids,
+                        b_mask,
+                    ),
+                )
+            )
         for rows, logits in pending:
             out[rows] = np.asarray(logits)[: len(rows)]
         return out
@@ -197,16 +229,25 @@ class SpinClassifier:
     def score(self, texts, labels, metric: str = "accuracy") -> float:
         ds = self._dataset(texts, labels, self.label_names)
         pred = np.argmax(self.predict_proba(ds.texts), axis=-1)
-        return float(score(metric, jnp.asarray(ds.labels), jnp.asarray(pred),
-                           len(self.label_names or [0, 1])))
+        return float(
+            score(
+                metric, jnp.asarray(ds.labels), jnp.asarray(pred), len(self.label_names or [0, 1])
+            )
+        )
 
     def explain(self, text: str) -> list[tuple[str, np.ndarray]]:
         """Per-token class probabilities from the same head applied to each token."""
         self._check_fitted()
         ids, _ = encode(self.model.tokenizer, [str(text)], self.max_length)
         b_ids, b_mask = pad_batch(ids, len(ids[0]))
-        logits = _token_logits(self.model.config, self.head.num_layers, self.model.params,
-                               selection(self.head), b_ids, b_mask)
+        logits = _token_logits(
+            self.model.config,
+            self.head.num_layers,
+            self.model.params,
+            selection(self.head),
+            b_ids,
+            b_mask,
+        )
         tokens = self.model.tokenizer.convert_ids_to_tokens(ids[0].tolist())
         return list(zip(tokens, _proba(np.asarray(logits)[0]), strict=True))
 
@@ -222,8 +263,12 @@ class SpinClassifier:
         h = self.head
         arrays = {"rep": h.rep, "pool": h.pool, "layer": h.layer, "neuron": h.neuron}
         arrays = {k: np.ascontiguousarray(v, np.int32) for k, v in arrays.items()}
-        arrays.update({k: np.ascontiguousarray(getattr(h, k), np.float32)
-                       for k in ("mean", "std", "weights", "intercept")})
+        arrays.update(
+            {
+                k: np.ascontiguousarray(getattr(h, k), np.float32)
+                for k in ("mean", "std", "weights", "intercept")
+            }
+        )
         with tempfile.NamedTemporaryFile(dir=out, suffix=".tmp", delete=False) as f:
             tmp = f.name
         save_file(arrays, tmp)
@@ -236,19 +281,30 @@ class SpinClassifier:
         m = self.model
         tok = m.tokenizer
         return {
-            "format": "spin_jax.classifier", "format_version": FORMAT_VERSION,
+            "format": "spin_jax.classifier",
+            "format_version": FORMAT_VERSION,
             "spin_jax_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "model": {"source": m.source, "revision": m.revision,
-                      "model_type": m.config.model_type, "config_hash": m.config_hash,
-                      "params_fingerprint": m.fingerprint, "dtype": m.dtype},
-            "tokenizer": {"class": type(tok).__name__,
-                          "name": getattr(tok, "name_or_path", ""),
-                          "max_length": self.max_length},
-            "num_layers": self.head.num_layers, "n_neurons": int(len(self.head.rep)),
+            "model": {
+                "source": m.source,
+                "revision": m.revision,
+                "model_type": m.config.model_type,
+                "config_hash": m.config_hash,
+                "params_fingerprint": m.fingerprint,
+                "dtype": m.dtype,
+            },
+            "tokenizer": {
+                "class": type(tok).__name__,
+                "name": getattr(tok, "name_or_path", ""),
+                "max_length": self.max_length,
+            },
+            "num_layers": self.head.num_layers,
+            "n_neurons": int(len(self.head.rep)),
             "label_names": list(self.label_names) if self.label_names else None,
-            "metric": self.report.get("metric"), "chosen": self.report.get("chosen"),
-            "weights_file": WEIGHTS_FILE, "weights_sha256": weights_sha256,
+            "metric": self.report.get("metric"),
+            "chosen": self.report.get("chosen"),
+            "weights_file": WEIGHTS_FILE,
+            "weights_sha256": weights_sha256,
         }
 
     @classmethod
@@ -262,9 +318,17 @@ class SpinClassifier:
         model = model if isinstance(model, Model) else load_model(model)
         check_model(meta, model)
         clf = cls(model, max_length=meta["tokenizer"]["max_length"])
-        clf.head = SpinHead(arrays["rep"], arrays["pool"], arrays["layer"], arrays["neuron"],
-                            arrays["mean"], arrays["std"], arrays["weights"],
-                            arrays["intercept"], int(meta["num_layers"]))
+        clf.head = SpinHead(
+            arrays["rep"],
+            arrays["pool"],
+            arrays["layer"],
+            arrays["neuron"],
+            arrays["mean"],
+            arrays["std"],
+            arrays["weights"],
+            arrays["intercept"],
+            int(meta["num_layers"]),
+        )
         clf.label_names = tuple(meta["label_names"]) if meta["label_names"] else None
         report = path / REPORT_FILE
         clf.report = json.loads(report.read_text()) if report.exists() else {}
@@ -274,21 +338,24 @@ class SpinClassifier:
 def read_meta(path: Path) -> dict:
     f = path / META_FILE
     if not f.exists():
-        raise ArtifactError(f"{path} holds no {META_FILE}; pass the folder written by "
-                            "`spin-jax fit --out`.")
+        raise ArtifactError(
+            f"{path} holds no {META_FILE}; pass the folder written by `spin-jax fit --out`."
+        )
     try:
         meta = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{f} is corrupted ({e}); re-run `spin-jax fit`.") from None
     if not isinstance(meta, dict) or meta.get("format") != "spin_jax.classifier":
         raise ArtifactError(f"{f} is not a spin_jax classifier.")
-    if meta.get("format_version") != FORMAT_VERSION or \
-            _minor(meta.get("spin_jax_version", "")) != _minor(__version__):
+    if meta.get("format_version") != FORMAT_VERSION or _minor(
+        meta.get("spin_jax_version", "")
+    ) != _minor(__version__):
         raise ArtifactError(
             f"{path} was saved by spin_jax {meta.get('spin_jax_version')} (format "
             f"{meta.get('format_version')}); this is spin_jax {__version__} (format "
             f"{FORMAT_VERSION}). Re-fit it with this version, or install spin_jax=="
-            f"{meta.get('spin_jax_version')}.")
+            f"{meta.get('spin_jax_version')}."
+        )
     missing = [k for k in ("model", "tokenizer", "num_layers", "label_names") if k not in meta]
     if missing:
         raise ArtifactError(f"{f} lacks {missing}: it is damaged; re-run `spin-jax fit`.")
@@ -306,8 +373,10 @@ def _read_weights(path: Path, meta: dict) -> dict[str, np.ndarray]:
     if not f.exists():
         raise ArtifactError(f"{f} is missing; the classifier folder is incomplete.")
     if sha256_file(f) != meta.get("weights_sha256"):
-        raise ArtifactError(f"{f} does not match the sha256 recorded in {META_FILE}: the "
-                            "weights were modified or damaged. Re-fit or restore the folder.")
+        raise ArtifactError(
+            f"{f} does not match the sha256 recorded in {META_FILE}: the "
+            "weights were modified or damaged. Re-fit or restore the folder."
+        )
     try:
         arrays = load_file(str(f))
     except Exception as e:
@@ -326,7 +395,8 @@ def check_model(meta: dict, model: Model) -> None:
             raise ArtifactError(
                 f"this classifier was trained on model {want.get('source')!r} "
                 f"({key} {want.get(key)}), but the model given has {key} {value}. Pass the "
-                "same model with --model.")
+                "same model with --model."
+            )
 
 
 def check_features(src, model: Model) -> None:
@@ -335,16 +405,23 @@ def check_features(src, model: Model) -> None:
 
     m = src.manifest
     if m.get("poolings", list(POOLINGS)) != list(POOLINGS):
-        raise SpinError(f"features hold poolings {m.get('poolings')}; fitting needs all of "
-                        f"{list(POOLINGS)}. Re-extract without --poolings.")
-    for key, want in (("params_fingerprint", model.fingerprint),
-                      ("config_hash", model.config_hash)):
+        raise SpinError(
+            f"features hold poolings {m.get('poolings')}; fitting needs all of "
+            f"{list(POOLINGS)}. Re-extract without --poolings."
+        )
+    for key, want in (
+        ("params_fingerprint", model.fingerprint),
+        ("config_hash", model.config_hash),
+    ):
         if m.get(key, want) != want:
-            raise SpinError(f"features were extracted with another model ({key} "
-                            f"{m.get(key)} != {want}); extract them with this model.")
+            raise SpinError(
+                f"features were extracted with another model ({key} "
+                f"{m.get(key)} != {want}); extract them with this model."
+            )
     if m.get("num_layers", model.config.num_layers) != model.config.num_layers:
-        raise SpinError("features were extracted with early exit (--num-layers); fitting "
-                        "needs every layer.")
+        raise SpinError(
+            "features were extracted with early exit (--num-layers); fitting needs every layer."
+        )
 
 
 class _Relabelled:
@@ -365,8 +442,10 @@ def align_labels(src, names: tuple[str, ...] | None, what: str):
         return src
     unseen = [n for n in theirs if n not in names]
     if unseen:
-        raise SpinError(f"{what} labels {unseen} never occur in training (training labels: "
-                        f"{list(names)}); use a stratified split.")
+        raise SpinError(
+            f"{what} labels {unseen} never occur in training (training labels: "
+            f"{list(names)}); use a stratified split."
+        )
     remap = np.array([names.index(n) for n in theirs], np.int64)
     return _Relabelled(src, remap[np.asarray(src.labels)], names)
 

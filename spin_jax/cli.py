@@ -6,13 +6,24 @@ import argparse
 import logging
 import sys
 
-USER_ERRORS = ("ConfigError", "WeightsError", "InputError", "DataError", "StoreError",
-               "StoreMismatchError", "SpinError", "ArtifactError")
+USER_ERRORS = (
+    "ConfigError",
+    "WeightsError",
+    "InputError",
+    "DataError",
+    "StoreError",
+    "StoreMismatchError",
+    "SpinError",
+    "ArtifactError",
+)
 
 
 def _add_data_args(p, *, labels=True, required=True):
-    p.add_argument("--data", required=required, help="CSV/TSV/JSONL/Parquet file, a "
-                   "datasets folder, or hf:NAME[/CONFIG]")
+    p.add_argument(
+        "--data",
+        required=required,
+        help="CSV/TSV/JSONL/Parquet file, a datasets folder, or hf:NAME[/CONFIG]",
+    )
     p.add_argument("--split", default=None, help="split of a hub dataset or DatasetDict")
     p.add_argument("--text-column", default=None)
     if labels:
@@ -20,8 +31,11 @@ def _add_data_args(p, *, labels=True, required=True):
 
 
 def _add_model_args(p):
-    p.add_argument("--model", required=True, help="HF hub id, HF model folder, or a folder "
-                   "written by `spin-jax convert`")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="HF hub id, HF model folder, or a folder written by `spin-jax convert`",
+    )
     p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--revision", default=None)
 
@@ -31,8 +45,10 @@ def cmd_convert(args):
 
     model = spin_jax.load_model(args.model_path, dtype=args.model_dtype, revision=args.revision)
     out = spin_jax.save_model(model, args.out)
-    print(f"wrote {out} ({model.config.model_type}, {model.config.num_layers} layers, "
-          f"fingerprint {model.fingerprint})")
+    print(
+        f"wrote {out} ({model.config.model_type}, {model.config.num_layers} layers, "
+        f"fingerprint {model.fingerprint})"
+    )
 
 
 def cmd_extract(args):
@@ -40,13 +56,26 @@ def cmd_extract(args):
     from spin_jax.data import load_texts
     from spin_jax.extract import extract
 
-    ds = load_texts(args.data, split=args.split, text_column=args.text_column,
-                    label_column=args.label_column, require_labels=False)
+    ds = load_texts(
+        args.data,
+        split=args.split,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        require_labels=False,
+    )
     model = spin_jax.load_model(args.model, dtype=args.model_dtype, revision=args.revision)
-    store = extract(model, ds, args.out, dtype=args.dtype, max_length=args.max_length,
-                    num_layers=args.num_layers, poolings=tuple(args.poolings.split(",")),
-                    chunk_rows=args.chunk_rows, token_budget=args.token_budget,
-                    progress=not args.quiet)
+    store = extract(
+        model,
+        ds,
+        args.out,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        num_layers=args.num_layers,
+        poolings=tuple(args.poolings.split(",")),
+        chunk_rows=args.chunk_rows,
+        token_budget=args.token_budget,
+        progress=not args.quiet,
+    )
     print(f"features of {store.n_rows} rows in {store.path}")
 
 
@@ -83,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
+    )
     try:
         args.func(args)
     except Exception as e:  # user mistakes end with one clear line, bugs with a traceback

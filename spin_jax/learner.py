@@ -110,17 +110,20 @@ def _best_lam(scores: jax.Array) -> jax.Array:
     return jnp.argmax(scores, axis=-1)  # lams are sorted largest first; argmax takes the first
 
 
-def fit_probe_table(train, valid, test, rep, pool, n_layers, y, yv, yt, n_classes, metric,
-                    opts: SpinOptions) -> ProbeTable:
+def fit_probe_table(
+    train, valid, test, rep, pool, n_layers, y, yv, yt, n_classes, metric, opts: SpinOptions
+) -> ProbeTable:
     F = train.shape(rep)[-1]
     chunk = max(1, opts.memory_bytes // max(1, 12 * train.n_rows * F))
     parts = []
     for start in range(1, n_layers + 1, chunk):
         layers = np.arange(start, min(start + chunk, n_layers + 1))
-        parts.append(_probe_chunk(train, valid, test, rep, pool, layers, y, yv, yt, n_classes,
-                                  metric, opts))
-    return ProbeTable(*[None if parts[0][i] is None else np.concatenate([p[i] for p in parts])
-                        for i in range(7)])
+        parts.append(
+            _probe_chunk(train, valid, test, rep, pool, layers, y, yv, yt, n_classes, metric, opts)
+        )
+    return ProbeTable(
+        *[None if parts[0][i] is None else np.concatenate([p[i] for p in parts]) for i in range(7)]
+    )
 
 
 def _probe_chunk(train, valid, test, rep, pool, layers, y, yv, yt, n_classes, metric, opts):
@@ -140,8 +143,15 @@ def _probe_chunk(train, valid, test, rep, pool, layers, y, yv, yt, n_classes, me
         t_scores = _eval(test, rep, pool, layers, mean, std, fit, yt, n_classes, metric)
         t = np.asarray(pick(t_scores, best))
     imp = jnp.sum(jnp.square(W), axis=-1)
-    return (np.asarray(imp), np.asarray(mean), np.asarray(std), np.asarray(pick(v_scores, best)),
-            t, np.asarray(W), np.asarray(b))
+    return (
+        np.asarray(imp),
+        np.asarray(mean),
+        np.asarray(std),
+        np.asarray(pick(v_scores, best)),
+        t,
+        np.asarray(W),
+        np.asarray(b),
+    )
 
 
 def _eval(src, rep, pool, layers, mean, std, fit, y, n_classes, metric):
@@ -192,8 +202,15 @@ def candidates(tables: dict, reps, pools, etas) -> Candidates:
                 for e in reversed(range(len(etas))):  # kept sets grow with eta
                     rank[kept_neurons(t.importance[j], etas[e])] = e
                 idx = np.nonzero(rank < len(etas))[0]
-                cols.append((np.full(len(idx), REPS.index(r)), np.full(len(idx), p),
-                             np.full(len(idx), j + 1), idx, rank[idx]))
+                cols.append(
+                    (
+                        np.full(len(idx), REPS.index(r)),
+                        np.full(len(idx), p),
+                        np.full(len(idx), j + 1),
+                        idx,
+                        rank[idx],
+                    )
+                )
     if not cols:
         return Candidates(*(np.zeros(0, np.int64) for _ in range(5)))
     return Candidates(*(np.concatenate([c[i] for c in cols]) for i in range(5)))
@@ -216,8 +233,13 @@ def gather(src, cand: Candidates, mean, std, rows=None) -> np.ndarray:
     for r, p, j in np.unique(keys, axis=0) if len(cand) else []:
         cols = np.nonzero((keys == (r, p, j)).all(axis=1))[0]
         rep = REPS[r]
-        x = src.read(rep, rows=rows, layers=layer_axis(rep, np.array([j])), poolings=[p],
-                     neurons=cand.neuron[cols])[:, 0, 0]
+        x = src.read(
+            rep,
+            rows=rows,
+            layers=layer_axis(rep, np.array([j])),
+            poolings=[p],
+            neurons=cand.neuron[cols],
+        )[:, 0, 0]
         out[:, cols] = (x - mean[cols]) / std[cols]
     return out
 
@@ -240,8 +262,7 @@ def integration_masks(cand: Candidates, n_etas: int, n_layers: int) -> np.ndarra
     return in_k & at_eta
 
 
-def integrate(Xtr, Xv, cand: Candidates, n_layers, y, yv, n_classes, metric,
-              opts: SpinOptions):
+def integrate(Xtr, Xv, cand: Candidates, n_layers, y, yv, n_classes, metric, opts: SpinOptions):
     """Aggregated probes over layers 1..k for every eta and k, at every lam, in one program.
 
     Returns valid scores [E, L, R], fit (weights [E, L, R, Mpad, K]) and lams [R].
@@ -253,8 +274,9 @@ def integrate(Xtr, Xv, cand: Candidates, n_layers, y, yv, n_classes, metric,
     if opts.lam_grid == "paper":
         lams = probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0])
     else:
-        lams = probes.default_lams(Xtr, y, n_classes, num=opts.n_lams, ratio=opts.lam_ratio,
-                                   featmask=masks[-1])
+        lams = probes.default_lams(
+            Xtr, y, n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=masks[-1]
+        )
     fit = _fit_masks(Xtr, y, n_classes, lams, masks, opts.max_iter, opts.tol)
     pred = _predict_masks(Xv, fit.weights, fit.intercept)
     scores = score(metric, yv, pred, n_classes).reshape(E, n_layers, -1)
@@ -293,15 +315,19 @@ class SpinHead:
     num_layers: int
 
     def candidates(self) -> Candidates:
-        return Candidates(self.rep, self.pool, self.layer, self.neuron,
-                          np.zeros(len(self.rep), np.int64))
+        return Candidates(
+            self.rep, self.pool, self.layer, self.neuron, np.zeros(len(self.rep), np.int64)
+        )
 
     def features(self, src, rows=None) -> np.ndarray:
         return gather(src, self.candidates(), self.mean, self.std, rows)
 
     def proba(self, Xs) -> np.ndarray:
-        return np.asarray(probes.predict_proba(jnp.asarray(Xs), jnp.asarray(self.weights),
-                                               jnp.asarray(self.intercept)))
+        return np.asarray(
+            probes.predict_proba(
+                jnp.asarray(Xs), jnp.asarray(self.weights), jnp.asarray(self.intercept)
+            )
+        )
 
 
 # ---- the whole fit -----------------------------------------------------------------------
@@ -325,16 +351,30 @@ class Choice:
     std: np.ndarray
     per_k_valid: list[float]
 
+    @property
+    def layers_used(self) -> int:
+        """Blocks inference must run: the deepest layer with a non-zero weight (<= k)."""
+        used = np.any(self.weights != 0, axis=1)
+        return int(self.cand.layer[used].max()) if used.any() else 0
+
     def head(self) -> SpinHead:
         """The final classifier: only the columns with a non-zero weight."""
         used = np.any(self.weights != 0, axis=1)
         c = self.cand
-        return SpinHead(c.rep[used], c.pool[used], c.layer[used], c.neuron[used],
-                        self.mean[used], self.std[used], self.weights[used], self.intercept,
-                        self.k)
+        return SpinHead(
+            c.rep[used],
+            c.pool[used],
+            c.layer[used],
+            c.neuron[used],
+            self.mean[used],
+            self.std[used],
+            self.weights[used],
+            self.intercept,
+            self.layers_used,
+        )
 
     def key(self):
-        return (-round(self.valid, 9), self.k, self.n_neurons)
+        return (-round(self.valid, 9), self.layers_used, self.n_neurons)
 
 
 def _rep_sets(opts):
@@ -358,16 +398,20 @@ def _pool_sets(opts):
 def check_labels(y: np.ndarray, yv: np.ndarray, n_classes: int):
     present = np.unique(y)
     if len(present) < 2:
-        raise SpinError(f"the training labels hold only one class ({present.tolist()}); a "
-                        "classifier needs at least two.")
+        raise SpinError(
+            f"the training labels hold only one class ({present.tolist()}); a "
+            "classifier needs at least two."
+        )
     unseen = np.setdiff1d(np.unique(yv), present)
     if len(unseen):
-        raise SpinError(f"validation labels {unseen.tolist()} never occur in training; "
-                        "use a stratified split.")
+        raise SpinError(
+            f"validation labels {unseen.tolist()} never occur in training; use a stratified split."
+        )
 
 
-def fit_spin(train, valid, test=None, opts: SpinOptions = SpinOptions(), n_layers=None,
-             head_fn=None) -> tuple[SpinHead, dict]:
+def fit_spin(
+    train, valid, test=None, opts: SpinOptions = SpinOptions(), n_layers=None, head_fn=None
+) -> tuple[SpinHead, dict]:
     """Runs stages 1-3 and model selection. Returns (SpinHead, report dict)."""
     times = {}
     y, yv = _labels(train, "train"), _labels(valid, "validation")
@@ -383,30 +427,70 @@ def fit_spin(train, valid, test=None, opts: SpinOptions = SpinOptions(), n_layer
     tables = {}
     for rep in reps_used:
         for p in pools_used:
-            tables[rep, p] = fit_probe_table(train, valid, test, rep, p, L, y, yv, yt,
-                                             n_classes, metric, opts)
-            log.info("probes %s/%s: best layer %d valid %.4f", rep, POOLINGS[p],
-                     int(np.argmax(tables[rep, p].valid)) + 1, tables[rep, p].valid.max())
+            tables[rep, p] = fit_probe_table(
+                train, valid, test, rep, p, L, y, yv, yt, n_classes, metric, opts
+            )
+            log.info(
+                "probes %s/%s: best layer %d valid %.4f",
+                rep,
+                POOLINGS[p],
+                int(np.argmax(tables[rep, p].valid)) + 1,
+                tables[rep, p].valid.max(),
+            )
     times["probes_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     choices = []
     for rname, reps in _rep_sets(opts):
         for pname, pools in _pool_sets(opts):
-            choices.extend(_integrate_combo(train, valid, tables, rname, reps, pname, pools,
-                                            L, y, yv, n_classes, metric, opts))
+            choices.extend(
+                _integrate_combo(
+                    train,
+                    valid,
+                    tables,
+                    rname,
+                    reps,
+                    pname,
+                    pools,
+                    L,
+                    y,
+                    yv,
+                    n_classes,
+                    metric,
+                    opts,
+                )
+            )
     times["integration_s"] = time.perf_counter() - t0
     choices = [c for c in choices if c.n_neurons > 0]
     if not choices:
-        raise SpinError("every probe came out all-zero: the features carry no signal the "
-                        "probes could use. Check that labels match texts.")
+        raise SpinError(
+            "every probe came out all-zero: the features carry no signal the "
+            "probes could use. Check that labels match texts."
+        )
     best = select(choices, opts.selection, valid.n_rows)
     head = best.head()
-    spin = {"valid": _head_score(head, valid, yv, n_classes, metric), "num_layers": best.k,
-            "n_neurons": int(len(head.rep))}
+    spin = {
+        "valid": _head_score(head, valid, yv, n_classes, metric),
+        "num_layers": head.num_layers,
+        "n_neurons": int(len(head.rep)),
+    }
     spin["test"] = None if test is None else _head_score(head, test, yt, n_classes, metric)
-    report = _report(spin, best, choices, tables, train, valid, test, yv, yt, n_classes, metric,
-                     head_fn, L, times)
+    report = _report(
+        spin,
+        best,
+        choices,
+        tables,
+        train,
+        valid,
+        test,
+        yv,
+        yt,
+        n_classes,
+        metric,
+        head_fn,
+        L,
+        times,
+    )
     return head, report
 
 
@@ -420,7 +504,7 @@ def select(choices: list[Choice], rule: str, n_valid: int) -> Choice:
     p = min(max(best.valid, 0.0), 1.0)
     se = np.sqrt(p * (1 - p) / max(n_valid, 1))
     close = [c for c in choices if c.valid >= best.valid - se]
-    return min(close, key=lambda c: (c.k, c.n_neurons, -c.valid))
+    return min(close, key=lambda c: (c.layers_used, c.n_neurons, -c.valid))
 
 
 def _labels(src, what):
@@ -429,8 +513,9 @@ def _labels(src, what):
     return jnp.asarray(np.asarray(src.labels, np.int32))
 
 
-def _integrate_combo(train, valid, tables, rname, reps, pname, pools, L, y, yv, n_classes,
-                     metric, opts) -> list[Choice]:
+def _integrate_combo(
+    train, valid, tables, rname, reps, pname, pools, L, y, yv, n_classes, metric, opts
+) -> list[Choice]:
     """Every (eta, k) candidate of one (representation, pooling) set, at its best lam."""
     cand = candidates(tables, reps, pools, opts.etas)
     if len(cand) == 0:
@@ -449,9 +534,23 @@ def _integrate_combo(train, valid, tables, rname, reps, pname, pools, L, y, yv, 
         per_k = [float(x) for x in scores[e].max(axis=1)]
         for k in range(1, L + 1):
             used = int(np.count_nonzero(np.any(W[k - 1] != 0, axis=1)))
-            out.append(Choice(float(scores[e, k - 1, r_best[e, k - 1]]), k, used, rname, pname,
-                              eta, float(lams[r_best[e, k - 1]]), W[k - 1], b[k - 1], cand,
-                              mean, std, per_k))
+            out.append(
+                Choice(
+                    float(scores[e, k - 1, r_best[e, k - 1]]),
+                    k,
+                    used,
+                    rname,
+                    pname,
+                    eta,
+                    float(lams[r_best[e, k - 1]]),
+                    W[k - 1],
+                    b[k - 1],
+                    cand,
+                    mean,
+                    std,
+                    per_k,
+                )
+            )
     return out
 
 
@@ -460,31 +559,56 @@ def _head_score(head: SpinHead, src, y, n_classes, metric) -> float:
     return float(score(metric, y, jnp.asarray(pred), n_classes))
 
 
-def _report(spin, best, choices, tables, train, valid, test, yv, yt, n_classes, metric, head_fn, L,
-            times) -> dict[str, Any]:
-    per_layer = {f"{r}/{POOLINGS[p]}": {"valid": t.valid.tolist(),
-                                        "test": None if t.test is None else t.test.tolist()}
-                 for (r, p), t in tables.items()}
+def _report(
+    spin, best, choices, tables, train, valid, test, yv, yt, n_classes, metric, head_fn, L, times
+) -> dict[str, Any]:
+    per_layer = {
+        f"{r}/{POOLINGS[p]}": {
+            "valid": t.valid.tolist(),
+            "test": None if t.test is None else t.test.tolist(),
+        }
+        for (r, p), t in tables.items()
+    }
     emb = tables.get(("hidden", 0))
     baselines = {}
     if emb is not None:
-        baselines["embedding"] = {"layer": L, "valid": float(emb.valid[-1]),
-                                  "test": None if emb.test is None else float(emb.test[-1])}
+        baselines["embedding"] = {
+            "layer": L,
+            "valid": float(emb.valid[-1]),
+            "test": None if emb.test is None else float(emb.test[-1]),
+        }
     (br, bp), bt = max(tables.items(), key=lambda kv: (kv[1].valid.max(), -kv[0][1]))
     j = int(np.argmax(bt.valid))
     baselines["best_single_layer"] = {
-        "representation": br, "pooling": POOLINGS[bp], "layer": j + 1,
-        "valid": float(bt.valid[j]), "test": None if bt.test is None else float(bt.test[j])}
+        "representation": br,
+        "pooling": POOLINGS[bp],
+        "layer": j + 1,
+        "valid": float(bt.valid[j]),
+        "test": None if bt.test is None else float(bt.test[j]),
+    }
     if head_fn is not None:
         baselines["fine_tuned_head"] = head_fn(valid, test, yv, yt, n_classes, metric)
     kept = _kept_per_layer(best, L)
     return {
-        "metric": metric, "n_classes": n_classes, "n_train": int(train.n_rows),
-        "n_valid": int(valid.n_rows), "n_test": None if test is None else int(test.n_rows),
-        "chosen": {"representation": best.rep, "pooling": best.pooling, "eta": best.eta,
-                   "num_layers": best.k, "n_neurons": best.n_neurons, "valid": best.valid},
-        "spin": spin, "baselines": baselines, "per_layer_probes": per_layer,
-        "per_k_integration_valid": best.per_k_valid, "neurons_kept_per_layer": kept,
+        "metric": metric,
+        "n_classes": n_classes,
+        "n_train": int(train.n_rows),
+        "n_valid": int(valid.n_rows),
+        "n_test": None if test is None else int(test.n_rows),
+        "chosen": {
+            "representation": best.rep,
+            "pooling": best.pooling,
+            "eta": best.eta,
+            "num_layers": best.layers_used,
+            "k": best.k,
+            "n_neurons": best.n_neurons,
+            "valid": best.valid,
+        },
+        "spin": spin,
+        "baselines": baselines,
+        "per_layer_probes": per_layer,
+        "per_k_integration_valid": best.per_k_valid,
+        "neurons_kept_per_layer": kept,
         "candidates": _best_per_combo(choices),
         "times": times,
     }
@@ -496,8 +620,17 @@ def _best_per_combo(choices: list[Choice]) -> list[dict]:
         key = (c.rep, c.pooling)
         if key not in best or c.key() < best[key].key():
             best[key] = c
-    return [{"representation": c.rep, "pooling": c.pooling, "eta": c.eta, "num_layers": c.k,
-             "n_neurons": c.n_neurons, "valid": c.valid} for c in best.values()]
+    return [
+        {
+            "representation": c.rep,
+            "pooling": c.pooling,
+            "eta": c.eta,
+            "num_layers": c.layers_used,
+            "n_neurons": c.n_neurons,
+            "valid": c.valid,
+        }
+        for c in best.values()
+    ]
 
 
 def _kept_per_layer(best: Choice, L: int) -> list[int]:

@@ -19,8 +19,16 @@ from spin_jax.models.layers import ConfigError, Features, Params, WeightsError, 
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_META = "spin_jax_model.json"
-_HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*",
-              "vocab*", "merges.txt", "special_tokens_map.json", "spiece.model"]
+_HUB_FILES = [
+    "config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "tokenizer*",
+    "vocab*",
+    "merges.txt",
+    "special_tokens_map.json",
+    "spiece.model",
+]
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -47,7 +55,9 @@ class Model:
 
 
 def config_hash(hf_config: dict) -> str:
-    keep = {k: v for k, v in hf_config.items() if not k.startswith("_") and k != "transformers_version"}
+    keep = {
+        k: v for k, v in hf_config.items() if not k.startswith("_") and k != "transformers_version"
+    }
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -63,14 +73,28 @@ def params_fingerprint(params: Params) -> str:
     return h.hexdigest()[:16]
 
 
-def forward(model: Model, input_ids, attention_mask, *, pooled: bool = True,
-            num_layers: int | None = None, **kwargs) -> Features:
+def forward(
+    model: Model,
+    input_ids,
+    attention_mask,
+    *,
+    pooled: bool = True,
+    num_layers: int | None = None,
+    **kwargs,
+) -> Features:
     """Every layer's hidden states and FFN activations, pooled ([L+1,B,P,D], [L,B,P,F]).
 
     pooled=False returns per-token activations; num_layers=k runs only the first k blocks.
     """
-    return forward_params(model.config, model.params, input_ids, attention_mask,
-                          pooled=pooled, num_layers=num_layers, **kwargs)
+    return forward_params(
+        model.config,
+        model.params,
+        input_ids,
+        attention_mask,
+        pooled=pooled,
+        num_layers=num_layers,
+        **kwargs,
+    )
 
 
 def _resolve(name_or_path: str, revision: str | None) -> Path:
@@ -94,8 +118,11 @@ def _resolve(name_or_path: str, revision: str | None) -> Path:
 def load_tokenizer(folder: Path, model_type: str):
     from transformers import AutoTokenizer
 
-    if not any(folder.glob("tokenizer*")) and not any(folder.glob("vocab*")) \
-            and not (folder / "spiece.model").exists():
+    if (
+        not any(folder.glob("tokenizer*"))
+        and not any(folder.glob("vocab*"))
+        and not (folder / "spiece.model").exists()
+    ):
         return None  # e.g. a bare save_pretrained of a model; encode() says what to do
     try:
         tok = AutoTokenizer.from_pretrained(str(folder))
@@ -128,8 +155,9 @@ def _apply_options(config, options: dict):
     return config
 
 
-def load_model(name_or_path: str, *, dtype: str = "float32", revision: str | None = None,
-               **options) -> Model:
+def load_model(
+    name_or_path: str, *, dtype: str = "float32", revision: str | None = None, **options
+) -> Model:
     """Loads an HF model folder, an HF hub id, or a folder written by `save_model`.
 
     Extra keyword options set config fields (e.g. T5's mode="encoder").
@@ -144,9 +172,16 @@ def load_model(name_or_path: str, *, dtype: str = "float32", revision: str | Non
     hf_config = read_hf_config(folder)
     config = _apply_options(config_from_hf(hf_config), options)
     params, head = convert(config, folder)
-    return Model(config, cast_params(params, DTYPES[dtype]),
-                 load_tokenizer(folder, config.model_type), hf_config, str(name_or_path),
-                 revision, _head_to_jax(head), dtype)
+    return Model(
+        config,
+        cast_params(params, DTYPES[dtype]),
+        load_tokenizer(folder, config.model_type),
+        hf_config,
+        str(name_or_path),
+        revision,
+        _head_to_jax(head),
+        dtype,
+    )
 
 
 def from_transformers(hf_model, tokenizer=None, *, dtype: str = "float32", **options) -> Model:
@@ -156,9 +191,16 @@ def from_transformers(hf_model, tokenizer=None, *, dtype: str = "float32", **opt
     hf_config = hf_model.config.to_dict()
     config = _apply_options(config_from_hf(hf_config), options)
     params, head = convert(config, hf_model)
-    return Model(config, cast_params(params, DTYPES[dtype]), tokenizer, hf_config,
-                 getattr(hf_model, "name_or_path", "") or type(hf_model).__name__, None,
-                 _head_to_jax(head), dtype)
+    return Model(
+        config,
+        cast_params(params, DTYPES[dtype]),
+        tokenizer,
+        hf_config,
+        getattr(hf_model, "name_or_path", "") or type(hf_model).__name__,
+        None,
+        _head_to_jax(head),
+        dtype,
+    )
 
 
 def _head_to_jax(head):
@@ -184,9 +226,13 @@ def save_model(model: Model, out: str | os.PathLike) -> Path:
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(out))
     meta = {
-        "format_version": CHECKPOINT_FORMAT, "spin_jax_version": __version__,
-        "source": model.source, "revision": model.revision, "dtype": model.dtype,
-        "model_type": model.config.model_type, "config_hash": model.config_hash,
+        "format_version": CHECKPOINT_FORMAT,
+        "spin_jax_version": __version__,
+        "source": model.source,
+        "revision": model.revision,
+        "dtype": model.dtype,
+        "model_type": model.config.model_type,
+        "config_hash": model.config_hash,
         "params_fingerprint": model.fingerprint,
         "head_kind": model.head[0] if model.head else None,
     }
@@ -216,12 +262,21 @@ def _load_converted(folder: Path, dtype: str, options: dict) -> Model:
     check_shapes(config, jax.tree.map(np.asarray, params))
     del param_shapes
     if params_fingerprint(params) != meta["params_fingerprint"]:
-        raise WeightsError(f"{folder}: weights do not match their recorded fingerprint "
-                           "(corrupted or modified); re-run `spin-jax convert`.")
+        raise WeightsError(
+            f"{folder}: weights do not match their recorded fingerprint "
+            "(corrupted or modified); re-run `spin-jax convert`."
+        )
     head = (meta["head_kind"], tree["head"]) if meta.get("head_kind") else None
-    return Model(config, cast_params(params, DTYPES[dtype]),
-                 load_tokenizer(folder, config.model_type), hf_config, meta["source"],
-                 meta.get("revision"), _head_to_jax(head), dtype)
+    return Model(
+        config,
+        cast_params(params, DTYPES[dtype]),
+        load_tokenizer(folder, config.model_type),
+        hf_config,
+        meta["source"],
+        meta.get("revision"),
+        _head_to_jax(head),
+        dtype,
+    )
 
 
 def head_logits(model: Model, token_features: jax.Array) -> jax.Array:
@@ -230,8 +285,10 @@ def head_logits(model: Model, token_features: jax.Array) -> jax.Array:
     token_features [B, D] is the last hidden layer's "token" pooling ([CLS] / last token).
     """
     if model.head is None:
-        raise ConfigError(f"{model.source} has no classification head (not a fine-tuned "
-                          "*ForSequenceClassification checkpoint).")
+        raise ConfigError(
+            f"{model.source} has no classification head (not a fine-tuned "
+            "*ForSequenceClassification checkpoint)."
+        )
     kind, p = model.head
     from spin_jax.models.layers import dense
 

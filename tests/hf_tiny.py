@@ -27,8 +27,16 @@ def gpt2(**kw):
     from transformers import GPT2Config, GPT2Model
 
     torch.manual_seed(0)
-    cfg = dict(vocab_size=97, n_positions=41, n_embd=40, n_layer=3, n_head=5,
-               n_inner=56, layer_norm_epsilon=1e-4, activation_function="gelu_new")
+    cfg = dict(
+        vocab_size=97,
+        n_positions=41,
+        n_embd=40,
+        n_layer=3,
+        n_head=5,
+        n_inner=56,
+        layer_norm_epsilon=1e-4,
+        activation_function="gelu_new",
+    )
     cfg.update(kw)
     return GPT2Model(GPT2Config(**cfg)).eval()
 
@@ -39,13 +47,28 @@ def bert(kind="bert", **kw):
 
     torch.manual_seed(0)
     if kind == "distilbert":
-        cfg = dict(vocab_size=97, max_position_embeddings=41, dim=40, n_layers=3, n_heads=5,
-                   hidden_dim=56, activation="gelu")
+        cfg = dict(
+            vocab_size=97,
+            max_position_embeddings=41,
+            dim=40,
+            n_layers=3,
+            n_heads=5,
+            hidden_dim=56,
+            activation="gelu",
+        )
         cfg.update(kw)
         return tf.DistilBertModel(tf.DistilBertConfig(**cfg)).eval()
-    cfg = dict(vocab_size=97, max_position_embeddings=41, hidden_size=40, num_hidden_layers=3,
-               num_attention_heads=5, intermediate_size=56, layer_norm_eps=1e-7,
-               type_vocab_size=3, hidden_act="gelu")
+    cfg = dict(
+        vocab_size=97,
+        max_position_embeddings=41,
+        hidden_size=40,
+        num_hidden_layers=3,
+        num_attention_heads=5,
+        intermediate_size=56,
+        layer_norm_eps=1e-7,
+        type_vocab_size=3,
+        hidden_act="gelu",
+    )
     if kind == "roberta":
         cfg.update(pad_token_id=2, max_position_embeddings=44)
         cfg.update(kw)
@@ -59,11 +82,17 @@ def hf_features(model, ids, mask, **kw):
     import torch
 
     acts = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: acts.append(o.detach().float().numpy()))
-             for m in activation_modules(model)]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: acts.append(o.detach().float().numpy()))
+        for m in activation_modules(model)
+    ]
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids, dtype=torch.long),
-                    attention_mask=torch.tensor(mask), output_hidden_states=True, **kw)
+        out = model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask),
+            output_hidden_states=True,
+            **kw,
+        )
     for h in hooks:
         h.remove()
     hidden = [h.float().numpy() for h in out.hidden_states]

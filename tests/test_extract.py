@@ -34,8 +34,10 @@ pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 MAX_LENGTH = 24  # < the model's 67 positions, so --max-length is what truncates
-WORDS = ("the movie was good bad long short film actor plot scene music story end "
-         "great poor slow fast love hate").split()
+WORDS = (
+    "the movie was good bad long short film actor plot scene music story end "
+    "great poor slow fast love hate"
+).split()
 
 
 def make_texts(n: int, seed: int, max_words: int) -> list[str]:
@@ -79,8 +81,21 @@ def csv_file(tmp_path_factory, texts):
 
 
 def extract_args(folder, csv_file, out, *extra):
-    return ["extract", "--model", str(folder), "--data", str(csv_file), "--out", str(out),
-            "--dtype", "float32", "--quiet", "--max-length", str(MAX_LENGTH), *extra]
+    return [
+        "extract",
+        "--model",
+        str(folder),
+        "--data",
+        str(csv_file),
+        "--out",
+        str(out),
+        "--dtype",
+        "float32",
+        "--quiet",
+        "--max-length",
+        str(MAX_LENGTH),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +155,8 @@ def test_summary(store_dir, model, texts):
     assert summary["truncated"] == n_overlong(model, texts)
     assert summary["padded_tokens"] >= summary["tokens"]
     assert summary["padding_fraction"] == pytest.approx(
-        1 - summary["tokens"] / summary["padded_tokens"])
+        1 - summary["tokens"] / summary["padded_tokens"]
+    )
     assert 0 <= summary["padding_fraction"] < 1
     assert (summary["chunks_done"], summary["chunks_skipped"]) == (4, 0)
 
@@ -152,8 +168,9 @@ def test_memory_features_equal_store(store_dir, model, texts):
     for name in ("hidden", "ffn"):
         np.testing.assert_allclose(mem.read(name), store.read(name), atol=TOL, rtol=0)
     sel = dict(rows=[3, 0], layers=[-1], poolings=[1])
-    np.testing.assert_array_equal(mem.read("hidden", **sel),
-                                  mem.read("hidden")[[3, 0]][:, [-1]][:, :, [1]])
+    np.testing.assert_array_equal(
+        mem.read("hidden", **sel), mem.read("hidden")[[3, 0]][:, [-1]][:, :, [1]]
+    )
 
 
 # ---- resume and refusals -----------------------------------------------------------------
@@ -164,8 +181,9 @@ class Crash(Exception):
 
 
 def chunk_digests(path: Path) -> dict[str, str]:
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(path.glob("*-*.npy"))}
+    return {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(path.glob("*-*.npy"))
+    }
 
 
 def test_resume_after_crash_gives_identical_files(tmp_path, folder, csv_file, monkeypatch):
@@ -224,8 +242,15 @@ def test_rerun_with_another_model_is_refused(store_dir, model, csv_file):
     before = chunk_digests(store_dir)
     ds = load_texts(csv_file, require_labels=False)  # as the CLI read it: only the model differs
     with pytest.raises(StoreMismatchError, match="params_fingerprint") as e:
-        extract(other, ds, store_dir, max_length=MAX_LENGTH, dtype="float32", chunk_rows=7,
-                progress=False)
+        extract(
+            other,
+            ds,
+            store_dir,
+            max_length=MAX_LENGTH,
+            dtype="float32",
+            chunk_rows=7,
+            progress=False,
+        )
     assert "max_length" not in str(e.value) and "texts_sha256" not in str(e.value)
     assert chunk_digests(store_dir) == before
 
@@ -233,8 +258,7 @@ def test_rerun_with_another_model_is_refused(store_dir, model, csv_file):
 # ---- bad input ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["missing file", "missing column", "empty file",
-                                  "header only"])
+@pytest.mark.parametrize("case", ["missing file", "missing column", "empty file", "header only"])
 def test_bad_input_exits_2_with_a_message(case, tmp_path, folder, capsys):
     data, extra, words = tmp_path / "data.csv", [], ["data.csv"]
     if case == "missing column":
@@ -257,14 +281,18 @@ def test_bad_input_exits_2_with_a_message(case, tmp_path, folder, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("option,value,words", [
-    ("--num-layers", "4", ["num_layers=4", "[0, 3]"]),
-    ("--num-layers", "-1", ["num_layers=-1"]),
-    ("--max-length", "0", ["max_length=0", "positive"]),
-    ("--poolings", "mean,median", ["median"]),
-])
-def test_bad_options_exit_2_before_a_store_is_made(option, value, words, tmp_path, folder,
-                                                   csv_file, capsys):
+@pytest.mark.parametrize(
+    "option,value,words",
+    [
+        ("--num-layers", "4", ["num_layers=4", "[0, 3]"]),
+        ("--num-layers", "-1", ["num_layers=-1"]),
+        ("--max-length", "0", ["max_length=0", "positive"]),
+        ("--poolings", "mean,median", ["median"]),
+    ],
+)
+def test_bad_options_exit_2_before_a_store_is_made(
+    option, value, words, tmp_path, folder, csv_file, capsys
+):
     args = extract_args(folder, csv_file, tmp_path / "out")
     if option in args:
         args[args.index(option) + 1] = value
@@ -309,8 +337,9 @@ def test_compiles_once_per_shape(model):
     shapes = {(blen, size) for _, blen, size in plan}
     assert len(plan) > len(shapes) >= 3
     extract_mod._pooled_rows.clear_cache()
-    feats = extract(model, texts, max_length=64, dtype="float32", token_budget=budget,
-                    progress=False)
+    feats = extract(
+        model, texts, max_length=64, dtype="float32", token_budget=budget, progress=False
+    )
     assert feats.n_rows == 200
     assert 1 <= extract_mod._pooled_rows._cache_size() <= len(shapes)
 
@@ -341,16 +370,33 @@ def test_eight_devices_equal_one(tmp_path, folder, model):
     texts = make_texts(20, seed=3, max_words=30)
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     (tmp_path / "sharded.py").write_text(textwrap.dedent(SHARDED))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
-                          + " --xla_force_host_platform_device_count=8").strip())
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+        XLA_FLAGS=(
+            os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+        ).strip(),
+    )
     proc = subprocess.run(
-        [sys.executable, str(tmp_path / "sharded.py"), str(folder), str(tmp_path),
-         str(MAX_LENGTH), str(tmp_path / "texts.txt")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(tmp_path / "sharded.py"),
+            str(folder),
+            str(tmp_path),
+            str(MAX_LENGTH),
+            str(tmp_path / "texts.txt"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert extract_mod.default_mesh() is None  # this process has one device
     one = extract(model, texts, max_length=MAX_LENGTH, dtype="float32", progress=False)
     for name in ("hidden", "ffn"):
-        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), one.read(name),
-                                   atol=TOL, rtol=0, err_msg=name)
+        np.testing.assert_allclose(
+            np.load(tmp_path / f"{name}.npy"), one.read(name), atol=TOL, rtol=0, err_msg=name
+        )

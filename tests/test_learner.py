@@ -116,8 +116,15 @@ def planted_fit():
 def test_planted_neurons_are_found(planted_fit):
     head, report, _ = planted_fit
     layer, pool, neurons = SIGNAL
-    used = set(zip(head.rep.tolist(), head.pool.tolist(), head.layer.tolist(),
-                   head.neuron.tolist(), strict=True))
+    used = set(
+        zip(
+            head.rep.tolist(),
+            head.pool.tolist(),
+            head.layer.tolist(),
+            head.neuron.tolist(),
+            strict=True,
+        )
+    )
     for n in neurons:
         assert (1, spin_jax.POOLINGS.index(pool), layer, n) in used
     assert report["chosen"]["num_layers"] >= layer and head.num_layers >= layer
@@ -225,9 +232,17 @@ def save_tiny_bert(path, seed):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=30522, max_position_embeddings=67, hidden_size=40,
-                     num_hidden_layers=3, num_attention_heads=5, intermediate_size=56,
-                     layer_norm_eps=1e-7, type_vocab_size=3, hidden_act="gelu")
+    cfg = BertConfig(
+        vocab_size=30522,
+        max_position_embeddings=67,
+        hidden_size=40,
+        num_hidden_layers=3,
+        num_attention_heads=5,
+        intermediate_size=56,
+        layer_norm_eps=1e-7,
+        type_vocab_size=3,
+        hidden_act="gelu",
+    )
     BertModel(cfg).eval().save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(path)
     return path
@@ -348,11 +363,14 @@ def drop_model_key(meta):
     return json.dumps({k: v for k, v in meta.items() if k != "model"})
 
 
-@pytest.mark.parametrize("edit, words", [
-    (lambda meta: '{"format": "spin_jax.classifier", ', "corrupted"),  # truncated
-    (lambda meta: "[1, 2]", "not a spin_jax classifier"),
-    (drop_model_key, r"lacks \['model'\]"),
-])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda meta: '{"format": "spin_jax.classifier", ', "corrupted"),  # truncated
+        (lambda meta: "[1, 2]", "not a spin_jax classifier"),
+        (drop_model_key, r"lacks \['model'\]"),
+    ],
+)
 def test_corrupted_json_is_refused(copy, model, edit, words):
     meta = json.loads((copy / "classifier.json").read_text())
     (copy / "classifier.json").write_text(edit(meta))
@@ -399,9 +417,24 @@ def files(tmp_path_factory, data):
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory, folder, files):
     run = tmp_path_factory.mktemp("cli") / "run"
-    code = main(["fit", "--model", str(folder), "--train", str(files["train"]), "--test",
-                 str(files["test"]), "--out", str(run), "--quiet", "--feature-dtype", "float32",
-                 "--etas", "0.1,0.5,0.8"])
+    code = main(
+        [
+            "fit",
+            "--model",
+            str(folder),
+            "--train",
+            str(files["train"]),
+            "--test",
+            str(files["test"]),
+            "--out",
+            str(run),
+            "--quiet",
+            "--feature-dtype",
+            "float32",
+            "--etas",
+            "0.1,0.5,0.8",
+        ]
+    )
     assert code == 0
     return run
 
@@ -447,12 +480,43 @@ def test_cli_fit_from_feature_stores(tmp_path, folder, files, data):
     stores = {}
     for name in ("train", "valid"):
         stores[name] = tmp_path / f"store_{name}"
-        assert main(["extract", "--model", str(folder), "--data", str(files[name]), "--out",
-                     str(stores[name]), "--dtype", "float32", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "extract",
+                    "--model",
+                    str(folder),
+                    "--data",
+                    str(files[name]),
+                    "--out",
+                    str(stores[name]),
+                    "--dtype",
+                    "float32",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     run = tmp_path / "run"
-    assert main(["fit", "--model", str(folder), "--train", str(stores["train"]), "--valid",
-                 str(stores["valid"]), "--out", str(run), "--quiet", "--etas",
-                 "0.1,0.5,0.8"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--model",
+                str(folder),
+                "--train",
+                str(stores["train"]),
+                "--valid",
+                str(stores["valid"]),
+                "--out",
+                str(run),
+                "--quiet",
+                "--etas",
+                "0.1,0.5,0.8",
+            ]
+        )
+        == 0
+    )
     loaded = SpinClassifier.load(run)
     assert loaded.report["n_train"] == 60 and loaded.report["n_valid"] == 20
     texts, labels = data["test"]
@@ -461,9 +525,37 @@ def test_cli_fit_from_feature_stores(tmp_path, folder, files, data):
 
 def test_cli_fit_from_a_store_needs_valid(tmp_path, folder, files, capsys):
     store = tmp_path / "store"
-    assert main(["extract", "--model", str(folder), "--data", str(files["valid"]), "--out",
-                 str(store), "--dtype", "float32", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--model",
+                str(folder),
+                "--data",
+                str(files["valid"]),
+                "--out",
+                str(store),
+                "--dtype",
+                "float32",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["fit", "--model", str(folder), "--train", str(store), "--out",
-                 str(tmp_path / "run"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                "--model",
+                str(folder),
+                "--train",
+                str(store),
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "--valid" in capsys.readouterr().err

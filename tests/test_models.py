@@ -63,11 +63,13 @@ def test_parity_per_token_and_pooled(kind):
 @pytest.mark.torch
 @pytest.mark.parametrize(
     "kind,kw",
-    [("gpt2", dict(activation_function="gelu", layer_norm_epsilon=3e-2)),
-     ("gpt2", dict(scale_attn_weights=False)),
-     ("bert", dict(hidden_act="gelu_new", layer_norm_eps=5e-3)),
-     ("roberta", dict(pad_token_id=5, max_position_embeddings=47)),
-     ("distilbert", dict(activation="relu"))],
+    [
+        ("gpt2", dict(activation_function="gelu", layer_norm_epsilon=3e-2)),
+        ("gpt2", dict(scale_attn_weights=False)),
+        ("bert", dict(hidden_act="gelu_new", layer_norm_eps=5e-3)),
+        ("roberta", dict(pad_token_id=5, max_position_embeddings=47)),
+        ("distilbert", dict(activation="relu")),
+    ],
 )
 def test_parity_non_default_options(kind, kw):
     hf = tiny(kind, **kw)
@@ -89,8 +91,12 @@ def minilm_dir():
     return spec.submodule_search_locations[0] + "/model"
 
 
-SENTENCES = ["The movie was wonderful, I loved every minute.", "Terrible.", "",
-             "A plot so thin that the actors seem to wander through it, wondering why."]
+SENTENCES = [
+    "The movie was wonderful, I loved every minute.",
+    "Terrible.",
+    "",
+    "A plot so thin that the actors seem to wander through it, wondering why.",
+]
 
 
 @pytest.mark.torch
@@ -119,9 +125,12 @@ def seq_cls(kind, tmp_path):
     base.num_labels = 3
     if kind == "gpt2":
         base.pad_token_id = 0
-    cls = {"gpt2": tf.GPT2ForSequenceClassification, "bert": tf.BertForSequenceClassification,
-           "roberta": tf.RobertaForSequenceClassification,
-           "distilbert": tf.DistilBertForSequenceClassification}[kind]
+    cls = {
+        "gpt2": tf.GPT2ForSequenceClassification,
+        "bert": tf.BertForSequenceClassification,
+        "roberta": tf.RobertaForSequenceClassification,
+        "distilbert": tf.DistilBertForSequenceClassification,
+    }[kind]
     hf = cls(base).eval()
     hf.save_pretrained(tmp_path / kind)
     return hf, tmp_path / kind
@@ -135,8 +144,9 @@ def test_fine_tuned_checkpoint_keeps_its_head(kind, tmp_path):
     assert model.head is not None and model.tokenizer is None
     ids, mask = batch(hf, kind, lengths=(3, 9, 5))
     with torch.no_grad():
-        want = hf(input_ids=torch.tensor(ids, dtype=torch.long),
-                  attention_mask=torch.tensor(mask)).logits.numpy()
+        want = hf(
+            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)
+        ).logits.numpy()
     feats = spin_jax.forward(model, ids, mask)
     got = spin_jax.head_logits(model, feats.hidden[-1, :, 0])
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
@@ -183,7 +193,9 @@ def test_scan_equals_python_loop_and_jit_equals_eager(small):
 def test_extra_padding_and_one_by_one(small):
     _, model, (ids, mask) = small
     ref = spin_jax.forward(model, ids, mask)
-    wide = spin_jax.pad_batch([i[m.astype(bool)] for i, m in zip(ids, mask)], ids.shape[1] + 7)
+    wide = spin_jax.pad_batch(
+        [i[m.astype(bool)] for i, m in zip(ids, mask, strict=True)], ids.shape[1] + 7
+    )
     padded = spin_jax.forward(model, *wide)
     np.testing.assert_allclose(padded.hidden, ref.hidden, atol=1e-5, rtol=0)
     np.testing.assert_allclose(padded.ffn, ref.ffn, atol=1e-5, rtol=0)
@@ -222,12 +234,28 @@ def test_forward_traces_once_per_shape(small):
 # ---- full-size presets, shapes only ------------------------------------------------------
 
 PRESETS = {
-    "gpt2-xl": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=1600,
-                    n_layer=48, n_head=25, activation_function="gelu_new"),
-    "roberta-large": dict(model_type="roberta", vocab_size=50265, max_position_embeddings=514,
-                          hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                          intermediate_size=4096, hidden_act="gelu", layer_norm_eps=1e-5,
-                          type_vocab_size=1, pad_token_id=1),
+    "gpt2-xl": dict(
+        model_type="gpt2",
+        vocab_size=50257,
+        n_positions=1024,
+        n_embd=1600,
+        n_layer=48,
+        n_head=25,
+        activation_function="gelu_new",
+    ),
+    "roberta-large": dict(
+        model_type="roberta",
+        vocab_size=50265,
+        max_position_embeddings=514,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        type_vocab_size=1,
+        pad_token_id=1,
+    ),
 }
 
 
@@ -251,16 +279,21 @@ def test_unknown_model_type_and_missing_fields():
     with pytest.raises(ConfigError, match="model_type"):
         config_from_hf({"hidden_size": 3})
     with pytest.raises(ConfigError, match="n_layer"):
-        config_from_hf({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "vocab_size": 5,
-                        "n_positions": 4})
+        config_from_hf(
+            {"model_type": "gpt2", "n_embd": 8, "n_head": 2, "vocab_size": 5, "n_positions": 4}
+        )
 
 
 @pytest.mark.parametrize(
     "d,name",
-    [({**PRESETS["gpt2-xl"], "add_cross_attention": True}, "add_cross_attention"),
-     ({**PRESETS["gpt2-xl"], "activation_function": "mish"}, "activation_function"),
-     ({**PRESETS["roberta-large"], "position_embedding_type": "relative_key"},
-      "position_embedding_type")],
+    [
+        ({**PRESETS["gpt2-xl"], "add_cross_attention": True}, "add_cross_attention"),
+        ({**PRESETS["gpt2-xl"], "activation_function": "mish"}, "activation_function"),
+        (
+            {**PRESETS["roberta-large"], "position_embedding_type": "relative_key"},
+            "position_embedding_type",
+        ),
+    ],
 )
 def test_unsupported_option_is_named(d, name):
     with pytest.raises(ConfigError, match=name):

@@ -23,16 +23,38 @@ pytestmark = pytest.mark.torch
 
 LE, LD = 2, 3
 TOL = 1e-5
-TINY = dict(vocab_size=97, d_model=40, d_kv=8, num_heads=5, d_ff=56, num_layers=LE,
-            num_decoder_layers=LD, relative_attention_num_buckets=12,
-            relative_attention_max_distance=16, layer_norm_epsilon=1e-4,
-            decoder_start_token_id=0)
-FLAN_T5_XL = dict(model_type="t5", d_model=2048, d_kv=64, num_heads=32, d_ff=5120,
-                  num_layers=24, num_decoder_layers=24, feed_forward_proj="gated-gelu",
-                  vocab_size=32128, relative_attention_num_buckets=32,
-                  relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
-                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-                  is_encoder_decoder=True, tie_word_embeddings=False)
+TINY = dict(
+    vocab_size=97,
+    d_model=40,
+    d_kv=8,
+    num_heads=5,
+    d_ff=56,
+    num_layers=LE,
+    num_decoder_layers=LD,
+    relative_attention_num_buckets=12,
+    relative_attention_max_distance=16,
+    layer_norm_epsilon=1e-4,
+    decoder_start_token_id=0,
+)
+FLAN_T5_XL = dict(
+    model_type="t5",
+    d_model=2048,
+    d_kv=64,
+    num_heads=32,
+    d_ff=5120,
+    num_layers=24,
+    num_decoder_layers=24,
+    feed_forward_proj="gated-gelu",
+    vocab_size=32128,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    layer_norm_epsilon=1e-6,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+    is_encoder_decoder=True,
+    tie_word_embeddings=False,
+)
 
 
 def hf_t5(cls="T5Model", **kw):
@@ -65,19 +87,26 @@ def hf_features(model, ids, mask, dec_mask=None, ffn="gate"):
         acts.append((out if out is not None else args[0]).detach().numpy())
 
     ffns = [b.layer[-1].DenseReluDense for b in blocks(model)]
-    hooks = ([f.wo.register_forward_pre_hook(keep) for f in ffns] if ffn == "product"
-             else [f.act.register_forward_hook(keep) for f in ffns])
+    hooks = (
+        [f.wo.register_forward_pre_hook(keep) for f in ffns]
+        if ffn == "product"
+        else [f.act.register_forward_hook(keep) for f in ffns]
+    )
     ti = torch.tensor(ids, dtype=torch.long)
     kw = dict(input_ids=ti, attention_mask=torch.tensor(mask), output_hidden_states=True)
     if dec_mask is not None:
-        kw.update(decoder_input_ids=model._shift_right(ti),
-                  decoder_attention_mask=torch.tensor(dec_mask))
+        kw.update(
+            decoder_input_ids=model._shift_right(ti), decoder_attention_mask=torch.tensor(dec_mask)
+        )
     with torch.no_grad():
         out = model(**kw)
     for h in hooks:
         h.remove()
-    hidden = out.hidden_states if dec_mask is None else (
-        out.encoder_hidden_states + out.decoder_hidden_states[1:])
+    hidden = (
+        out.hidden_states
+        if dec_mask is None
+        else (out.encoder_hidden_states + out.decoder_hidden_states[1:])
+    )
     return np.stack([h.numpy() for h in hidden]), np.stack(acts)
 
 
@@ -97,8 +126,12 @@ def np_pool(x, mask, token_index):
 def pool_layers(x, mask, dec_mask, n_enc):
     first = np.zeros(len(mask), int)
     last = dec_mask.sum(1) - 1
-    return np.stack([np_pool(h, mask, first) if i < n_enc else np_pool(h, dec_mask, last)
-                     for i, h in enumerate(x)])
+    return np.stack(
+        [
+            np_pool(h, mask, first) if i < n_enc else np_pool(h, dec_mask, last)
+            for i, h in enumerate(x)
+        ]
+    )
 
 
 def ours(model, **replace):

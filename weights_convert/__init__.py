@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from spin_jax.models import family_of, param_shapes
+from spin_jax.models import param_shapes
 from spin_jax.models.layers import WeightsError
 from weights_convert import bert, gpt2
 from weights_convert.keys import KeyTracker

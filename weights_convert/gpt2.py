@@ -14,13 +14,17 @@ def convert(c: GPT2Config, t: KeyTracker):
 
     def ln(name, layered=True):
         if layered:
-            return {"scale": t.stack(f"h.{{}}.{name}.weight", n, (D,)),
-                    "bias": t.stack(f"h.{{}}.{name}.bias", n, (D,))}
+            return {
+                "scale": t.stack(f"h.{{}}.{name}.weight", n, (D,)),
+                "bias": t.stack(f"h.{{}}.{name}.bias", n, (D,)),
+            }
         return {"scale": t.take(f"{name}.weight", (D,)), "bias": t.take(f"{name}.bias", (D,))}
 
     def lin(name, i, o):
-        return {"kernel": t.stack(f"h.{{}}.{name}.weight", n, (i, o)),
-                "bias": t.stack(f"h.{{}}.{name}.bias", n, (o,))}
+        return {
+            "kernel": t.stack(f"h.{{}}.{name}.weight", n, (i, o)),
+            "bias": t.stack(f"h.{{}}.{name}.bias", n, (o,)),
+        }
 
     params = {
         "wte": t.take("wte.weight", (c.vocab_size, D)),

@@ -27,7 +27,9 @@ def _from_safetensors(files: list[Path]) -> dict[str, np.ndarray]:
             # bf16 tensors have no numpy dtype in older safetensors: go through flax's reader.
             out.update(_bf16_safetensors(f))
         except Exception as e:  # corrupted or truncated file
-            raise WeightsError(f"cannot read {f}: {e}. Re-download or re-save the checkpoint.")
+            raise WeightsError(
+                f"cannot read {f}: {e}. Re-download or re-save the checkpoint."
+            ) from None
     return out
 
 
@@ -49,16 +51,19 @@ def _from_torch_bin(files: list[Path]) -> dict[str, np.ndarray]:
     out = {}
     for f in files:
         sd = torch.load(str(f), map_location="cpu", weights_only=True)
-        out.update({k: v.float().numpy() if v.is_floating_point() else v.numpy()
-                    for k, v in sd.items()})
+        out.update(
+            {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+        )
     return out
 
 
 def read_state_dict(source) -> dict[str, np.ndarray]:
     """Flat state dict from an HF model folder or a live transformers model."""
     if hasattr(source, "state_dict"):
-        return {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.numpy()
-                for k, v in source.state_dict().items()}
+        return {
+            k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in source.state_dict().items()
+        }
     folder = Path(source)
     safetensors = sorted(folder.glob("*.safetensors"))
     if safetensors:

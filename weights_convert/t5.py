@@ -39,10 +39,17 @@ def _stack(c: T5Config, t: KeyTracker, which: str, n: int):
     block = which + ".block.{}.layer."
 
     def attn(base):
-        out = {name: {"kernel": t.stack(f"{base}.{name}.weight", n, (D, N * H), transpose=True)
-                      .reshape(n, D, N, H)} for name in ("q", "k", "v")}
-        out["o"] = {"kernel": t.stack(f"{base}.o.weight", n, (N * H, D), transpose=True)
-                    .reshape(n, N, H, D)}
+        out = {
+            name: {
+                "kernel": t.stack(f"{base}.{name}.weight", n, (D, N * H), transpose=True).reshape(
+                    n, D, N, H
+                )
+            }
+            for name in ("q", "k", "v")
+        }
+        out["o"] = {
+            "kernel": t.stack(f"{base}.o.weight", n, (N * H, D), transpose=True).reshape(n, N, H, D)
+        }
         return out
 
     def ln(i):
@@ -50,12 +57,19 @@ def _stack(c: T5Config, t: KeyTracker, which: str, n: int):
 
     ff = 2 if which == "decoder" else 1  # index of the FFN sub-layer (after cross-attention)
     names = ("wi_0", "wi_1") if c.gated else ("wi",)
-    ffn = {w: {"kernel": t.stack(f"{block}{ff}.DenseReluDense.{w}.weight", n, (D, F),
-                                 transpose=True)} for w in names}
-    ffn["wo"] = {"kernel": t.stack(f"{block}{ff}.DenseReluDense.wo.weight", n, (F, D),
-                                   transpose=True)}
-    layers = {"self_attn_ln": ln(0), "self_attn": attn(block + "0.SelfAttention"),
-              "ffn_ln": ln(ff), "ffn": ffn}
+    ffn = {
+        w: {"kernel": t.stack(f"{block}{ff}.DenseReluDense.{w}.weight", n, (D, F), transpose=True)}
+        for w in names
+    }
+    ffn["wo"] = {
+        "kernel": t.stack(f"{block}{ff}.DenseReluDense.wo.weight", n, (F, D), transpose=True)
+    }
+    layers = {
+        "self_attn_ln": ln(0),
+        "self_attn": attn(block + "0.SelfAttention"),
+        "ffn_ln": ln(ff),
+        "ffn": ffn,
+    }
     if which == "decoder":
         layers.update(cross_attn_ln=ln(1), cross_attn=attn(block + "1.EncDecAttention"))
     table = f"{which}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
@@ -92,6 +106,11 @@ def convert(c: T5Config, t: KeyTracker):
     head = None
     if "classification_head.out_proj.weight" in t.sd:
         # T5ForSequenceClassification: dense, tanh, out_proj on the decoder's <eos> output.
-        head = ("t5", {"dense": _linear(t, "classification_head.dense"),
-                       "out": _linear(t, "classification_head.out_proj")})
+        head = (
+            "t5",
+            {
+                "dense": _linear(t, "classification_head.dense"),
+                "out": _linear(t, "classification_head.out_proj"),
+            },
+        )
     return params, head

@@ -27,8 +27,13 @@ _FAMILIES = {
     "distilbert": "spin_jax.models.bert",
     "t5": "spin_jax.models.t5",
 }
-_CONFIG_CLASS = {"gpt2": "GPT2Config", "bert": "BertConfig", "roberta": "BertConfig",
-                 "distilbert": "BertConfig", "t5": "T5Config"}
+_CONFIG_CLASS = {
+    "gpt2": "GPT2Config",
+    "bert": "BertConfig",
+    "roberta": "BertConfig",
+    "distilbert": "BertConfig",
+    "t5": "T5Config",
+}
 
 
 def family_of(model_type: str):
@@ -59,8 +64,9 @@ def param_shapes(config, dtype=jnp.float32):
 def _forward(config, k, pooled, use_scan, options, params, input_ids, attention_mask):
     module = family_of(config.model_type)
     kwargs = dict(options)
-    return module.forward(config, params, input_ids, attention_mask, k=k, pooled=pooled,
-                          use_scan=use_scan, **kwargs)
+    return module.forward(
+        config, params, input_ids, attention_mask, k=k, pooled=pooled, use_scan=use_scan, **kwargs
+    )
 
 
 def _check_k(config, num_layers):
@@ -72,8 +78,18 @@ def _check_k(config, num_layers):
     return k
 
 
-def forward_params(config, params, input_ids, attention_mask, *, pooled=True,
-                   num_layers=None, use_scan=True, jit=True, **options) -> Features:
+def forward_params(
+    config,
+    params,
+    input_ids,
+    attention_mask,
+    *,
+    pooled=True,
+    num_layers=None,
+    use_scan=True,
+    jit=True,
+    **options,
+) -> Features:
     """Forward with explicit config and params (the functional core of `forward`)."""
     check_inputs(input_ids, attention_mask, config.vocab_size, config.max_positions)
     k = _check_k(config, num_layers)
@@ -87,6 +103,13 @@ def forward_params(config, params, input_ids, attention_mask, *, pooled=True,
 
 
 __all__ = [
-    "POOLINGS", "ConfigError", "Features", "InputError", "WeightsError", "config_from_hf",
-    "family_of", "forward_params", "param_shapes",
+    "POOLINGS",
+    "ConfigError",
+    "Features",
+    "InputError",
+    "WeightsError",
+    "config_from_hf",
+    "family_of",
+    "forward_params",
+    "param_shapes",
 ]

@@ -18,10 +18,16 @@ from spin_jax.models import layers as L
 
 # HF options we do not implement, with the only value we accept.
 _REQUIRED = {
-    "bert": {"position_embedding_type": "absolute", "is_decoder": False,
-             "add_cross_attention": False},
-    "roberta": {"position_embedding_type": "absolute", "is_decoder": False,
-                "add_cross_attention": False},
+    "bert": {
+        "position_embedding_type": "absolute",
+        "is_decoder": False,
+        "add_cross_attention": False,
+    },
+    "roberta": {
+        "position_embedding_type": "absolute",
+        "is_decoder": False,
+        "add_cross_attention": False,
+    },
     "distilbert": {},
 }
 
@@ -59,16 +65,21 @@ class BertConfig:
                 )
         if kind == "distilbert":
             fields = dict(
-                hidden_size=d["dim"], num_layers=d["n_layers"], num_heads=d["n_heads"],
+                hidden_size=d["dim"],
+                num_layers=d["n_layers"],
+                num_heads=d["n_heads"],
                 ffn_size=d["hidden_dim"],
                 activation=L.check_activation(d.get("activation", "gelu"), "activation"),
                 layer_norm_eps=1e-12,  # hard-coded in HF's DistilBERT
-                type_vocab_size=0, pad_token_id=d.get("pad_token_id", 0),
+                type_vocab_size=0,
+                pad_token_id=d.get("pad_token_id", 0),
             )
         else:
             fields = dict(
-                hidden_size=d["hidden_size"], num_layers=d["num_hidden_layers"],
-                num_heads=d["num_attention_heads"], ffn_size=d["intermediate_size"],
+                hidden_size=d["hidden_size"],
+                num_layers=d["num_hidden_layers"],
+                num_heads=d["num_attention_heads"],
+                ffn_size=d["intermediate_size"],
                 activation=L.check_activation(d.get("hidden_act", "gelu"), "hidden_act"),
                 layer_norm_eps=d.get("layer_norm_eps", 1e-12),
                 type_vocab_size=d.get("type_vocab_size", 2),

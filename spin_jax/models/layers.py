@@ -143,8 +143,15 @@ def attention(
         lengths = key_mask.sum(-1, dtype=jnp.int32)
         try:
             return jax.nn.dot_product_attention(
-                q, k, v, is_causal=causal, scale=scale, query_seq_lengths=lengths,
-                key_value_seq_lengths=lengths, implementation="cudnn")
+                q,
+                k,
+                v,
+                is_causal=causal,
+                scale=scale,
+                query_seq_lengths=lengths,
+                key_value_seq_lengths=lengths,
+                implementation="cudnn",
+            )
         except (NotImplementedError, ValueError, RuntimeError):
             pass  # a shape or dtype cuDNN does not take: fall through to XLA
     mask = key_mask[:, None, None, :]

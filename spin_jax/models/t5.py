@@ -75,12 +75,13 @@ class T5Config:
     causal: bool = False
 
     def __post_init__(self):
-        for field, allowed in (("mode", MODES), ("ffn_output", FFN_OUTPUTS),
-                               ("decoder_mask", DECODER_MASKS)):
+        for field, allowed in (
+            ("mode", MODES),
+            ("ffn_output", FFN_OUTPUTS),
+            ("decoder_mask", DECODER_MASKS),
+        ):
             if getattr(self, field) not in allowed:
-                raise L.ConfigError(
-                    f"T5 {field}={getattr(self, field)!r} is not one of {allowed}."
-                )
+                raise L.ConfigError(f"T5 {field}={getattr(self, field)!r} is not one of {allowed}.")
 
     @property
     def num_layers(self) -> int:
@@ -150,18 +151,32 @@ def param_shapes(c: T5Config, dtype=jnp.float32) -> L.Params:
         return jax.ShapeDtypeStruct(shape, dtype)
 
     def attn(n):
-        return {"q": {"kernel": s(n, D, N, H)}, "k": {"kernel": s(n, D, N, H)},
-                "v": {"kernel": s(n, D, N, H)}, "o": {"kernel": s(n, N, H, D)}}
+        return {
+            "q": {"kernel": s(n, D, N, H)},
+            "k": {"kernel": s(n, D, N, H)},
+            "v": {"kernel": s(n, D, N, H)},
+            "o": {"kernel": s(n, N, H, D)},
+        }
 
     def stack(n, cross):
-        wi = ({"wi_0": {"kernel": s(n, D, F)}, "wi_1": {"kernel": s(n, D, F)}} if c.gated
-              else {"wi": {"kernel": s(n, D, F)}})
-        layers = {"self_attn_ln": {"scale": s(n, D)}, "self_attn": attn(n),
-                  "ffn_ln": {"scale": s(n, D)}, "ffn": {**wi, "wo": {"kernel": s(n, F, D)}}}
+        wi = (
+            {"wi_0": {"kernel": s(n, D, F)}, "wi_1": {"kernel": s(n, D, F)}}
+            if c.gated
+            else {"wi": {"kernel": s(n, D, F)}}
+        )
+        layers = {
+            "self_attn_ln": {"scale": s(n, D)},
+            "self_attn": attn(n),
+            "ffn_ln": {"scale": s(n, D)},
+            "ffn": {**wi, "wo": {"kernel": s(n, F, D)}},
+        }
         if cross:
             layers.update(cross_attn_ln={"scale": s(n, D)}, cross_attn=attn(n))
-        return {"relative_attention_bias": s(c.relative_attention_num_buckets, N),
-                "layers": layers, "final_layer_norm": {"scale": s(D)}}
+        return {
+            "relative_attention_bias": s(c.relative_attention_num_buckets, N),
+            "layers": layers,
+            "final_layer_norm": {"scale": s(D)},
+        }
 
     params = {"shared": s(c.vocab_size, D), "encoder": stack(c.encoder_layers, False)}
     if c.mode == "encoder_decoder":
@@ -169,8 +184,9 @@ def param_shapes(c: T5Config, dtype=jnp.float32) -> L.Params:
     return params
 
 
-def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
-                             num_buckets: int, max_distance: int) -> np.ndarray:
+def relative_position_bucket(
+    relative_position: np.ndarray, bidirectional: bool, num_buckets: int, max_distance: int
+) -> np.ndarray:
     """HF / Mesh TensorFlow's bucketing of (key - query) distances, in fp32 like HF."""
     rel = np.asarray(relative_position, np.int64)
     buckets = np.zeros_like(rel)
@@ -193,8 +209,9 @@ def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
 def relative_bias(c: T5Config, table: jax.Array, T: int, S: int, bidirectional: bool):
     """Bias [1, N, T, S] in fp32 from a stack's bucket table [buckets, N]."""
     rel = np.arange(S)[None, :] - np.arange(T)[:, None]
-    buckets = relative_position_bucket(rel, bidirectional, c.relative_attention_num_buckets,
-                                       c.relative_attention_max_distance)
+    buckets = relative_position_bucket(
+        rel, bidirectional, c.relative_attention_num_buckets, c.relative_attention_max_distance
+    )
     return jnp.einsum("TSN->NTS", table.astype(jnp.float32)[buckets])[None]
 
 
@@ -294,8 +311,17 @@ def forward(c: T5Config, params, input_ids, attention_mask, *, k, pooled, use_sc
         dbias = jnp.where(causal, dbias, jnp.finfo(jnp.float32).min)
         block = functools.partial(decoder_block, c, dbias, h, mask)
         kd = k - Le
-        _, dhidden, dffn = _run(c, block, params["shared"][dec_ids], dec_mask, dec, kd,
-                                dec_reduce, use_scan, kd == c.decoder_layers)
+        _, dhidden, dffn = _run(
+            c,
+            block,
+            params["shared"][dec_ids],
+            dec_mask,
+            dec,
+            kd,
+            dec_reduce,
+            use_scan,
+            kd == c.decoder_layers,
+        )
         hidden.append(dhidden)
         ffn.append(dffn)
     return L.Features(hidden=jnp.concatenate(hidden), ffn=jnp.concatenate(ffn))
