@@ -115,6 +115,7 @@ def fit_probe_table(
 ) -> ProbeTable:
     F = train.shape(rep)[-1]
     chunk = max(1, opts.memory_bytes // max(1, 12 * train.n_rows * F))
+    chunk = _round_up(chunk, n_devices())  # whole problems per device
     parts = []
     for start in range(1, n_layers + 1, chunk):
         layers = np.arange(start, min(start + chunk, n_layers + 1))
@@ -126,8 +127,40 @@ def fit_probe_table(
     )
 
 
+def n_devices() -> int:
+    return jax.device_count()
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def shard_problems(x: jax.Array) -> jax.Array:
+    """Spreads independent problems (axis 0) over all devices; one device: unchanged."""
+    from spin_jax.extract import default_mesh
+
+    mesh = default_mesh()
+    if mesh is None or x.shape[0] % mesh.size:
+        return x
+    spec = jax.sharding.PartitionSpec("data", *([None] * (x.ndim - 1)))
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+
+
+def _pad_layers(layers: np.ndarray) -> np.ndarray:
+    """Repeats the last layer so every device gets whole problems; results are cut back."""
+    return np.pad(layers, (0, _round_up(len(layers), n_devices()) - len(layers)), mode="edge")
+
+
 def _probe_chunk(train, valid, test, rep, pool, layers, y, yv, yt, n_classes, metric, opts):
-    X = jnp.asarray(read_layers(train, rep, pool, layers))
+    n = len(layers)
+    out = _probe_chunk_padded(
+        train, valid, test, rep, pool, _pad_layers(layers), y, yv, yt, n_classes, metric, opts
+    )
+    return tuple(None if a is None else a[:n] for a in out)
+
+
+def _probe_chunk_padded(train, valid, test, rep, pool, layers, y, yv, yt, n_classes, metric, opts):
+    X = shard_problems(jnp.asarray(read_layers(train, rep, pool, layers)))
     mean, std = jax.vmap(probes.standardize_stats)(X)
     Xs = _standardize_many(X, mean, std)
     n_rows = X.shape[1]
@@ -268,8 +301,10 @@ def integrate(Xtr, Xv, cand: Candidates, n_layers, y, yv, n_classes, metric, opt
     Returns valid scores [E, L, R], fit (weights [E, L, R, Mpad, K]) and lams [R].
     """
     E = len(opts.etas)
-    masks = jnp.asarray(integration_masks(cand, E, n_layers), jnp.float32)
-    masks = masks.reshape(E * n_layers, -1)
+    masks = integration_masks(cand, E, n_layers).reshape(E * n_layers, -1)
+    G = len(masks)
+    masks = np.pad(masks, ((0, _round_up(G, n_devices()) - G), (0, 0)), mode="edge")
+    masks = shard_problems(jnp.asarray(masks, jnp.float32))
     Xtr, Xv = jnp.asarray(_pad_cols(Xtr)), jnp.asarray(_pad_cols(Xv))
     if opts.lam_grid == "paper":
         lams = probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0])
@@ -277,7 +312,8 @@ def integrate(Xtr, Xv, cand: Candidates, n_layers, y, yv, n_classes, metric, opt
         lams = probes.default_lams(
             Xtr, y, n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=masks[-1]
         )
-    fit = _fit_masks(Xtr, y, n_classes, lams, masks, opts.max_iter, opts.tol)
+    fit = _fit_masks(Xtr, y, n_classes, lams, masks, opts.max_iter, opts.tol, n_devices() > 1)
+    fit = jax.tree.map(lambda a: a[:G], fit)
     pred = _predict_masks(Xv, fit.weights, fit.intercept)
     scores = score(metric, yv, pred, n_classes).reshape(E, n_layers, -1)
     fit = jax.tree.map(lambda a: a.reshape(E, n_layers, *a.shape[1:]), fit)
@@ -289,13 +325,19 @@ def _predict_masks(X, weights, intercept):
     return jax.vmap(probes.predict, in_axes=(None, 0, 0))(X, weights, intercept)
 
 
-@functools.partial(jax.jit, static_argnames=("n_classes", "max_iter"))
-def _fit_masks(X, y, n_classes, lams, masks, max_iter, tol):
-    """fit_path for each feature mask [G, M] on shared X; batches of problems bound memory."""
+@functools.partial(jax.jit, static_argnames=("n_classes", "max_iter", "sharded"))
+def _fit_masks(X, y, n_classes, lams, masks, max_iter, tol, sharded=False):
+    """fit_path for each feature mask [G, M] on shared X.
+
+    One device: batches of problems bound memory. Several: all problems at once, split over
+    the devices by the masks' sharding.
+    """
 
     def one(m):
         return probes._fit_path(X, y, n_classes, lams, None, m, max_iter, tol)
 
+    if sharded:
+        return jax.vmap(one)(masks)
     batch = max(1, min(masks.shape[0], (1 << 28) // max(1, X.size)))
     return jax.lax.map(one, masks, batch_size=batch)
 
