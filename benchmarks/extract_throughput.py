@@ -1,11 +1,11 @@
 """How fast is pooled per-layer extraction in spin_jax, against HF torch eager and compiled?
 
 All contenders run one random-weight model (GPT2-XL- or BERT-base-shaped) in one dtype on
-the same batches (extract.plan_batches over an IMDb-like length mix) and return the same
+the same batches (extraction.plan_batches over an IMDb-like length mix) and return the same
 thing: hidden states [B, L+1, P, D] and FFN activations [B, L, P, F] pooled three ways
 (P = token, mean, max; token = last real token for GPT-2, first for BERT), bf16, on the host.
-  spin_jax       extract._pooled_rows (pooling inside the layer scan), pipelined like
-                 extract._Runner: two batches dispatched ahead of the host copy.
+  spin_jax       extraction._pooled_rows (pooling inside the layer scan), pipelined like
+                 extraction._Runner: two batches dispatched ahead of the host copy.
   spin_jax bare  the same scan returning only the mean last hidden state [B, D]: the
                  forward alone, to show what pooling and its copy cost.
   torch eager    HF model, output_hidden_states=True, each FFN activation module wrapped to
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from spin_jax import from_transformers
-from spin_jax.extract import _pooled_rows, plan_batches
+from spin_jax.extraction import _pooled_rows, plan_batches
 from spin_jax.models import core, family_of
 from spin_jax.text import pad_batch
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax.extract import _pooled_rows
+from spin_jax.extraction import _pooled_rows
 from spin_jax.models import config_from_hf, core, family_of, param_shapes
 from spin_jax.models import layers as L
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from spin_jax import __version__
 from spin_jax.data import TextDataset, check_classes, stratified_split, subset
-from spin_jax.extract import extract, plan_batches
+from spin_jax.extraction import extract, plan_batches
 from spin_jax.learner import SpinError, SpinHead, SpinOptions, fit_spin, score
 from spin_jax.model import Model, head_logits, load_model
 from spin_jax.models import _forward

@@ -54,7 +54,7 @@ def cmd_convert(args):
 def cmd_extract(args):
     import spin_jax
     from spin_jax.data import load_texts
-    from spin_jax.extract import extract
+    from spin_jax.extraction import extract
 
     ds = load_texts(
         args.data,

@@ -137,7 +137,7 @@ def _round_up(n: int, m: int) -> int:
 
 def shard_problems(x: jax.Array) -> jax.Array:
     """Spreads independent problems (axis 0) over all devices; one device: unchanged."""
-    from spin_jax.extract import default_mesh
+    from spin_jax.extraction import default_mesh
 
     mesh = default_mesh()
     if mesh is None or x.shape[0] % mesh.size:

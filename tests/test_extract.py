@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 import spin_jax
-from spin_jax import extract as extract_mod
+from spin_jax import extraction as extract_mod
 from spin_jax.cli import main
 from spin_jax.data import load_texts
-from spin_jax.extract import MemoryFeatures, extract, plan_batches
+from spin_jax.extraction import MemoryFeatures, extract, plan_batches
 from spin_jax.store import FeatureStore, StoreMismatchError
 from tests import hf_tiny
 from tests.test_models import minilm_dir
@@ -352,7 +352,7 @@ import jax
 jax.config.update("jax_default_matmul_precision", "highest")
 import numpy as np
 import spin_jax
-from spin_jax.extract import default_mesh, extract
+from spin_jax.extraction import default_mesh, extract
 
 folder, out, max_length = sys.argv[1], sys.argv[2], int(sys.argv[3])
 texts = [line.rstrip("\\n") for line in open(sys.argv[4], encoding="utf-8")]

@@ -22,7 +22,7 @@ from spin_jax import probes
 from spin_jax.classifier import WEIGHTS_FILE, ArtifactError, SpinClassifier
 from spin_jax.cli import main
 from spin_jax.data import DataError
-from spin_jax.extract import MemoryFeatures, extract
+from spin_jax.extraction import MemoryFeatures, extract
 from spin_jax.learner import (
     SpinError,
     SpinOptions,

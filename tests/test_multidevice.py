@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spin_jax.extract import MemoryFeatures
+from spin_jax.extraction import MemoryFeatures
 from spin_jax.learner import SpinOptions, fit_spin
 
 ROOT = Path(__file__).resolve().parents[1]
