@@ -100,15 +100,7 @@ class BertConfig:
 
 def param_shapes(c: BertConfig, dtype=jnp.float32) -> L.Params:
     D, F, n = c.hidden_size, c.ffn_size, c.num_layers
-
-    def s(*shape):
-        return jax.ShapeDtypeStruct(shape, dtype)
-
-    def ln(*lead):
-        return {"scale": s(*lead, D), "bias": s(*lead, D)}
-
-    def lin(i, o):
-        return {"kernel": s(n, i, o), "bias": s(n, o)}
+    s, ln, lin = L.shape_builders(dtype, D, n)
 
     emb = {"word": s(c.vocab_size, D), "position": s(c.max_position_embeddings, D), "ln": ln()}
     if c.type_vocab_size:

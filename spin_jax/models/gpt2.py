@@ -66,15 +66,7 @@ class GPT2Config:
 def param_shapes(c: GPT2Config, dtype=jnp.float32) -> L.Params:
     """The parameter pytree's shapes, for eval_shape and converter checks."""
     D, F, n = c.hidden_size, c.ffn_size, c.num_layers
-
-    def s(*shape):
-        return jax.ShapeDtypeStruct(shape, dtype)
-
-    def ln(*lead):
-        return {"scale": s(*lead, D), "bias": s(*lead, D)}
-
-    def lin(i, o):
-        return {"kernel": s(n, i, o), "bias": s(n, o)}
+    s, ln, lin = L.shape_builders(dtype, D, n)
 
     return {
         "wte": s(c.vocab_size, D),

@@ -210,6 +210,21 @@ def num_stacked(layers: Params) -> int:
     return int(jax.tree.leaves(layers)[0].shape[0])
 
 
+def shape_builders(dtype, width: int, n_layers: int):
+    """Helpers for param_shapes: s(*shape), ln(*lead) (scale+bias), lin(i, o) (stacked)."""
+
+    def s(*shape):
+        return jax.ShapeDtypeStruct(shape, dtype)
+
+    def ln(*lead):
+        return {"scale": s(*lead, width), "bias": s(*lead, width)}
+
+    def lin(i, o):
+        return {"kernel": s(n_layers, i, o), "bias": s(n_layers, o)}
+
+    return s, ln, lin
+
+
 def cast_params(params: Params, dtype) -> Params:
     """Casts floating-point leaves to dtype (ints, e.g. position ids, are kept)."""
 
