@@ -82,7 +82,7 @@ def selection(head: SpinHead) -> dict[str, jax.Array]:
 
 def _proba(logits: np.ndarray) -> np.ndarray:
     if logits.shape[-1] == 1:
-        p = 1 / (1 + np.exp(-logits[..., 0]))
+        p = 0.5 * (1 + np.tanh(0.5 * logits[..., 0]))  # the sigmoid, without exp overflow
         return np.stack([1 - p, p], axis=-1)
     z = np.exp(logits - logits.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)

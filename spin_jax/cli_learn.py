@@ -142,6 +142,26 @@ def cmd_predict(args):
             w.writerow([text, names[int(p.argmax())], *[f"{x:.6f}" for x in p]])
 
 
+def cmd_explain(args):
+    """Per-token class probabilities: the classifier's head applied to each token."""
+    from spin_jax.classifier import SpinClassifier
+
+    clf = SpinClassifier.load(args.run, model=args.model)
+    tokens = clf.explain(args.text)
+    names = list(clf.label_names)
+    label = names[int(clf.predict_proba([args.text])[0].argmax())]
+    if args.json:
+        rows = [
+            {"token": t, **{n: float(x) for n, x in zip(names, p, strict=True)}} for t, p in tokens
+        ]
+        print(json.dumps({"prediction": label, "tokens": rows}))
+        return
+    k = names.index(label)
+    print(f"prediction: {label}")
+    for t, p in tokens:
+        print(f"  {t:>16s} {p[k]:.3f} {'#' * int(round(20 * p[k]))}")
+
+
 def demo_model_dir() -> str:
     spec = importlib.util.find_spec(DEMO_PACKAGE)
     if spec is None:
@@ -222,6 +242,13 @@ def add_commands(sub) -> None:
     _common(p, labels=False)
     p.add_argument("--label-column", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="per-token class probabilities for one text")
+    p.add_argument("run")
+    p.add_argument("text")
+    p.add_argument("--model", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("demo", help="SPIN on the bundled MiniLM and reviews")
     p.add_argument("--out", default=None)

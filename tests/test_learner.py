@@ -446,6 +446,16 @@ def test_cli_fit_writes_a_loadable_classifier(cli_run, data):
     assert (cli_run / "classifier.json").exists() and (cli_run / WEIGHTS_FILE).exists()
 
 
+def test_cli_explain_json(cli_run, capsys):
+    capsys.readouterr()
+    assert main(["explain", str(cli_run), "a great film", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prediction"] in ("negative", "positive")
+    assert [r["token"] for r in out["tokens"]] == ["[CLS]", "a", "great", "film", "[SEP]"]
+    for r in out["tokens"]:
+        assert r["negative"] + r["positive"] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_cli_evaluate_json(cli_run, files, data, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(cli_run), "--data", str(files["test"]), "--json"]) == 0
