@@ -178,7 +178,9 @@ class SpinClassifier:
         valid = align_labels(valid, self.label_names, "validation")
         test = None if test is None else align_labels(test, self.label_names, "test")
         head_fn = _head_baseline(self.model) if self.model.head is not None else None
-        self.head, self.report = fit_spin(train, valid, test, self.options, head_fn=head_fn)
+        self.head, self.report = fit_spin(
+            train, valid, test, self.options, head_fn=head_fn, progress=self.progress
+        )
         return self
 
     # -- inference

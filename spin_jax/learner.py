@@ -452,9 +452,18 @@ def check_labels(y: np.ndarray, yv: np.ndarray, n_classes: int):
 
 
 def fit_spin(
-    train, valid, test=None, opts: SpinOptions = SpinOptions(), n_layers=None, head_fn=None
+    train,
+    valid,
+    test=None,
+    opts: SpinOptions = SpinOptions(),
+    n_layers=None,
+    head_fn=None,
+    progress: bool = False,
 ) -> tuple[SpinHead, dict]:
-    """Runs stages 1-3 and model selection. Returns (SpinHead, report dict)."""
+    """Runs stages 1-3 and model selection. Returns (SpinHead, report dict).
+
+    progress=True shows a bar (rate, ETA) over the probe groups and integration runs.
+    """
     times = {}
     y, yv = _labels(train, "train"), _labels(valid, "validation")
     yt = _labels(test, "test") if test is not None else None
@@ -467,8 +476,10 @@ def fit_spin(
 
     t0 = time.perf_counter()
     tables = {}
+    bar = _progress(len(reps_used) * len(pools_used), "probes", progress)
     for rep in reps_used:
         for p in pools_used:
+            bar.set_postfix_str(f"{rep}/{POOLINGS[p]}")
             tables[rep, p] = fit_probe_table(
                 train, valid, test, rep, p, L, y, yv, yt, n_classes, metric, opts
             )
@@ -479,12 +490,16 @@ def fit_spin(
                 int(np.argmax(tables[rep, p].valid)) + 1,
                 tables[rep, p].valid.max(),
             )
+            bar.update()
+    bar.close()
     times["probes_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     choices = []
+    bar = _progress(len(_rep_sets(opts)) * len(_pool_sets(opts)), "integration", progress)
     for rname, reps in _rep_sets(opts):
         for pname, pools in _pool_sets(opts):
+            bar.set_postfix_str(f"{rname}/{pname}")
             choices.extend(
                 _integrate_combo(
                     train,
@@ -502,6 +517,8 @@ def fit_spin(
                     opts,
                 )
             )
+            bar.update()
+    bar.close()
     times["integration_s"] = time.perf_counter() - t0
     choices = [c for c in choices if c.n_neurons > 0]
     if not choices:
@@ -534,6 +551,12 @@ def fit_spin(
         times,
     )
     return head, report
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="group", disable=not enabled)
 
 
 def select(choices: list[Choice], rule: str, n_valid: int) -> Choice:
