@@ -53,6 +53,11 @@ def _kept_features(config, k, params, sel, ids, mask, *, pooled):
     return (x - sel["mean"]) / sel["std"]
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _kept_pooled(config, k, params, sel, ids, mask):
+    return _kept_features(config, k, params, sel, ids, mask, pooled=True)
+
+
 def _head_apply(x, sel):
     return jnp.einsum("...M,MK->...K", x, sel["weights"]) + sel["intercept"]
 
@@ -62,10 +67,15 @@ def _token_logits(config, k, params, sel, ids, mask):
     return _head_apply(_kept_features(config, k, params, sel, ids, mask, pooled=False), sel)
 
 
+def selection_order(head: SpinHead) -> np.ndarray:
+    """Head columns in device order: hidden neurons first, then FFN neurons."""
+    return np.concatenate([np.nonzero(head.rep == 0)[0], np.nonzero(head.rep == 1)[0]])
+
+
 def selection(head: SpinHead) -> dict[str, jax.Array]:
     """Device arrays that index the kept neurons; columns ordered hidden first, then ffn."""
     h, f = head.rep == 0, head.rep == 1
-    order = np.concatenate([np.nonzero(h)[0], np.nonzero(f)[0]])
+    order = selection_order(head)
     return {
         "h_layer": jnp.asarray(head.layer[h]),
         "h_pool": jnp.asarray(head.pool[h]),
@@ -191,34 +201,37 @@ class SpinClassifier:
 
     def decision_function(self, texts) -> np.ndarray:
         """Logits [N, K] running only the first k blocks and reading only kept neurons."""
+        return self._run(_head_logits, texts, self.head.weights.shape[1])
+
+    def features(self, texts) -> np.ndarray:
+        """The kept neurons [N, M], standardised, in the head's column order.
+
+        Selective extraction: only the first k blocks run and only these M values leave the
+        device, so a test split or new data costs what the classifier needs.
+        """
+        x = self._run(_kept_pooled, texts, len(self.head.rep))
+        return x[:, np.argsort(selection_order(self.head), kind="stable")]
+
+    def _run(self, program, texts, width: int) -> np.ndarray:
+        """program(config, k, params, sel, ids, mask) -> [B, width] over length buckets."""
         self._check_fitted()
         texts = [str(t) for t in texts]
+        out = np.empty((len(texts), width), np.float32)
         if not texts:
-            return np.zeros((0, self.head.weights.shape[1]), np.float32)
+            return out
         ids, _ = encode(self.model.tokenizer, texts, self.max_length)
-        sel = selection(self.head)
-        out = np.empty((len(ids), self.head.weights.shape[1]), np.float32)
-        pending = []
+        sel, k = selection(self.head), self.head.num_layers
         pad = int(getattr(self.model.tokenizer, "pad_token_id", None) or 0)
         lengths = np.array([len(i) for i in ids])
+        pending = []  # dispatch every batch first: the device runs ahead of the host
         for rows, blen, size in plan_batches(lengths, self.max_length, self.token_budget):
             batch = [ids[r] for r in rows] + [np.array([pad], np.int32)] * (size - len(rows))
             b_ids, b_mask = pad_batch(batch, blen, pad)
             pending.append(
-                (
-                    rows,
-                    _head_logits(
-                        self.model.config,
-                        self.head.num_layers,
-                        self.model.params,
-                        sel,
-                        b_ids,
-                        b_mask,
-                    ),
-                )
+                (rows, program(self.model.config, k, self.model.params, sel, b_ids, b_mask))
             )
-        for rows, logits in pending:
-            out[rows] = np.asarray(logits)[: len(rows)]
+        for rows, result in pending:
+            out[rows] = np.asarray(result)[: len(rows)]
         return out
 
     def predict_proba(self, texts) -> np.ndarray:

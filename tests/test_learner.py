@@ -314,6 +314,8 @@ def test_early_exit_equals_full_extraction(clf, model, data):
     want_logits = np.asarray(probes.decision(X, head.weights, head.intercept))
     np.testing.assert_allclose(clf.decision_function(texts), want_logits, atol=1e-5, rtol=0)
     np.testing.assert_allclose(clf.predict_proba(texts), head.proba(X), atol=1e-5, rtol=0)
+    # Selective extraction: only the kept neurons, in the head's column order.
+    np.testing.assert_allclose(clf.features(texts), X, atol=1e-5, rtol=0)
 
 
 def test_explain_gives_one_distribution_per_token(clf, model):
