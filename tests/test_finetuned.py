@@ -7,7 +7,6 @@ import pytest
 
 import spin_jax
 from tests import hf_tiny
-from tests.test_models import minilm_dir
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -25,15 +24,11 @@ def texts(n, seed):
 
 @pytest.fixture(scope="module")
 def fine_tuned(tmp_path_factory):
-    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     folder = tmp_path_factory.mktemp("ft")
-    cfg = hf_tiny.bert().config
-    cfg.vocab_size, cfg.num_labels = 30522, 2
-    torch.manual_seed(3)
-    hf = BertForSequenceClassification(cfg).eval()
-    hf.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(folder)
+    hf_tiny.save_tiny_bert(folder, seed=3, cls=BertForSequenceClassification)
+    hf = BertForSequenceClassification.from_pretrained(folder).eval()
     return hf, folder
 
 

