@@ -189,7 +189,13 @@ class SpinClassifier:
         test = None if test is None else align_labels(test, self.label_names, "test")
         head_fn = _head_baseline(self.model) if self.model.head is not None else None
         self.head, self.report = fit_spin(
-            train, valid, test, self.options, head_fn=head_fn, progress=self.progress
+            train,
+            valid,
+            test,
+            self.options,
+            head_fn=head_fn,
+            progress=self.progress,
+            checkpoint_dir=None if self.work_dir is None else Path(self.work_dir) / "probes",
         )
         return self
 

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -459,10 +463,12 @@ def fit_spin(
     n_layers=None,
     head_fn=None,
     progress: bool = False,
+    checkpoint_dir=None,
 ) -> tuple[SpinHead, dict]:
     """Runs stages 1-3 and model selection. Returns (SpinHead, report dict).
 
     progress=True shows a bar (rate, ETA) over the probe groups and integration runs.
+    checkpoint_dir keeps each finished probe group, so a crashed fit resumes after it.
     """
     times = {}
     y, yv = _labels(train, "train"), _labels(valid, "validation")
@@ -473,6 +479,7 @@ def fit_spin(
     L = n_layers or train.shape("ffn")[1]
     pools_used = sorted({i for _, ps in _pool_sets(opts) for i in ps})
     reps_used = sorted({r for _, rs in _rep_sets(opts) for r in rs})
+    run_key = _run_key(opts, train, valid, test)
 
     t0 = time.perf_counter()
     tables = {}
@@ -480,8 +487,13 @@ def fit_spin(
     for rep in reps_used:
         for p in pools_used:
             bar.set_postfix_str(f"{rep}/{POOLINGS[p]}")
-            tables[rep, p] = fit_probe_table(
-                train, valid, test, rep, p, L, y, yv, yt, n_classes, metric, opts
+            tables[rep, p] = _cached(
+                checkpoint_dir,
+                f"probes-{rep}-{POOLINGS[p]}",
+                run_key,
+                lambda rep=rep, p=p: fit_probe_table(
+                    train, valid, test, rep, p, L, y, yv, yt, n_classes, metric, opts
+                ),
             )
             log.info(
                 "probes %s/%s: best layer %d valid %.4f",
@@ -551,6 +563,38 @@ def fit_spin(
         times,
     )
     return head, report
+
+
+def _run_key(opts: SpinOptions, *sources) -> str:
+    """What a probe checkpoint depends on: the options and the identity of every split."""
+    ident = [None if s is None else (dict(s.manifest), int(s.n_rows)) for s in sources]
+    labels = [None if s is None else np.asarray(s.labels).tolist() for s in sources]
+    blob = json.dumps([dataclasses.asdict(opts), ident, labels], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _cached(folder, name: str, key: str, compute) -> ProbeTable:
+    """compute(), or its result saved in folder/name.npz by a run with the same key."""
+    if folder is None:
+        return compute()
+    path = Path(folder) / f"{name}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                log.info("probes %s: reusing %s", name, path)
+                return ProbeTable(
+                    **{
+                        f.name: z[f.name] if f.name in z else None
+                        for f in dataclasses.fields(ProbeTable)
+                    }
+                )
+    table = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: v for k, v in dataclasses.asdict(table).items() if v is not None}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, key=np.asarray(key), **arrays)
+    os.replace(tmp, path)  # atomic: a crash leaves the old file or none
+    return table
 
 
 def _progress(total: int, desc: str, enabled: bool):
