@@ -58,7 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--c-grid", type=str, default=",".join(map(str, probes.PAPER_C_GRID)))
     p.add_argument("--max-iter", type=int, default=1000, help="FISTA iterations per lam")
     p.add_argument("--tol", type=float, default=1e-5, help="FISTA relative-change tolerance")
-    p.add_argument("--sk-sample", type=int, default=6, help="probes fitted by sklearn")
+    p.add_argument("--warm-start", action="store_true", help="solve lams in turn (probes.py)")
+    p.add_argument(
+        "--solver-dtype",
+        default="bfloat16",
+        choices=("bfloat16", "float32"),
+        help="dtype of the standardised features the solver reads",
+    )
+    p.add_argument("--sk-sample", type=int, default=6, help="probes fitted by sklearn (0: none)")
     p.add_argument("--sk-tol", type=float, default=1e-4)
     p.add_argument("--sk-max-iter", type=int, default=100)
     p.add_argument("--mem-gb", type=float, default=None, help="device memory for a chunk")
@@ -132,13 +139,13 @@ def layer_strengths(n_problems: int, poolings: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- spin_jax
 
 
-@partial(jax.jit, static_argnames=("n_classes", "max_iter"))
-def solve_chunk(X, y_train, y_valid, lams, n_classes: int, max_iter: int, tol):
-    """Fit every problem of the chunk along lams; validation accuracy [G, R] of each fit."""
+@partial(jax.jit, static_argnames=("n_classes", "max_iter", "warm_start", "dtype"))
+def solve_chunk(X, y_train, y_valid, lams, n_classes, max_iter, tol, warm_start, dtype):
+    """Fit every problem of the chunk at every lam; validation accuracy [G, R] of each fit."""
     n_train = y_train.shape[0]
-    X_train, X_valid = X[:, :n_train], X[:, n_train:]
+    X_train, X_valid = X[:, :n_train].astype(dtype), X[:, n_train:]
     fit, mean, std = probes.fit_many_standardized(
-        X_train, y_train, n_classes, lams, max_iter=max_iter, tol=tol
+        X_train, y_train, n_classes, lams, max_iter=max_iter, tol=tol, warm_start=warm_start
     )
 
     def valid_acc(X_valid, weights, intercept, mean, std):
@@ -168,6 +175,7 @@ def run_spin_jax(args, y_train, y_valid, lams, sample: set[int]):
             X.block_until_ready()
             out["gen_s"] += time.perf_counter() - t
             call = (X, y_train, y_valid, lams, args.n_classes, args.max_iter, args.tol)
+            call += (args.warm_start, jnp.dtype(args.solver_dtype))
             if compiled is None:
                 t = time.perf_counter()
                 compiled = solve_chunk.lower(*call).compile()
@@ -286,6 +294,26 @@ def main(argv=None) -> None:
     print(f"{n_probes} probes x {len(c_grid)} C values on {device.device_kind}")
 
     ours, host = run_spin_jax(args, y_train, y_valid, lams, sample)
+    print()
+    print(f"command: python {' '.join([sys.argv[0], *sys.argv[1:]])}")
+    print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+    print(f"device: {device.device_kind} ({device.platform}); sklearn: {cpu_count()} CPU cores")
+    print(f"jax {jax.__version__}, C grid {c_grid}, N train {args.n_train}, valid {args.n_valid}")
+    path = "warm-started path" if args.warm_start else "all lams at once"
+    print(f"spin_jax solver: {args.solver_dtype} features, {path}, tol {args.tol}")
+    print(
+        f"spin_jax: {ours['steady_s']:.1f} s steady, {ours['compile_s']:.1f} s compile; "
+        f"mean valid acc over all probes {ours['acc'].max(-1).mean():.4f}, "
+        f"mean FISTA iterations per lam {ours['n_iter'].mean():.0f}, "
+        f"converged {ours['converged'].mean():.1%}, feature generation {ours['gen_s']:.1f} s"
+    )
+    if host:
+        report_sklearn(args, ours, host, y_train, y_valid, c_grid, lams, n_probes, device)
+
+
+def report_sklearn(args, ours, host, y_train, y_valid, c_grid, lams, n_probes, device):
+    from joblib import cpu_count
+
     sk, sk_wall = run_sklearn(args, host, np.asarray(y_train), np.asarray(y_valid), c_grid)
     cores = cpu_count()
     sk_seconds = sum(r[4] for r in sk.values())
@@ -293,12 +321,6 @@ def main(argv=None) -> None:
     acc_ours, acc_sk, gap_mean, gap_max = compare(
         args, ours, host, sk, c_grid, lams, np.asarray(y_train)
     )
-
-    print()
-    print(f"command: python {' '.join([sys.argv[0], *sys.argv[1:]])}")
-    print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
-    print(f"device: {device.device_kind} ({device.platform}); sklearn: {cores} CPU cores")
-    print(f"jax {jax.__version__}, C grid {c_grid}, N train {args.n_train}, valid {args.n_valid}")
     print()
     print("| solver | probes fitted | compile s | total s | valid acc (sampled) |")
     print("|---|---|---|---|---|")
@@ -312,11 +334,6 @@ def main(argv=None) -> None:
     )
     print()
     print(f"speedup (steady state): {sk_total / ours['steady_s']:.1f}x")
-    print(
-        f"spin_jax: mean valid acc over all probes {ours['acc'].max(-1).mean():.4f}, "
-        f"mean FISTA iterations per lam {ours['n_iter'].mean():.0f}, "
-        f"converged {ours['converged'].mean():.1%}, feature generation {ours['gen_s']:.1f} s"
-    )
     print(
         f"sklearn sample: {len(sk)} fits, wall {sk_wall:.1f} s, summed fit time "
         f"{sk_seconds:.1f} s, max saga epochs {max(r[3] for r in sk.values())}"

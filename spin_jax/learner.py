@@ -50,6 +50,9 @@ class SpinOptions:
     selection: str = "1se"
     max_iter: int = 1000
     tol: float = 1e-4
+    # dtype of the standardised features the solver reads: "auto" is bfloat16 on GPU/TPU
+    # (half the bytes of its memory-bound products; see probes.py) and float32 on CPU.
+    solver_dtype: str = "auto"
     memory_bytes: int = 2 << 30  # device memory for one chunk of probe features
 
 
@@ -104,9 +107,17 @@ def _lams(X, y, n_classes, opts: SpinOptions, n_rows: int):
     return probes.default_lams(X, y, n_classes, num=opts.n_lams, ratio=opts.lam_ratio)
 
 
-@jax.jit
-def _standardize_many(X, mean, std):
-    return (X.astype(jnp.float32) - mean[:, None]) / std[:, None]
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _standardize_many(X, mean, std, dtype=jnp.float32):
+    return ((X.astype(jnp.float32) - mean[:, None]) / std[:, None]).astype(dtype)
+
+
+def solver_dtype(opts: SpinOptions):
+    if opts.solver_dtype == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    if opts.solver_dtype not in ("float32", "bfloat16", "float16"):
+        raise SpinError(f"solver_dtype {opts.solver_dtype!r}: choose auto, float32 or bfloat16.")
+    return jnp.dtype(opts.solver_dtype)
 
 
 def _best_lam(scores: jax.Array) -> jax.Array:
@@ -166,7 +177,7 @@ def _probe_chunk(train, valid, test, rep, pool, layers, y, yv, yt, n_classes, me
 def _probe_chunk_padded(train, valid, test, rep, pool, layers, y, yv, yt, n_classes, metric, opts):
     X = shard_problems(jnp.asarray(read_layers(train, rep, pool, layers)))
     mean, std = jax.vmap(probes.standardize_stats)(X)
-    Xs = _standardize_many(X, mean, std)
+    Xs = _standardize_many(X, mean, std, solver_dtype(opts))
     n_rows = X.shape[1]
     lams = jax.vmap(lambda x: _lams(x, y, n_classes, opts, n_rows))(Xs)
     fit = probes.fit_many(Xs, y, n_classes, lams, max_iter=opts.max_iter, tol=opts.tol)
@@ -309,7 +320,8 @@ def integrate(Xtr, Xv, cand: Candidates, n_layers, y, yv, n_classes, metric, opt
     G = len(masks)
     masks = np.pad(masks, ((0, _round_up(G, n_devices()) - G), (0, 0)), mode="edge")
     masks = shard_problems(jnp.asarray(masks, jnp.float32))
-    Xtr, Xv = jnp.asarray(_pad_cols(Xtr)), jnp.asarray(_pad_cols(Xv))
+    Xtr = jnp.asarray(_pad_cols(Xtr), solver_dtype(opts))
+    Xv = jnp.asarray(_pad_cols(Xv))
     if opts.lam_grid == "paper":
         lams = probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0])
     else:
@@ -476,6 +488,7 @@ def fit_spin(
     n_classes = len(train.label_names) if train.label_names else int(y.max()) + 1
     check_labels(np.asarray(y), np.asarray(yv), n_classes)
     metric = choose_metric(opts.metric, np.asarray(y), n_classes)
+    solver_dtype(opts)  # a bad option fails here, before any probe runs
     L = n_layers or train.shape("ffn")[1]
     pools_used = sorted({i for _, ps in _pool_sets(opts) for i in ps})
     reps_used = sorted({r for _, rs in _rep_sets(opts) for r in rs})

@@ -15,9 +15,16 @@ Standardisation: the solvers (`fit_path`, `fit_many`) take X as given. Standardi
 `standardize_stats` + `standardize`, or call `fit_many_standardized`, which does it per problem
 and returns the statistics; `unstandardize` maps weights back to the raw feature scale.
 
-Dtype policy: X may be stored in bf16 (or any float); the solver upcasts it once to fp32 and
-every matmul, loss and accumulator runs in fp32 at "highest" precision (no TF32 on GPU: the
-matmuls are matrix-vector products, bound by memory bandwidth, so full precision is free).
+Dtype policy: the solver reads X in the dtype it is given and never copies it to fp32.
+fp32 X: every product at "highest" precision. bf16 / fp16 X (standardised features cast down,
+half the bytes of the memory-bound products): the fp32 vector of each product is split into a
+high and a low 16-bit part, both multiplied against X with fp32 accumulation, so the product
+is that of the 16-bit X with a ~16-bit-mantissa vector. Losses and accumulators are fp32.
+
+Paths: `warm_start=True` solves the lams one after the other, each from the last solution;
+`False` solves all of them at once from zero, one FISTA state per lam, which reads X once per
+iteration for every lam (X @ [W_1 .. W_R]) instead of once per lam. On the probes we measured
+warm starts barely cut iterations, so the joint path reads X several times less.
 """
 
 from __future__ import annotations
@@ -81,6 +88,13 @@ def _masked_fp32(X: Array, m: Array) -> Array:
     return jnp.where(m[:, None] > 0, X.astype(jnp.float32), 0.0)
 
 
+def _masked_rows(X: Array, rowmask: Array | None) -> Array:
+    """X in its own dtype with padded rows set to 0 (no copy without a rowmask)."""
+    if rowmask is None:
+        return X
+    return jnp.where(rowmask[:, None] > 0, X, jnp.zeros((), X.dtype))
+
+
 def standardize_stats(X: Array, rowmask: Array | None = None) -> tuple[Array, Array]:
     """Mean [F] and std [F] of X [N, F] over the unmasked rows, in fp32.
 
@@ -122,9 +136,34 @@ def _targets(y: Array, n_classes: int) -> Array:
     return jax.nn.one_hot(y, n_classes, dtype=jnp.float32)
 
 
+def _split16(v: Array, dtype) -> tuple[Array, Array]:
+    """v (fp32, ..., K) as hi + lo in a 16-bit dtype, scaled per column by a power of two.
+
+    Returns (parts [..., 2K] in dtype, scale [K]); v ~= (hi + lo) * scale with a ~16-bit
+    mantissa. The power-of-two scale keeps both parts inside fp16's range exactly.
+    """
+    axes = tuple(range(v.ndim - 1))
+    top = jnp.max(jnp.abs(v), axis=axes)
+    scale = jnp.exp2(jnp.ceil(jnp.log2(jnp.where(top > 0, top, 1.0))))
+    u = v / scale
+    hi = u.astype(dtype)
+    lo = (u - hi.astype(jnp.float32)).astype(dtype)
+    return jnp.concatenate([hi, lo], axis=-1), scale
+
+
+def _dot(spec: str, X: Array, v: Array) -> Array:
+    """einsum(spec, X, v) in fp32 for fp32 v and X of any float dtype (module docstring)."""
+    if X.dtype == jnp.float32:
+        return jnp.einsum(spec, X, v, precision=_HIGHEST)
+    parts, scale = _split16(v, X.dtype)
+    out = jnp.einsum(spec, X, parts, preferred_element_type=jnp.float32)
+    k = v.shape[-1]
+    return (out[..., :k] + out[..., k:]) * scale
+
+
 def _logits(X: Array, theta: Array) -> Array:
     """theta [F+1, K] stacks W [F, K] over the intercept row b [K]."""
-    return jnp.einsum("NF,FK->NK", X, theta[:-1], precision=_HIGHEST) + theta[-1]
+    return _dot("NF,FK->NK", X, theta[:-1]) + theta[-1]
 
 
 def _smooth_grad(X: Array, T: Array, m_over_n: Array, theta: Array) -> Array:
@@ -132,7 +171,7 @@ def _smooth_grad(X: Array, T: Array, m_over_n: Array, theta: Array) -> Array:
     z = _logits(X, theta)
     p = jax.nn.sigmoid(z) if z.shape[-1] == 1 else jax.nn.softmax(z, axis=-1)
     r = (p - T) * m_over_n[:, None]
-    g_w = jnp.einsum("NF,NK->FK", X, r, precision=_HIGHEST)
+    g_w = _dot("NF,NK->FK", X, r)
     return jnp.concatenate([g_w, r.sum(0, keepdims=True)], axis=0)
 
 
@@ -151,21 +190,23 @@ def lipschitz(X: Array, rowmask: Array | None = None, n_classes: int = 2) -> Arr
     ||.||_2 from a few power iterations (times a small safety margin).
     """
     m = _row_weights(X, rowmask)
-    Xf = _masked_fp32(X, m)
-    return _lipschitz(Xf, m, n_classes)
+    return _lipschitz(_masked_rows(X, rowmask), m, jnp.ones(X.shape[1]), n_classes)
 
 
-def _lipschitz(Xf: Array, m: Array, n_classes: int) -> Array:
-    def apply(v):  # [X, m] v, then its transpose: one step of power iteration on A^T A.
-        u = jnp.einsum("NF,F->N", Xf, v[:-1], precision=_HIGHEST) + v[-1] * m
-        return jnp.append(jnp.einsum("NF,N->F", Xf, u, precision=_HIGHEST), m @ u)
+def _lipschitz(Xm: Array, m: Array, f: Array, n_classes: int) -> Array:
+    """As `lipschitz`, for X with padded rows zeroed and feature mask f [F] (0/1)."""
+
+    def apply(v):  # [X diag(f), m] v, then its transpose: power iteration on A^T A.
+        u = _dot("NF,FK->NK", Xm, (v[:-1] * f)[:, None])[:, 0] + v[-1] * m
+        g = _dot("NF,NK->FK", Xm, u[:, None])[:, 0] * f
+        return jnp.append(g, m @ u)
 
     def body(_, v):
         w = apply(v)
         return w / jnp.linalg.norm(w)
 
     # A fixed random start: deterministic, yet almost surely not orthogonal to the top vector.
-    v0 = jax.random.normal(jax.random.key(0), (Xf.shape[1] + 1,), jnp.float32)
+    v0 = jax.random.normal(jax.random.key(0), (Xm.shape[1] + 1,), jnp.float32)
     v = jax.lax.fori_loop(0, _POWER_ITERS, body, v0 / jnp.linalg.norm(v0))
     sigma2 = v @ apply(v)  # Rayleigh quotient of A^T A: <= ||A||_2^2, converging to it
     curvature = 0.25 if n_classes == 2 else 0.5
@@ -210,35 +251,44 @@ def _fista(grad_fn, penalty: Array, keep: Array, lam, L, theta0, max_iter: int, 
 
 
 def _setup(X, y, n_classes, rowmask, featmask):
-    """fp32 X with padded rows and masked features zeroed, targets, masks, theta0."""
+    """X with padded rows zeroed (its own dtype), targets, masks, theta0.
+
+    Masked features are not zeroed in X (that would copy it once per mask): their weights
+    start at 0 and the prox holds them there, and `_lipschitz` masks them itself.
+    """
     m = _row_weights(X, rowmask)
     f = jnp.ones(X.shape[1], jnp.float32) if featmask is None else (featmask > 0)
     f = f.astype(jnp.float32)
-    Xf = _masked_fp32(X, m) * f
     T = _targets(y, n_classes)
     m_over_n = m / jnp.maximum(m.sum(), 1.0)
     penalty = jnp.append(f, 0.0)  # L1 on the weights, none on the intercept
     keep = jnp.append(f, 1.0)  # masked features are held at exactly 0
-    return Xf, T, m, m_over_n, penalty, keep, _init_theta(T, m, X.shape[1])
+    theta0 = _init_theta(T, m, X.shape[1])
+    return _masked_rows(X, rowmask), T, m, f, m_over_n, penalty, keep, theta0
 
 
-def _fit_path(X, y, n_classes, lams, rowmask, featmask, max_iter, tol) -> ProbeFit:
-    Xf, T, m, m_over_n, penalty, keep, theta0 = _setup(X, y, n_classes, rowmask, featmask)
-    L = _lipschitz(Xf, m, n_classes)  # once per feature matrix, shared by the whole path
+def _fit_path(
+    X, y, n_classes, lams, rowmask, featmask, max_iter, tol, warm_start=False
+) -> ProbeFit:
+    Xm, T, m, f, m_over_n, penalty, keep, theta0 = _setup(X, y, n_classes, rowmask, featmask)
+    L = _lipschitz(Xm, m, f, n_classes)  # once per feature matrix, shared by the whole path
 
     def grad_fn(theta):
-        return _smooth_grad(Xf, T, m_over_n, theta)
+        return _smooth_grad(Xm, T, m_over_n, theta)
 
-    def solve(theta, lam):  # warm start: each lam starts from the previous solution
+    def solve(theta, lam):
         theta, k, change = _fista(grad_fn, penalty, keep, lam, L, theta, max_iter, tol)
         return theta, (theta, k, change <= tol)
 
     lams = jnp.asarray(lams, jnp.float32)
-    _, (thetas, n_iter, converged) = jax.lax.scan(solve, theta0, lams)
+    if warm_start:  # each lam starts from the previous solution
+        _, (thetas, n_iter, converged) = jax.lax.scan(solve, theta0, lams)
+    else:  # all lams at once; vmap turns the R products with X into one X @ [R columns]
+        _, (thetas, n_iter, converged) = jax.vmap(solve, in_axes=(None, 0))(theta0, lams)
     return ProbeFit(thetas[:, :-1], thetas[:, -1], n_iter, converged)
 
 
-@partial(jax.jit, static_argnames=("n_classes", "max_iter"))
+@partial(jax.jit, static_argnames=("n_classes", "max_iter", "warm_start"))
 def fit_path(
     X: Array,
     y: Array,
@@ -248,14 +298,15 @@ def fit_path(
     featmask: Array | None = None,
     max_iter: int = 2000,
     tol: float = 1e-6,
+    warm_start: bool = False,
 ) -> ProbeFit:
-    """Fit one problem along lams [R] (largest first), warm-starting each from the last.
+    """Fit one problem at every lam of lams [R] (largest first; see `warm_start` above).
 
     X [N, F] (already standardised; any float dtype), y [N] int class ids in [0, n_classes),
     rowmask [N] 0/1 (padded rows: 0), featmask [F] 0/1 (features held at exactly 0).
     Returns ProbeFit with weights [R, F, K], intercept [R, K], n_iter [R], converged [R].
     """
-    return _fit_path(X, y, n_classes, lams, rowmask, featmask, max_iter, tol)
+    return _fit_path(X, y, n_classes, lams, rowmask, featmask, max_iter, tol, warm_start)
 
 
 def _axis(a: Array | None, shared_ndim: int) -> int | None:
@@ -263,7 +314,7 @@ def _axis(a: Array | None, shared_ndim: int) -> int | None:
     return None if a is None or a.ndim == shared_ndim else 0
 
 
-@partial(jax.jit, static_argnames=("n_classes", "max_iter"))
+@partial(jax.jit, static_argnames=("n_classes", "max_iter", "warm_start"))
 def fit_many(
     X: Array,
     y: Array,
@@ -273,6 +324,7 @@ def fit_many(
     featmask: Array | None = None,
     max_iter: int = 2000,
     tol: float = 1e-6,
+    warm_start: bool = False,
 ) -> ProbeFit:
     """`fit_path` over G independent problems in one program (vmap; no Python loop).
 
@@ -282,13 +334,13 @@ def fit_many(
     """
 
     def one(X, y, lams, rowmask, featmask):
-        return _fit_path(X, y, n_classes, lams, rowmask, featmask, max_iter, tol)
+        return _fit_path(X, y, n_classes, lams, rowmask, featmask, max_iter, tol, warm_start)
 
     in_axes = (0, _axis(y, 1), _axis(lams, 1), _axis(rowmask, 1), _axis(featmask, 1))
     return jax.vmap(one, in_axes=in_axes)(X, y, lams, rowmask, featmask)
 
 
-@partial(jax.jit, static_argnames=("n_classes", "max_iter"))
+@partial(jax.jit, static_argnames=("n_classes", "max_iter", "warm_start"))
 def fit_many_standardized(
     X: Array,
     y: Array,
@@ -298,16 +350,17 @@ def fit_many_standardized(
     featmask: Array | None = None,
     max_iter: int = 2000,
     tol: float = 1e-6,
+    warm_start: bool = False,
 ) -> tuple[ProbeFit, Array, Array]:
     """`fit_many` on X [G, N, F] standardised per problem over its unmasked rows.
 
     Returns (fit, mean [G, F], std [G, F]); the weights are on the standardised scale
-    (`unstandardize` maps them to raw X). The standardised copy is fp32: peak memory is
-    about X plus two fp32 copies of it.
+    (`unstandardize` maps them to raw X). The standardised copy has X's dtype (module
+    docstring), so a bf16 X is solved in bf16.
     """
     mean, std = jax.vmap(standardize_stats, in_axes=(0, _axis(rowmask, 1)))(X, rowmask)
-    Xs = (X.astype(jnp.float32) - mean[:, None]) / std[:, None]
-    fit = fit_many(Xs, y, n_classes, lams, rowmask, featmask, max_iter=max_iter, tol=tol)
+    Xs = jax.vmap(standardize)(X, mean, std)
+    fit = fit_many(Xs, y, n_classes, lams, rowmask, featmask, max_iter, tol, warm_start)
     return fit, mean, std
 
 
@@ -329,13 +382,13 @@ def default_lams(
     lam_max = max |X^T (Y - p0)| / N_eff, the gradient at zero weights and the intercept-only
     optimum p0: the smallest lam whose solution has all-zero weights.
     """
-    Xf, T, _, m_over_n, _, _, theta0 = _setup(X, y, n_classes, rowmask, featmask)
+    Xm, T, _, f, m_over_n, _, _, theta0 = _setup(X, y, n_classes, rowmask, featmask)
     # The logits at zero weights are the intercept alone. Not written as X @ 0: XLA CPU
     # (jax 0.10, YNNPACK fusion) miscomputes a dot with a constant zero operand fused into a
     # reduction (-inf / NaN).
     z0 = jnp.broadcast_to(theta0[-1], T.shape)
     p0 = jax.nn.sigmoid(z0) if T.shape[-1] == 1 else jax.nn.softmax(z0, axis=-1)
-    grad = jnp.einsum("NF,NK->FK", Xf, (p0 - T) * m_over_n[:, None], precision=_HIGHEST)
+    grad = _dot("NF,NK->FK", Xm, (p0 - T) * m_over_n[:, None]) * f[:, None]
     # A hair above the exact value, so rounding cannot leave a weight at 1e-9 at lam_max.
     lam_max = jnp.max(jnp.abs(grad)) * (1.0 + 1e-4)
     return lam_max * jnp.logspace(0.0, jnp.log10(ratio), num, dtype=jnp.float32)

@@ -52,14 +52,17 @@ def sklearn_l1(C, tol, max_iter):
     return LogisticRegression(solver="saga", C=C, tol=tol, max_iter=max_iter, **kind)
 
 
+@pytest.mark.parametrize("warm_start", [False, True])
 @pytest.mark.parametrize("n_classes", [2, 3])
-def test_objective_matches_sklearn(n_classes):
+def test_objective_matches_sklearn(n_classes, warm_start):
     n, f = 2000, 500
     X, y = make_problem(0, n, f, n_classes, informative=tuple(range(0, 40, 4)), scale=0.7)
     lams = probes.default_lams(jnp.asarray(X), jnp.asarray(y), n_classes, num=8, ratio=1e-2)
     lams = lams[:4]  # reach the target lam along a path, as the library is used
     lam = float(lams[-1])
-    fit = probes.fit_path(jnp.asarray(X), jnp.asarray(y), n_classes, lams, tol=1e-7)
+    fit = probes.fit_path(
+        jnp.asarray(X), jnp.asarray(y), n_classes, lams, tol=1e-7, warm_start=warm_start
+    )
     assert bool(fit.converged[-1])
     ours = objective_np(X, y, fit.weights[-1], fit.intercept[-1], lam)
 
@@ -142,15 +145,22 @@ def test_lam_max_gives_exact_zeros(n_classes):
 def test_path_end_equals_cold_solve(n_classes):
     X, y = make_problem(3, N_SMALL, F_SMALL, n_classes, correlated=True)
     lams = probes.default_lams(jnp.asarray(X), jnp.asarray(y), n_classes, num=R_SMALL, ratio=1e-2)
-    path = probes.fit_path(jnp.asarray(X), jnp.asarray(y), n_classes, lams, tol=1e-7)
+    args = (jnp.asarray(X), jnp.asarray(y), n_classes)
+    path = probes.fit_path(*args, lams, tol=1e-7, warm_start=True)
     # A "path" that repeats the last lam: its first entry is a cold solve from zero weights.
     same = jnp.full_like(lams, lams[-1])
-    cold = probes.fit_path(jnp.asarray(X), jnp.asarray(y), n_classes, same, tol=1e-7)
+    cold = probes.fit_path(*args, same, tol=1e-7, warm_start=True)
     lam = float(lams[-1])
     obj_path = objective_np(X, y, path.weights[-1], path.intercept[-1], lam)
     obj_cold = objective_np(X, y, cold.weights[0], cold.intercept[0], lam)
     assert abs(obj_path - obj_cold) <= 1e-6 * obj_cold
     np.testing.assert_allclose(path.weights[-1], cold.weights[0], atol=2e-3)
+    # The joint solve (every lam at once, from zero) reaches the path's optimum at every lam.
+    joint = probes.fit_path(*args, lams, tol=1e-7)
+    for r, lam in enumerate(np.asarray(lams)):
+        obj_path = objective_np(X, y, path.weights[r], path.intercept[r], lam)
+        obj_joint = objective_np(X, y, joint.weights[r], joint.intercept[r], lam)
+        assert abs(obj_path - obj_joint) <= 1e-6 * obj_path
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
@@ -210,13 +220,36 @@ def test_standardize_constant_feature_and_bf16():
     assert np.all(np.isfinite(Xs))
     assert np.all(Xs[:, 0] == 0.0)
 
-    # bf16 storage: same solver in fp32, so the fit matches fp32 X rounded to bf16.
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_16bit_products_carry_a_16bit_vector(dtype):
+    """X (16-bit) times an fp32 vector: hi + lo parts give ~2^-17 relative error per term."""
+    rng = np.random.default_rng(3)
+    X = jnp.asarray(rng.standard_normal((211, 67)) * 3.0, dtype)
+    v = jnp.asarray(rng.standard_normal((67, 2)) * 1e-4, jnp.float32)  # tiny: fp16 range
+    r = jnp.asarray(rng.standard_normal((211, 3)) * 1e-5, jnp.float32)
+    X64, v64, r64 = (np.asarray(a, np.float64) for a in (X.astype(jnp.float32), v, r))
+    for got, want, bound in (
+        (probes._dot("NF,FK->NK", X, v), X64 @ v64, np.abs(X64) @ np.abs(v64)),
+        (probes._dot("NF,NK->FK", X, r), X64.T @ r64, np.abs(X64).T @ np.abs(r64)),
+    ):
+        assert got.dtype == jnp.float32
+        assert np.all(np.abs(np.asarray(got, np.float64) - want) <= 2.0**-16 * bound)
+
+
+def test_bf16_features_solve_to_the_same_objective():
+    X, y = make_problem(6, N_SMALL, F_SMALL, 2)
     Xb = jnp.asarray(X).astype(jnp.bfloat16)
+    Xf = np.asarray(Xb.astype(jnp.float32))  # the same values in fp32
     lams = jnp.asarray([0.1, 0.05, 0.02, 0.01])
-    fit_b = probes.fit_path(Xb, jnp.asarray(y), 2, lams)
-    fit_f = probes.fit_path(Xb.astype(jnp.float32), jnp.asarray(y), 2, lams)
+    fit_b = probes.fit_path(Xb, jnp.asarray(y), 2, lams, tol=1e-8, max_iter=5000)
+    fit_f = probes.fit_path(jnp.asarray(Xf), jnp.asarray(y), 2, lams, tol=1e-8, max_iter=5000)
     assert fit_b.weights.dtype == jnp.float32
-    np.testing.assert_allclose(fit_b.weights, fit_f.weights, rtol=1e-6, atol=1e-7)
+    for r, lam in enumerate(np.asarray(lams)):
+        ob = objective_np(Xf, y, fit_b.weights[r], fit_b.intercept[r], lam)
+        of = objective_np(Xf, y, fit_f.weights[r], fit_f.intercept[r], lam)
+        assert abs(ob - of) <= 1e-6 * of
+    np.testing.assert_array_equal(fit_b.weights != 0, fit_f.weights != 0)
 
 
 def test_unstandardize_gives_same_logits_on_raw_features():
