@@ -4,7 +4,8 @@ All contenders run one random-weight model (GPT2-XL- or BERT-base-shaped) in one
 the same batches (extraction.plan_batches over an IMDb-like length mix) and return the same
 thing: hidden states [B, L+1, P, D] and FFN activations [B, L, P, F] pooled three ways
 (P = token, mean, max; token = last real token for GPT-2, first for BERT), bf16, on the host.
-  spin_jax       extraction._pooled_rows (pooling inside the layer scan), pipelined like
+  spin_jax       extraction.pooled_program (pooling inside the layer scan; outputs written
+                 to pinned host memory by the program on GPU), pipelined like
                  extraction._Runner: two batches dispatched ahead of the host copy.
   spin_jax bare  the same scan returning only the mean last hidden state [B, D]: the
                  forward alone, to show what pooling and its copy cost.
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 
 from spin_jax import from_transformers
-from spin_jax.extraction import _pooled_rows, plan_batches
+from spin_jax.extraction import host_sharding, plan_batches, pooled_program
 from spin_jax.models import core, family_of
 from spin_jax.text import pad_batch
 
@@ -210,11 +211,13 @@ def _bare_forward(config, params, ids, mask):
 def jax_contender(model, bare: bool):
     """dispatch(batch) -> device handle, collect(handle) -> host arrays."""
     put = jax.device_put
+    out_sharding = host_sharding(None)  # as spin_jax.extract does on one device
+    pooled = pooled_program(out_sharding)
 
     def dispatch(b: Batch):
         if bare:
             return (_bare_forward(model.config, model.params, put(b.ids), put(b.mask)),)
-        out = _pooled_rows(
+        out = pooled(
             model.config,
             model.config.num_layers,
             POOL_IDX,
@@ -224,8 +227,9 @@ def jax_contender(model, bare: bool):
             put(b.ids),
             put(b.mask),
         )
-        for x in out:  # as spin_jax.extract does: copy out as soon as the batch is done
-            x.copy_to_host_async()
+        if out_sharding is None:  # as spin_jax.extract does: copy out as soon as it is done
+            for x in out:
+                x.copy_to_host_async()
         return out
 
     return dispatch, lambda handle: [np.asarray(x) for x in handle]

@@ -338,6 +338,18 @@ def test_compiles_once_per_shape(model):
     assert 1 <= extract_mod._pooled_rows._cache_size() <= len(shapes)
 
 
+def test_program_writing_to_pinned_host_equals_device_program(model):
+    """The GPU path (outputs placed in pinned host memory by the program), run on CPU."""
+    ids, mask = spin_jax.text.pad_batch([np.array([101, 7, 9, 102])] * 2, 16, 0)
+    host = jax.sharding.SingleDeviceSharding(jax.devices()[0], memory_kind="pinned_host")
+    args = (model.config, 2, (0, 1, 2), np.dtype(np.float32), (), model.params, ids, mask)
+    want = extract_mod.pooled_program(None)(*args)
+    got = extract_mod.pooled_program(host)(*args)
+    for g, w in zip(got, want, strict=True):
+        assert g.sharding.memory_kind == "pinned_host"
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
 # ---- 8 fake CPU devices == 1 device ----------------------------------------------------------
 
 SHARDED = """
