@@ -82,6 +82,14 @@ def reducer(which, m, tok):
             t = jnp.take_along_axis(x, tok[:, None, None], axis=1)[:, 0].astype(jnp.float32)
             count = jnp.maximum(m.sum(-1, keepdims=True, dtype=jnp.float32), 1.0)
             return jnp.stack([t, s / count, mx], axis=1)
+        if which == "chunked":  # max/sum over T in two stages (T/8 groups of 8): layout probe
+            B, T, F = x.shape
+            g = 8 if T % 8 == 0 else 1
+            xm = jnp.where(m[..., None], x32, -jnp.inf).reshape(B, T // g, g, F).max(2).max(1)
+            xs = jnp.where(m[..., None], x32, 0.0).reshape(B, T // g, g, F).sum(2).sum(1)
+            count = jnp.maximum(m.sum(-1, keepdims=True, dtype=jnp.float32), 1.0)
+            t = jnp.take_along_axis(x32, tok[:, None, None], axis=1)[:, 0]
+            return jnp.stack([t, xs / count, jnp.where(m.any(-1, keepdims=True), xm, 0.0)], 1)
         if which == "barrier":
             return L.pool(jax.lax.optimization_barrier(x), m, tok)
         return L.pool(x, m, tok)
