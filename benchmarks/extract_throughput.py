@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from spin_jax import from_transformers
-from spin_jax.extraction import host_sharding, plan_batches, pooled_program
+from spin_jax.extraction import compiler_options, host_sharding, plan_batches, pooled_program
 from spin_jax.models import core, family_of
 from spin_jax.text import pad_batch
 
@@ -193,7 +193,6 @@ class TorchPooled(torch.nn.Module):
         return hidden.to(torch.bfloat16), ffn.to(torch.bfloat16)
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _bare_forward(config, params, ids, mask):
     """The layer scan with nothing pooled: mean final hidden state [B, D] only."""
     family, m = family_of(config.model_type), mask.astype(bool)
@@ -213,10 +212,12 @@ def jax_contender(model, bare: bool):
     put = jax.device_put
     out_sharding = host_sharding(None)  # as spin_jax.extract does on one device
     pooled = pooled_program(out_sharding)
+    # The bare forward gets the same XLA options as the extraction program.
+    bare_forward = jax.jit(_bare_forward, static_argnums=0, compiler_options=compiler_options())
 
     def dispatch(b: Batch):
         if bare:
-            return (_bare_forward(model.config, model.params, put(b.ids), put(b.mask)),)
+            return (bare_forward(model.config, model.params, put(b.ids), put(b.mask)),)
         out = pooled(
             model.config,
             model.config.num_layers,

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax.extraction import _pooled_rows
+from spin_jax.extraction import _pooled_rows, host_sharding, pooled_program
 from spin_jax.models import config_from_hf, core, family_of, param_shapes
 from spin_jax.models import layers as L
 
@@ -90,6 +90,8 @@ def reducer(which, m, tok):
             count = jnp.maximum(m.sum(-1, keepdims=True, dtype=jnp.float32), 1.0)
             t = jnp.take_along_axis(x32, tok[:, None, None], axis=1)[:, 0]
             return jnp.stack([t, xs / count, jnp.where(m.any(-1, keepdims=True), xm, 0.0)], 1)
+        if which == "all_jnp":  # layers.pool without the GPU kernel
+            return L.pool_jnp(x, m, tok)
         if which == "barrier":
             return L.pool(jax.lax.optimization_barrier(x), m, tok)
         return L.pool(x, m, tok)
@@ -124,13 +126,10 @@ def host_copy(program):
 
 
 def pinned_rows(c, p, ids, mask):
-    """_pooled_rows with its outputs placed in pinned host memory by the program itself."""
-    dev = jax.devices()[0]
-    out = jax.sharding.SingleDeviceSharding(dev, memory_kind="pinned_host")
-    fn = jax.jit(_pooled_rows.__wrapped__, static_argnums=(0, 1, 2, 3, 4), out_shardings=(out, out))
-    return functools.partial(
-        fn, c, c.num_layers, (0, 1, 2), jnp.dtype(jnp.bfloat16), (), p, ids, mask
-    )
+    """The extraction program with its outputs placed in pinned host memory by the program."""
+    fn = pooled_program(host_sharding(None))
+    args = (c, c.num_layers, (0, 1, 2), jnp.dtype(jnp.bfloat16), (), p, ids, mask)
+    return functools.partial(fn, *args)
 
 
 def main():

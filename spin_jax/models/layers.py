@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spin_jax.models import pooling
+
 Array = jax.Array
 Params = dict[str, Any]
 
@@ -172,9 +174,19 @@ def biased_attention(q: Array, k: Array, v: Array, bias: Array, key_mask: Array)
 def pool(x: Array, mask: Array, token_index: Array) -> Array:
     """Pools x [B,T,D] over real tokens into [B,P,D] (fp32), P ordered as POOLINGS.
 
-    mask [B,T] bool marks real tokens; token_index [B] picks the single token.
-    Rows with no real token get zeros, never NaN or -inf.
+    mask [B,T] bool marks real tokens (right-padded); token_index [B] picks the single token.
+    Rows with no real token get zeros, never NaN or -inf. On GPU, mean and max are one
+    kernel that reads x in place (models/pooling.py).
     """
+    if pooling.kernel_applies(x):
+        mean, mx = pooling.mean_max(x, mask.sum(-1, dtype=jnp.int32))
+        token = jnp.take_along_axis(x, token_index[:, None, None], axis=1)[:, 0]
+        return jnp.stack([token.astype(jnp.float32), mean, mx], axis=1)
+    return pool_jnp(x, mask, token_index)
+
+
+def pool_jnp(x: Array, mask: Array, token_index: Array) -> Array:
+    """`pool` as jnp reductions (any backend, any shape)."""
     x32 = x.astype(jnp.float32)
     m = mask[..., None]
     count = jnp.maximum(mask.sum(-1, dtype=jnp.float32), 1.0)[:, None]

@@ -1,0 +1,49 @@
+"""The GPU pooling kernel (models/pooling.py), run in Pallas interpret mode on CPU, against
+the jnp reductions of layers.pool that it replaces on GPU."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spin_jax.models import layers as L
+from spin_jax.models import pooling
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_kernel_equals_jnp_pooling(dtype):
+    rng = np.random.default_rng(0)
+    B, T, F = 6, 48, 96  # F = 3 tiles of 32: the kernel's column blocks are exercised
+    x = jnp.asarray(rng.standard_normal((B, T, F)) * 3.0 - 1.0, dtype)
+    lengths = jnp.asarray([0, 1, 15, 16, 33, 48])  # empty, chunk edges, full
+    mask = jnp.arange(T)[None] < lengths[:, None]
+    mean, mx = pooling.mean_max(x, lengths, interpret=True)
+    want = np.asarray(L.pool(x, mask, jnp.zeros(B, jnp.int32)))
+    assert mean.dtype == mx.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(mx), want[:, 2])  # max is exact
+    np.testing.assert_allclose(np.asarray(mean), want[:, 1], rtol=1e-6, atol=1e-6)
+    assert np.all(np.asarray(mean)[0] == 0) and np.all(np.asarray(mx)[0] == 0)
+
+
+def test_padding_values_are_never_read():
+    """Garbage (NaN, inf) past each row's length changes nothing."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 32, 64)).astype(np.float32)
+    lengths = jnp.asarray([5, 20])
+    clean = pooling.mean_max(jnp.asarray(x), lengths, interpret=True)
+    x[0, 5:], x[1, 20:] = np.nan, np.inf
+    dirty = pooling.mean_max(jnp.asarray(x), lengths, interpret=True)
+    for a, b in zip(clean, dirty, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_kernel_only_where_its_shapes_fit():
+    if jax.default_backend() == "cpu":
+        assert not pooling.kernel_applies(jnp.zeros((2, 32, 64)))  # the jnp path
+    with pytest.raises(ValueError, match="T % 16"):
+        pooling.mean_max(jnp.zeros((2, 24, 64)), jnp.asarray([3, 4]), interpret=True)
+    if jax.default_backend() == "gpu":
+        assert pooling.kernel_applies(jnp.zeros((2, 32, 64)))
+        assert not pooling.kernel_applies(jnp.zeros((2, 24, 64)))
