@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from spin_jax import from_transformers
-from spin_jax.extraction import compiler_options, host_sharding, plan_batches, pooled_program
+from spin_jax.extraction import compiler_options, plan_batches, pooled_dispatcher
 from spin_jax.models import core, family_of
 from spin_jax.text import pad_batch
 
@@ -207,11 +207,10 @@ def _bare_forward(config, params, ids, mask):
     return h.astype(jnp.float32).mean(1)
 
 
-def jax_contender(model, bare: bool):
+def jax_contender(model, bare: bool, host_copy: str = "put"):
     """dispatch(batch) -> device handle, collect(handle) -> host arrays."""
     put = jax.device_put
-    out_sharding = host_sharding(None)  # as spin_jax.extract does on one device
-    pooled = pooled_program(out_sharding)
+    pooled = pooled_dispatcher(None, host_copy)  # as spin_jax.extract does on one device
     # The bare forward gets the same XLA options as the extraction program.
     bare_forward = jax.jit(_bare_forward, static_argnums=0, compiler_options=compiler_options())
 
@@ -228,9 +227,6 @@ def jax_contender(model, bare: bool):
             put(b.ids),
             put(b.mask),
         )
-        if out_sharding is None:  # as spin_jax.extract does: copy out as soon as it is done
-            for x in out:
-                x.copy_to_host_async()
         return out
 
     return dispatch, lambda handle: [np.asarray(x) for x in handle]
@@ -321,6 +317,8 @@ def cross_check(name, ref, got, rows: int) -> dict:
 
 def contenders(hf, model, device, args):
     yield "spin_jax", lambda: jax_contender(model, bare=False)
+    for mode in args.host_copies.split(",") if args.host_copies else ():
+        yield f"spin_jax, host copy {mode}", functools.partial(jax_contender, model, False, mode)
     yield "spin_jax bare forward", lambda: jax_contender(model, bare=True)
     eager = TorchPooled(hf)
     yield "torch eager", lambda: torch_contender(eager, device)
@@ -452,6 +450,9 @@ def parse_args(argv=None):
     p.add_argument("--token-budget", type=int, default=None, help="default 16384 (quick 1024)")
     p.add_argument("--repeats", type=int, default=1, help="timed passes; the fastest is kept")
     p.add_argument("--skip-compile", action="store_true")
+    p.add_argument(
+        "--host-copies", default="", help="also time extraction.HOST_COPIES modes, e.g. put,async"
+    )
     p.add_argument("--compile-mode", default="default")
     p.add_argument(
         "--compile-static",

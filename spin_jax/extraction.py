@@ -190,6 +190,37 @@ def pooled_program(out_sharding=None, mesh=None):
     return jax.jit(fn, static_argnums=(0, 1, 2, 3, 4), out_shardings=outs, compiler_options=options)
 
 
+HOST_COPIES = ("put", "program", "async")
+
+
+def pooled_dispatcher(mesh=None, host_copy: str = "put"):
+    """dispatch(config, k, poolings, out_dtype, options, params, ids, mask) -> (hidden, ffn)
+    on their way to the host, without waiting for them.
+
+    host_copy (where pinned host memory exists; else "async"):
+      "put"      the program's outputs stay on the device, then a device_put into pinned
+                 host memory: a DMA on the copy stream that overlaps the next batch.
+      "program"  the program writes its outputs to pinned host memory itself, at its end.
+      "async"    copy_to_host_async: the runtime copies through pageable memory.
+    """
+    if host_copy not in HOST_COPIES:
+        raise ValueError(f"host_copy={host_copy!r}: choose one of {HOST_COPIES}.")
+    host = host_sharding(mesh)
+    mode = host_copy if host is not None else "async"
+    program = pooled_program(host if mode == "program" else None, mesh)
+
+    def dispatch(*args):
+        out = program(*args)
+        if mode == "put":
+            return jax.device_put(out, host)
+        if mode == "async":
+            for x in out:  # start the device-to-host copy as soon as the batch is done
+                x.copy_to_host_async()
+        return out
+
+    return dispatch
+
+
 def _mesh_put(mesh, x):
     if mesh is None:
         return jnp.asarray(x)
@@ -340,21 +371,13 @@ class _Runner:
         self.model, self.k, self.opts, self.max_length = model, k, opts, max_length
         self.mesh = default_mesh()
         self.params = replicate(self.mesh, model.params)
-        self.out_sharding = host_sharding(self.mesh)
-        self.pooled = pooled_program(self.out_sharding, self.mesh)
+        self.pooled = pooled_dispatcher(self.mesh)
         self.pool_idx = tuple(POOLINGS.index(p) for p in opts.poolings)
         self.pad_id = int(getattr(model.tokenizer, "pad_token_id", None) or 0)
         self.summary = Summary()
         self.bar = None
 
     def _dispatch(self, ids, mask):
-        out = self._program(ids, mask)
-        if self.out_sharding is None:
-            for x in out:  # start the device-to-host copy as soon as the batch is done
-                x.copy_to_host_async()
-        return out
-
-    def _program(self, ids, mask):
         return self.pooled(
             self.model.config,
             self.k,

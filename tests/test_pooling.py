@@ -12,12 +12,14 @@ from spin_jax.models import layers as L
 from spin_jax.models import pooling
 
 
+# (T, F): 16-token steps on 3 tiles of 32 features; 32-token steps on 2 tiles of 128.
+@pytest.mark.parametrize("shape", [(48, 96), (64, 256)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_kernel_equals_jnp_pooling(dtype):
+def test_kernel_equals_jnp_pooling(dtype, shape):
     rng = np.random.default_rng(0)
-    B, T, F = 6, 48, 96  # F = 3 tiles of 32: the kernel's column blocks are exercised
+    B, (T, F) = 6, shape
     x = jnp.asarray(rng.standard_normal((B, T, F)) * 3.0 - 1.0, dtype)
-    lengths = jnp.asarray([0, 1, 15, 16, 33, 48])  # empty, chunk edges, full
+    lengths = jnp.asarray([0, 1, 15, 16, 33, T])  # empty, step edges, full
     mask = jnp.arange(T)[None] < lengths[:, None]
     mean, mx = pooling.mean_max(x, lengths, interpret=True)
     want = np.asarray(L.pool(x, mask, jnp.zeros(B, jnp.int32)))
