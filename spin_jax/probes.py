@@ -152,9 +152,18 @@ def _split16(v: Array, dtype) -> tuple[Array, Array]:
 
 
 def _dot(spec: str, X: Array, v: Array) -> Array:
-    """einsum(spec, X, v) in fp32 for fp32 v and X of any float dtype (module docstring)."""
-    if X.dtype == jnp.float32:
-        return jnp.einsum(spec, X, v, precision=_HIGHEST)
+    """einsum(spec, X, v) in fp32 for fp32 v and X of any float dtype (module docstring).
+
+    On CPU a 16-bit X is upcast instead (exact; XLA's CPU runtime has no batched
+    bf16 x bf16 -> fp32 dot, and CPU products are not where the time goes).
+    """
+    if X.dtype == jnp.float32 or jax.default_backend() == "cpu":
+        return jnp.einsum(spec, X.astype(jnp.float32), v, precision=_HIGHEST)
+    return _split_dot(spec, X, v)
+
+
+def _split_dot(spec: str, X: Array, v: Array) -> Array:
+    """einsum(spec, X, v) for 16-bit X: v split into 16-bit hi + lo, fp32 accumulation."""
     parts, scale = _split16(v, X.dtype)
     out = jnp.einsum(spec, X, parts, preferred_element_type=jnp.float32)
     k = v.shape[-1]

@@ -107,10 +107,11 @@ def planted(ffn, hidden, rng):
     return x[:, a] + x[:, b] + 0.3 * rng.normal(size=len(x)) > 0
 
 
-@pytest.fixture(scope="module")
-def planted_fit():
+# The solver reads float32 features on CPU ("auto") and bf16 on accelerators: both here.
+@pytest.fixture(scope="module", params=["auto", "bfloat16"])
+def planted_fit(request):
     train, valid, test = splits(planted, ("neg", "pos"))
-    head, report = fit_spin(train, valid, test, SpinOptions(**FAST))
+    head, report = fit_spin(train, valid, test, SpinOptions(**FAST, solver_dtype=request.param))
     return head, report, test
 
 
@@ -152,6 +153,12 @@ def test_head_probabilities_match_report(planted_fit):
 def three_classes(ffn, hidden, rng):
     x = hidden[:, 2, spin_jax.POOLINGS.index("max"), :3]  # block 2, max pooling, neurons 0-2
     return np.argmax(x + 0.2 * rng.normal(size=x.shape), axis=1)
+
+
+def test_unknown_solver_dtype_is_refused_before_any_probe():
+    train, valid, test = splits(planted, ("neg", "pos"))
+    with pytest.raises(SpinError, match="solver_dtype 'int8'"):
+        fit_spin(train, valid, test, SpinOptions(**FAST, solver_dtype="int8"))
 
 
 def test_three_classes_end_to_end():

@@ -223,21 +223,32 @@ def test_standardize_constant_feature_and_bf16():
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_16bit_products_carry_a_16bit_vector(dtype):
-    """X (16-bit) times an fp32 vector: hi + lo parts give ~2^-17 relative error per term."""
+    """X (16-bit) times an fp32 vector: hi + lo parts give ~2^-17 relative error per term
+    (the GPU/TPU path of probes._dot, run here on CPU)."""
     rng = np.random.default_rng(3)
     X = jnp.asarray(rng.standard_normal((211, 67)) * 3.0, dtype)
     v = jnp.asarray(rng.standard_normal((67, 2)) * 1e-4, jnp.float32)  # tiny: fp16 range
     r = jnp.asarray(rng.standard_normal((211, 3)) * 1e-5, jnp.float32)
     X64, v64, r64 = (np.asarray(a, np.float64) for a in (X.astype(jnp.float32), v, r))
     for got, want, bound in (
-        (probes._dot("NF,FK->NK", X, v), X64 @ v64, np.abs(X64) @ np.abs(v64)),
-        (probes._dot("NF,NK->FK", X, r), X64.T @ r64, np.abs(X64).T @ np.abs(r64)),
+        (probes._split_dot("NF,FK->NK", X, v), X64 @ v64, np.abs(X64) @ np.abs(v64)),
+        (probes._split_dot("NF,NK->FK", X, r), X64.T @ r64, np.abs(X64).T @ np.abs(r64)),
     ):
         assert got.dtype == jnp.float32
         assert np.all(np.abs(np.asarray(got, np.float64) - want) <= 2.0**-16 * bound)
 
 
-def test_bf16_features_solve_to_the_same_objective():
+def test_bf16_features_solve_to_the_same_objective(monkeypatch):
+    """A whole solve through the split products of the GPU/TPU path (forced here on CPU)."""
+    dot = probes._dot
+    monkeypatch.setattr(
+        probes,
+        "_dot",
+        lambda s, X, v: (
+            dot(s, X, v) if X.dtype == jnp.float32 else probes._split_dot(s, X, v)
+        ),  # fmt: skip
+    )
+    probes.fit_path.clear_cache()  # trace again with the patched products
     X, y = make_problem(6, N_SMALL, F_SMALL, 2)
     Xb = jnp.asarray(X).astype(jnp.bfloat16)
     Xf = np.asarray(Xb.astype(jnp.float32))  # the same values in fp32
@@ -250,6 +261,7 @@ def test_bf16_features_solve_to_the_same_objective():
         of = objective_np(Xf, y, fit_f.weights[r], fit_f.intercept[r], lam)
         assert abs(ob - of) <= 1e-6 * of
     np.testing.assert_array_equal(fit_b.weights != 0, fit_f.weights != 0)
+    probes.fit_path.clear_cache()
 
 
 def test_unstandardize_gives_same_logits_on_raw_features():
