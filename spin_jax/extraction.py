@@ -151,12 +151,11 @@ def _data_parallel(mesh):
 
 
 def host_sharding(mesh):
-    """Pinned host memory, split like the batch, for the program's outputs (GPU, TPU).
+    """Pinned host memory, split like the batch, where extraction's results go (GPU, TPU).
 
-    The program then writes its results to the host itself, over DMA, instead of leaving
-    them on the device for a later copy through pageable memory: on an H100 a GPT2-XL batch
-    with its host copy went from 187 to 116 ms (benchmarks/RESULTS.md). None on CPU or
-    where the backend has no pinned host memory: outputs stay in device memory.
+    A copy into pinned memory is a DMA; through pageable memory an H100 copied GPT2-XL's
+    pooled features at ~1.4 GB/s (benchmarks/RESULTS.md). None on CPU or where the
+    backend has no pinned host memory.
     """
     if jax.default_backend() == "cpu":
         return None
