@@ -1,0 +1,195 @@
+"""The whole SPIN fit on 1, 2, 4, 8 devices of one host: extraction, probes, integration.
+
+One run per device count, each in a fresh process that sees only that many devices
+(CUDA_VISIBLE_DEVICES on GPU; --xla_force_host_platform_device_count on CPU). A run builds a
+random-weight GPT2-XL-shaped model (bf16), extracts every layer's pooled features of an
+IMDb-like length mix of token ids (train and validation; labels depend on the first token, so
+the probes have something to find) with spin_jax's extraction program, data-parallel over
+all devices, then runs `learner.fit_spin` (probes and integration sharded over the devices).
+Reported per device count: seconds of each stage, extraction rows/s per device, and the
+scaling efficiency against one device, t_1 / (n * t_n). Extraction is timed after a warm-up
+pass; the fit's seconds include its compilation (one program per probe group and per
+integration run, as a user's first fit pays it). The validation score should not depend on
+the device count.
+
+    python benchmarks/fit_scaling.py --devices 1,2,4,8          # GPUs, GPT2-XL shape
+    python benchmarks/fit_scaling.py --devices 1,8 --quick      # CPU: 8 simulated devices
+
+(Simulated CPU devices share the host's cores: their efficiencies say nothing of GPUs.)
+
+Features live in host memory: at full size 2.3 MB a row (bf16), ~57 GB for the default
+20000 + 5000 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+GPT2_XL = dict(n_embd=1600, n_layer=48, n_head=25)
+TINY = dict(n_embd=64, n_layer=3, n_head=4, n_inner=128)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--devices", default="1,2,4,8", help="device counts, one run each")
+    p.add_argument("--n-train", type=int, default=None, help="default 20000 (quick 400)")
+    p.add_argument("--n-valid", type=int, default=None, help="default 5000 (quick 100)")
+    p.add_argument("--token-budget", type=int, default=None, help="default 16384 (quick 1024)")
+    p.add_argument("--quick", action="store_true", help="tiny model and data; runs on CPU")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the runs here")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.n_train = args.n_train or (400 if args.quick else 20000)
+    args.n_valid = args.n_valid or (100 if args.quick else 5000)
+    args.token_budget = args.token_budget or (1024 if args.quick else 16384)
+    return args
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def build_model(args):
+    import jax
+    import jax.numpy as jnp
+
+    from spin_jax.models import config_from_hf, param_shapes
+
+    shape = TINY if args.quick else GPT2_XL
+    config = config_from_hf(dict(model_type="gpt2", vocab_size=50257, n_positions=1024, **shape))
+    keys = iter(jax.random.split(jax.random.key(args.seed), 1024))
+    params = jax.tree.map(
+        lambda s: (0.02 * jax.random.normal(next(keys), s.shape)).astype(jnp.bfloat16),
+        param_shapes(config),
+    )
+    return SimpleNamespace(config=config, params=params, tokenizer=SimpleNamespace(pad_token_id=0))
+
+
+def make_split(n, vocab, max_len, mean, seed):
+    """Token ids of an IMDb-like length mix and labels set by the first token's parity."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sigma = 0.7
+    raw = rng.lognormal(np.log(mean * 1.13) - sigma**2 / 2, sigma, n)
+    lengths = np.clip(np.round(raw), 16, max_len).astype(int)
+    ids = [rng.integers(3, vocab, k).astype(np.int32) for k in lengths]
+    labels = np.array([int(x[0]) % 2 for x in ids])
+    return ids, labels
+
+
+def extract_split(model, ids, labels, args):
+    import numpy as np
+
+    from spin_jax.extraction import ExtractOptions, MemoryFeatures, _array_specs, _Runner
+
+    k = model.config.num_layers
+    opts = ExtractOptions(dtype="bfloat16", token_budget=args.token_budget, progress=False)
+    runner = _Runner(model, k, opts, 512)
+    arrays = runner.run_rows(ids, np.arange(len(ids)), _array_specs(model, k, opts))
+    return MemoryFeatures(arrays, labels, ["even", "odd"], {}), runner.summary
+
+
+def worker(args) -> dict:
+    """One run on every device this process sees; returns its measurements."""
+    import jax
+
+    from spin_jax.learner import SpinOptions, fit_spin
+
+    model = build_model(args)
+    vocab, mean = model.config.vocab_size, 50 if args.quick else 300
+    splits = [make_split(n, vocab, 512, mean, args.seed + i) for i, n in
+              enumerate((args.n_train, args.n_valid))]  # fmt: skip
+    extract_s, rows, tokens, feats = 0.0, 0, 0, []
+    for ids, labels in splits:
+        # One warm-up pass over a few rows compiles most bucket shapes out of the timing.
+        extract_split(model, ids[:64], labels[:64], args)
+        t = time.perf_counter()
+        f, summary = extract_split(model, ids, labels, args)
+        extract_s += time.perf_counter() - t
+        rows, tokens = rows + summary.rows, tokens + summary.tokens
+        feats.append(f)
+    t = time.perf_counter()
+    _, report = fit_spin(feats[0], feats[1], opts=SpinOptions())
+    fit_s = time.perf_counter() - t
+    return dict(
+        devices=jax.device_count(),
+        device_kind=jax.devices()[0].device_kind,
+        rows=rows,
+        tokens=tokens,
+        extract_s=extract_s,
+        fit_s=fit_s,
+        stage_s=report["times"],
+        valid=report["spin"]["valid"],
+    )
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_with_devices(n: int, argv: list[str]) -> dict:
+    env = dict(os.environ)
+    if "--quick" in argv:
+        env["JAX_PLATFORMS"] = "cpu"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(n)))
+    cmd = [sys.executable, __file__, *argv, "--worker"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise SystemExit(f"run on {n} devices failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(runs: list[dict]) -> str:
+    base = runs[0]
+    lines = [
+        "| devices | extract s | rows/s per device | extract eff. | fit s | whole s | "
+        "whole eff. | valid |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    whole0 = base["extract_s"] + base["fit_s"]
+    for r in runs:
+        n, whole = r["devices"], r["extract_s"] + r["fit_s"]
+        scale = n / base["devices"]
+        lines.append(
+            f"| {n} | {r['extract_s']:.1f} | {r['rows'] / r['extract_s'] / n:,.1f} | "
+            f"{base['extract_s'] / (scale * r['extract_s']):.0%} | {r['fit_s']:.1f} | "
+            f"{whole:.1f} | {whole0 / (scale * whole):.0%} | {r['valid']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    counts = [int(n) for n in args.devices.split(",")]
+    rest = [a for i, a in enumerate(argv) if not a.startswith("--devices")
+            and not (i and argv[i - 1] == "--devices")]  # fmt: skip
+    runs = []
+    for n in counts:
+        runs.append(run_with_devices(n, rest))
+        print(f"{n} devices: {json.dumps(runs[-1])}", flush=True)
+    print()
+    print(f"command: python benchmarks/fit_scaling.py {' '.join(argv)}")
+    print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+    print(f"device: {runs[0]['device_kind']}; rows {runs[0]['rows']}, tokens {runs[0]['tokens']}")
+    print()
+    print(table(runs))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(runs, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
