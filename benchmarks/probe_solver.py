@@ -8,8 +8,10 @@ on the device chunk by chunk (bf16 storage): a low-rank correlated part, noise, 
 offset and scale, and a class-dependent shift on a few planted features whose strength grows
 with depth, so validation accuracies differ between probes.
 
-  spin_jax   probes.fit_many_standardized over a chunk of problems (all lams, warm-started
-             path, one jitted program), then validation accuracy of every lam. The chunk is
+  spin_jax   probes.fit_many_standardized over a chunk of problems (every lam at once on
+             bf16 standardised features by default; --warm-start and --solver-dtype float32
+             give the older variants; one jitted program), then validation accuracy of
+             every lam. The chunk is
              the largest divisor of the group size that fits the memory budget, so each
              feature width compiles once. "compile s" is the AOT lower+compile of those
              programs; "steady s" the solve+evaluate time of all chunks, synchronised with
