@@ -116,7 +116,9 @@ def solver_dtype(opts: SpinOptions):
     if opts.solver_dtype == "auto":
         return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     if opts.solver_dtype not in ("float32", "bfloat16", "float16"):
-        raise SpinError(f"solver_dtype {opts.solver_dtype!r}: choose auto, float32 or bfloat16.")
+        raise SpinError(
+            f"solver_dtype {opts.solver_dtype!r}: choose auto, float32, bfloat16 or float16."
+        )
     return jnp.dtype(opts.solver_dtype)
 
 

@@ -180,8 +180,7 @@ def pool(x: Array, mask: Array, token_index: Array) -> Array:
     """
     if pooling.kernel_applies(x):
         mean, mx = pooling.mean_max(x, mask.sum(-1, dtype=jnp.int32))
-        token = jnp.take_along_axis(x, token_index[:, None, None], axis=1)[:, 0]
-        return jnp.stack([token.astype(jnp.float32), mean, mx], axis=1)
+        return jnp.stack([_token(x, token_index), mean, mx], axis=1)
     return pool_jnp(x, mask, token_index)
 
 
@@ -193,8 +192,12 @@ def pool_jnp(x: Array, mask: Array, token_index: Array) -> Array:
     mean = jnp.where(m, x32, 0.0).sum(1) / count
     mx = jnp.where(m, x32, -jnp.inf).max(1)
     mx = jnp.where(mask.any(-1, keepdims=True), mx, 0.0)
-    token = jnp.take_along_axis(x32, token_index[:, None, None], axis=1)[:, 0]
-    return jnp.stack([token, mean, mx], axis=1)
+    return jnp.stack([_token(x, token_index), mean, mx], axis=1)
+
+
+def _token(x: Array, token_index: Array) -> Array:
+    """x [B,T,D] at one token per row, token_index [B], as fp32 [B,D]."""
+    return jnp.take_along_axis(x, token_index[:, None, None], axis=1)[:, 0].astype(jnp.float32)
 
 
 def last_token_index(mask: Array) -> Array:
