@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from spin_jax import from_transformers
-from spin_jax.extraction import compiler_options, plan_batches, pooled_dispatcher
+from spin_jax import extraction, from_transformers
+from spin_jax.extraction import plan_batches, pooled_dispatcher
 from spin_jax.models import core, family_of
 from spin_jax.text import pad_batch
 
@@ -212,7 +212,9 @@ def jax_contender(model, bare: bool, host_copy: str = "put"):
     put = jax.device_put
     pooled = pooled_dispatcher(None, host_copy)  # as spin_jax.extract does on one device
     # The bare forward gets the same XLA options as the extraction program.
-    bare_forward = jax.jit(_bare_forward, static_argnums=0, compiler_options=compiler_options())
+    bare_forward = jax.jit(
+        _bare_forward, static_argnums=0, compiler_options=extraction.compiler_options()
+    )
 
     def dispatch(b: Batch):
         if bare:
@@ -437,6 +439,7 @@ def metadata(args, device: str, dtype) -> dict:
         "dtype": str(dtype).replace("torch.", ""),
         "token_budget": args.token_budget,
         "repeats": args.repeats,
+        "xla_options": extraction.compiler_options(),
         "compile": None
         if args.skip_compile
         else {"mode": args.compile_mode, "dynamic": not args.compile_static},
@@ -462,6 +465,12 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny models and data; runs on CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--xla-options",
+        default=None,
+        help="JSON dict of XLA options for the JAX programs instead of "
+        "extraction.compiler_options() (e.g. from benchmarks/xla_flags.py --best)",
+    )
     args = p.parse_args(argv)
     args.token_budget = args.token_budget or (1024 if args.quick else 16384)
     return args
@@ -471,6 +480,9 @@ def main(argv=None):
     args = parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if args.xla_options:
+        options = json.loads(args.xla_options)
+        extraction.compiler_options = lambda: options  # read by pooled_program and the bare
     meta = metadata(args, device, dtype)
     print(json.dumps(meta))
     if (device == "cuda") != (jax.default_backend() == "gpu"):
