@@ -1,12 +1,16 @@
 """A/B of ways to write the GPT-2 forward, timed as the extraction program.
 
 benchmarks/profile_kernels.py showed, per 42 x 384 GPT2-XL batch on an H100, 4.9 ms in a
-slice fusion (the fused QKV output split into q, k, v for cuDNN attention) and 2.2 ms in
-copies (candidates: the layer's weights sliced out of the stacked params by the scan).
-Variants, each alone and together:
-  split_qkv  three matmuls with column slices of c_attn's kernel instead of one and a split
-  unroll     the layer scan fully unrolled (static weight slices, no while loop)
+slice fusion (HF's fused QKV matmul output split into q, k, v for cuDNN attention) and
+2.2-3.0 ms in copies (the layer's weights sliced out of the stacked params by the scan).
+"base" is the library's program (separate q, k, v kernels, extraction.compiler_options());
+variants change it, each alone or joined by "+":
+  fused_qkv  HF's fused c_attn: one matmul whose output is split (the layout before)
+  unroll     the layer scan fully unrolled (static weight slices, no while loop);
+             unrollN: N blocks per loop iteration
   dslice     XLA's dynamic-slice fusion (gemms read weight slices in place)
+  merge      XLA's dot merger on (it merges the q, k, v matmuls, which share their input)
+  dbuf       XLA's while-loop double buffering
 Run: PYTHONPATH=. python benchmarks/forward_variants.py [--variants base,split_qkv,...]
 """
 
@@ -15,12 +19,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gzip
+import json
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.profile_kernels import kernel_times
 from benchmarks.profile_pooling import CONFIGS, rand_params
 from spin_jax import extraction
 from spin_jax.extraction import _pooled_fn, compiler_options
@@ -28,28 +37,41 @@ from spin_jax.models import _forward, config_from_hf, gpt2
 from spin_jax.models import layers as L
 
 SHAPES = ((42, 384), (32, 512))
+OPTION_VARIANTS = {  # variant name -> the XLA option it sets
+    "dslice": ("xla_gpu_enable_dynamic_slice_fusion", True),
+    "merge": ("xla_gpu_dot_merger_threshold_mb", 32),
+    "dbuf": ("xla_gpu_enable_while_loop_double_buffering", True),
+}
 
 
-def split_qkv_block(c, x, mask, p):
+def fused_qkv_block(c, x, mask, p):
+    """GPT-2's block as it was with HF's fused c_attn: one matmul, its output split."""
     B, T, D = x.shape
     N = c.num_heads
-    h = gpt2._ln(x, p["ln_1"], c)
-    w, b = p["attn"]["c_attn"]["kernel"], p["attn"]["c_attn"]["bias"]
-    q, k, v = (
-        L.dense(h, {"kernel": w[:, i * D : (i + 1) * D], "bias": b[i * D : (i + 1) * D]}).reshape(
-            B, T, N, D // N
-        )
-        for i in range(3)
-    )
+    qkv = L.dense(gpt2._ln(x, p["ln_1"], c), p["attn"]["c_attn"]).reshape(B, T, 3, N, D // N)
     scale = None if c.scale_attn_weights else 1.0
-    att = L.attention(q, k, v, mask, causal=True, scale=scale)
+    att = L.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask, causal=True, scale=scale)
     x = x + L.dense(att.reshape(B, T, D), p["attn"]["c_proj"])
     act = L.activation(c.activation)(L.dense(gpt2._ln(x, p["ln_2"], c), p["mlp"]["c_fc"]))
     return x + L.dense(act, p["mlp"]["c_proj"]), act
 
 
-def unrolled_scan(body, carry, layers, use_scan=True):
-    return jax.lax.scan(body, carry, layers, unroll=True)
+def fused_qkv_params(params):
+    """The q, k, v kernels concatenated back into c_attn, once, outside the timed program."""
+    attn = params["layers"]["attn"]
+    c_attn = {
+        leaf: jnp.concatenate([attn[n][leaf] for n in ("q", "k", "v")], axis=-1)
+        for leaf in ("kernel", "bias")
+    }
+    layers = {**params["layers"], "attn": {"c_attn": c_attn, "c_proj": attn["c_proj"]}}
+    return {**params, "layers": layers}
+
+
+def unrolled_scan(unroll):
+    def scan(body, carry, layers, use_scan=True):
+        return jax.lax.scan(body, carry, layers, unroll=unroll)
+
+    return scan
 
 
 @contextlib.contextmanager
@@ -57,10 +79,11 @@ def patched(variant: set[str]):
     saved = gpt2.block, L.scan_layers, extraction._forward
     # The unjitted forward: the jitted one would reuse its trace of the unpatched model.
     extraction._forward = _forward.__wrapped__
-    if "split_qkv" in variant:
-        gpt2.block = split_qkv_block
-    if "unroll" in variant:
-        L.scan_layers = unrolled_scan
+    if "fused_qkv" in variant:
+        gpt2.block = fused_qkv_block
+    for v in variant:
+        if v.startswith("unroll"):
+            L.scan_layers = unrolled_scan(int(v[6:] or 0) or True)
     try:
         yield
     finally:
@@ -76,10 +99,25 @@ def time_ms(fn, n: int) -> float:
     return (time.perf_counter() - t) / n * 1000
 
 
+def profile(fn, top: int, calls: int = 3):
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            for _ in range(calls):
+                out = fn()
+            jax.block_until_ready(out)
+        path = next(Path(d).rglob("perfetto_trace.json.gz"))
+        times, _ = kernel_times(json.loads(gzip.decompress(path.read_bytes())))
+    print(f"    GPU time {sum(times.values()) / calls / 1000:.2f} ms per call")
+    for name, us in times.most_common(top):
+        print(f"    {us / calls / 1000:8.3f} ms  {name[:100]}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variants", default="base,split_qkv,unroll,dslice,split_qkv+unroll")
+    p.add_argument("--variants", default="base,fused_qkv,fused_qkv+merge,merge,unroll,dslice")
     p.add_argument("--n", type=int, default=10)
+    p.add_argument("--profile", type=int, default=0, help="print this many top kernels")
+    p.add_argument("--hlo", default=None, help="write each variant's optimized HLO here")
     args = p.parse_args()
     print(jax.devices()[0].device_kind, jax.__version__, flush=True)
     c = config_from_hf(CONFIGS["gpt2-xl"])
@@ -93,8 +131,10 @@ def main():
     for name in args.variants.split(","):
         variant = set(name.split("+"))
         options = dict(compiler_options() or {})
-        if "dslice" in variant:
-            options["xla_gpu_enable_dynamic_slice_fusion"] = True
+        for token, (key, value) in OPTION_VARIANTS.items():
+            if token in variant:
+                options[key] = value
+        weights = fused_qkv_params(params) if "fused_qkv" in variant else params
         with patched(variant):
             # A new function per variant: jit's trace cache is keyed on the function.
             fn = jax.jit(
@@ -104,9 +144,26 @@ def main():
             )
             run = functools.partial(fn, c, c.num_layers, (0, 1, 2), jnp.dtype(jnp.bfloat16), ())
             t = time.perf_counter()
-            out = jax.block_until_ready(run(params, *batches[0]))
+            out = jax.block_until_ready(run(weights, *batches[0]))
             compile_s = time.perf_counter() - t
-            ms = [time_ms(functools.partial(run, params, *b), args.n) for b in batches]
+            ms = [time_ms(functools.partial(run, weights, *b), args.n) for b in batches]
+            if args.hlo:
+                hlo = (
+                    fn.lower(
+                        c,
+                        c.num_layers,
+                        (0, 1, 2),
+                        jnp.dtype(jnp.bfloat16),
+                        (),
+                        weights,
+                        *batches[0],
+                    )
+                    .compile()
+                    .as_text()
+                )
+                Path(args.hlo, f"{name}.hlo.txt").write_text(hlo)
+            if args.profile:
+                profile(functools.partial(run, weights, *batches[0]), args.profile)
         got = np.asarray(out[1], np.float32)
         ref = got if ref is None else ref
         diff = float(np.abs(got - ref).max())

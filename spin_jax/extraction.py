@@ -169,11 +169,12 @@ def host_sharding(mesh):
 
 
 def compiler_options() -> dict | None:
-    """XLA options for the extraction program: on GPU, cuBLAS rather than XLA's Triton
-    emitter for its matmuls (GPT2-XL forward on an H100: 94.4 -> 88.6 ms per 42 x 384
-    batch, benchmarks/RESULTS.md)."""
+    """XLA options for the extraction program, on GPU (benchmarks/RESULTS.md, H100):
+    cuBLAS rather than XLA's Triton emitter for its matmuls (GPT2-XL forward: 94.4 -> 88.6
+    ms per 42 x 384 batch); and no dot merging, which fused the q, k and v matmuls (they
+    share an input) into one whose output was then copied apart (-2.4% per batch)."""
     if jax.default_backend() == "gpu":
-        return {"xla_gpu_enable_triton_gemm": False}
+        return {"xla_gpu_enable_triton_gemm": False, "xla_gpu_dot_merger_threshold_mb": 0}
     return None
 
 

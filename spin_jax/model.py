@@ -17,7 +17,7 @@ from spin_jax import __version__
 from spin_jax.models import config_from_hf, forward_params
 from spin_jax.models.layers import ConfigError, Features, Params, WeightsError, cast_params
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: GPT-2's c_attn stored as q, k, v
 CHECKPOINT_META = "spin_jax_model.json"
 _HUB_FILES = [
     "config.json",

@@ -1,4 +1,9 @@
-"""HF GPT-2 -> spin_jax parameters. HF's Conv1D weights are already (in, out)."""
+"""HF GPT-2 -> spin_jax parameters. HF's Conv1D weights are already (in, out).
+
+HF's fused `c_attn` (in, 3 * out) is split into q, k and v kernels: three matmuls write
+q, k and v where cuDNN's attention reads them, where one fused matmul's output had to be
+copied apart (GPT2-XL on an H100: -2.4% per batch, benchmarks/RESULTS.md).
+"""
 
 from __future__ import annotations
 
@@ -26,12 +31,22 @@ def convert(c: GPT2Config, t: KeyTracker):
             "bias": t.stack(f"h.{{}}.{name}.bias", n, (o,)),
         }
 
+    def qkv():
+        fused = lin("attn.c_attn", D, 3 * D)
+        return {
+            name: {
+                "kernel": fused["kernel"][..., i * D : (i + 1) * D],
+                "bias": fused["bias"][..., i * D : (i + 1) * D],
+            }
+            for i, name in enumerate(("q", "k", "v"))
+        }
+
     params = {
         "wte": t.take("wte.weight", (c.vocab_size, D)),
         "wpe": t.take("wpe.weight", (c.max_positions, D)),
         "layers": {
             "ln_1": ln("ln_1"),
-            "attn": {"c_attn": lin("attn.c_attn", D, 3 * D), "c_proj": lin("attn.c_proj", D, D)},
+            "attn": {**qkv(), "c_proj": lin("attn.c_proj", D, D)},
             "ln_2": ln("ln_2"),
             "mlp": {"c_fc": lin("mlp.c_fc", D, F), "c_proj": lin("mlp.c_proj", F, D)},
         },

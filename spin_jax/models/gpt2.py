@@ -1,7 +1,8 @@
 """GPT-2 family (gpt2, gpt2-medium/large/xl, distilgpt2), HF `model_type == "gpt2"`.
 
-Parameter names copy HF's (`c_attn`, `ln_1`, ...) so the converter is nearly an identity map.
-Kernels are stored (in, out), as in HF's Conv1D.
+Parameter names copy HF's (`ln_1`, `c_fc`, ...) except that HF's fused `c_attn` is stored
+as separate `q`, `k`, `v` kernels (weights_convert/gpt2.py says why). Kernels are stored
+(in, out), as in HF's Conv1D.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def param_shapes(c: GPT2Config, dtype=jnp.float32) -> L.Params:
         "wpe": s(c.max_positions, D),
         "layers": {
             "ln_1": ln(n),
-            "attn": {"c_attn": lin(D, 3 * D), "c_proj": lin(D, D)},
+            "attn": {"q": lin(D, D), "k": lin(D, D), "v": lin(D, D), "c_proj": lin(D, D)},
             "ln_2": ln(n),
             "mlp": {"c_fc": lin(D, F), "c_proj": lin(F, D)},
         },
@@ -89,9 +90,10 @@ def block(c: GPT2Config, x: jax.Array, mask: jax.Array, p: L.Params):
     """One pre-LN block. Returns (output [B,T,D], FFN activation [B,T,F])."""
     B, T, D = x.shape
     N = c.num_heads
-    qkv = L.dense(_ln(x, p["ln_1"], c), p["attn"]["c_attn"]).reshape(B, T, 3, N, D // N)
+    h = _ln(x, p["ln_1"], c)
+    q, k, v = (L.dense(h, p["attn"][n]).reshape(B, T, N, D // N) for n in ("q", "k", "v"))
     scale = None if c.scale_attn_weights else 1.0
-    att = L.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask, causal=True, scale=scale)
+    att = L.attention(q, k, v, mask, causal=True, scale=scale)
     x = x + L.dense(att.reshape(B, T, D), p["attn"]["c_proj"])
     act = L.activation(c.activation)(L.dense(_ln(x, p["ln_2"], c), p["mlp"]["c_fc"]))
     return x + L.dense(act, p["mlp"]["c_proj"]), act
