@@ -19,7 +19,7 @@ from spin_jax.classifier import SpinClassifier
 from spin_jax.cli import main
 from spin_jax.data import TextDataset
 from spin_jax.extraction import MemoryFeatures, extract
-from spin_jax.learner import SpinError, SpinHead
+from spin_jax.learner import SpinError, SpinHead, fit_spin
 from spin_jax.models import InputError
 from spin_jax.selection import NeuronSelection, neurons_of, parse_neurons
 from spin_jax.store import FeatureStore, StoreMismatchError
@@ -250,6 +250,8 @@ def test_fitting_on_a_selective_store_is_refused(clf, texts):
     kept = clf.extract_kept(texts[:4])
     with pytest.raises(SpinError, match="only selected neurons"):
         SpinClassifier(clf.model).fit_features(kept, kept)
+    with pytest.raises(SpinError, match="the train features hold only selected neurons"):
+        fit_spin(kept, kept)
     with pytest.raises(SpinError, match=r"extract_kept takes \['num_layers'\]"):
         clf.extract_kept(texts, num_layers=3)
 
