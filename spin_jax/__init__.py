@@ -16,6 +16,7 @@ from spin_jax.model import (  # noqa: E402
 )
 from spin_jax.models import POOLINGS, Features  # noqa: E402
 from spin_jax.models.layers import ConfigError, InputError, WeightsError  # noqa: E402
+from spin_jax.selection import NeuronSelection, neurons_of  # noqa: E402
 from spin_jax.store import FeatureStore, StoreError, StoreMismatchError  # noqa: E402
 from spin_jax.text import encode, pad_batch  # noqa: E402
 
@@ -29,6 +30,7 @@ __all__ = [
     "InputError",
     "MemoryFeatures",
     "Model",
+    "NeuronSelection",
     "SpinClassifier",
     "SpinError",
     "SpinOptions",
@@ -44,6 +46,7 @@ __all__ = [
     "head_logits",
     "load_model",
     "load_texts",
+    "neurons_of",
     "pad_batch",
     "save_model",
 ]

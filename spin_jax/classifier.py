@@ -1,10 +1,17 @@
-"""SpinClassifier: fit on texts, predict with early exit, save as safetensors + JSON."""
+"""SpinClassifier: fit on texts, predict with early exit, save as safetensors + JSON.
+
+Inference takes texts (only the first k blocks run, only the kept neurons leave the device)
+or a feature source already extracted (FeatureStore or MemoryFeatures): a full one, or a
+selective one holding the classifier's columns (`extract_kept`, `spin-jax extract
+--classifier`), so a test split can be extracted once and scored many times.
+"""
 
 from __future__ import annotations
 
 import datetime
 import functools
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -15,13 +22,21 @@ import numpy as np
 
 from spin_jax import __version__
 from spin_jax.data import TextDataset, check_classes, stratified_split, subset
-from spin_jax.extraction import extract, plan_batches
-from spin_jax.learner import SpinError, SpinHead, SpinOptions, fit_spin, score
+from spin_jax.extraction import MemoryFeatures, extract, plan_batches
+from spin_jax.learner import SpinError, SpinHead, SpinOptions, fit_spin, require_full, score
 from spin_jax.model import Model, head_logits, load_model
-from spin_jax.models import _forward
-from spin_jax.store import sha256_file, write_json_atomic
+from spin_jax.models import POOLINGS, _forward
+from spin_jax.selection import (
+    is_selective,
+    missing_columns,
+    neurons_of,
+    poolings_of,
+    read_head_columns,
+)
+from spin_jax.store import FeatureStore, sha256_file, write_json_atomic
 from spin_jax.text import encode, max_length_of, pad_batch
 
+log = logging.getLogger("spin_jax")
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "classifier.safetensors"
 META_FILE = "classifier.json"
@@ -60,6 +75,9 @@ def _kept_pooled(config, k, params, sel, ids, mask):
 
 def _head_apply(x, sel):
     return jnp.einsum("...M,MK->...K", x, sel["weights"]) + sel["intercept"]
+
+
+_head_apply_jit = jax.jit(_head_apply)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -205,18 +223,71 @@ class SpinClassifier:
         if self.head is None:
             raise SpinError("this classifier is not fitted; call fit() or load() first.")
 
-    def decision_function(self, texts) -> np.ndarray:
-        """Logits [N, K] running only the first k blocks and reading only kept neurons."""
-        return self._run(_head_logits, texts, self.head.weights.shape[1])
+    def decision_function(self, X) -> np.ndarray:
+        """Logits [N, K] of texts (running only the first k blocks and reading only kept
+        neurons) or of a feature source (FeatureStore / MemoryFeatures, full or selective)."""
+        if is_source(X):
+            order = selection_order(self.head)  # the device program's column order
+            x = jnp.asarray(self.features(X)[:, order])
+            return np.asarray(_head_apply_jit(x, selection(self.head)))
+        return self._run(_head_logits, X, self.head.weights.shape[1])
 
-    def features(self, texts) -> np.ndarray:
+    def features(self, X) -> np.ndarray:
         """The kept neurons [N, M], standardised, in the head's column order.
 
         Selective extraction: only the first k blocks run and only these M values leave the
-        device, so a test split or new data costs what the classifier needs.
+        device, so a test split or new data costs what the classifier needs. From a feature
+        source, the head's columns are read (in blocks of rows) and standardised.
         """
-        x = self._run(_kept_pooled, texts, len(self.head.rep))
+        if is_source(X):
+            return self._source_features(X)
+        x = self._run(_kept_pooled, X, len(self.head.rep))
         return x[:, np.argsort(selection_order(self.head), kind="stable")]
+
+    def _source_features(self, src) -> np.ndarray:
+        self._check_fitted()
+        check_source(src, self.model, self.head)
+        if src.manifest.get("max_length", self.max_length) != self.max_length:
+            log.warning(
+                "features were tokenized to max_length %s, this classifier reads %s tokens: "
+                "long texts will be scored differently than from their text.",
+                src.manifest["max_length"],
+                self.max_length,
+            )
+        h, out = self.head, np.empty((src.n_rows, len(self.head.rep)), np.float32)
+        block = max(1, (1 << 24) // max(1, len(h.rep)))  # rows per read: ~64 MB of float32
+        for start in range(0, src.n_rows, block):
+            rows = np.arange(start, min(start + block, src.n_rows))
+            if is_selective(src):
+                out[rows] = (read_head_columns(src, h, rows) - h.mean) / h.std
+            else:
+                out[rows] = h.features(src, rows)
+        return out
+
+    def extract_kept(self, data, out=None, **options):
+        """Extracts only what this classifier reads, to pass to decision_function & co.
+
+        Its kept (rep, layer, neuron) columns at the poolings it uses, running blocks up to
+        its deepest kept layer (head.num_layers); a FeatureStore at `out` or MemoryFeatures.
+        Options as extract's; dtype defaults to float32 (the columns are few, and the logits
+        then match decision_function(texts) to float rounding), max_length and
+        token_budget to the classifier's.
+        """
+        self._check_fitted()
+        fixed = sorted({"neurons", "num_layers", "poolings"} & set(options))
+        if fixed:
+            raise SpinError(f"extract_kept takes {fixed} from the classifier; drop them.")
+        if len(self.head.rep) == 0:
+            raise SpinError("this classifier keeps no neuron (its logits are the intercept).")
+        options = {
+            "dtype": "float32",
+            "max_length": self.max_length,
+            "token_budget": self.token_budget,
+            "progress": self.progress,
+            **options,
+        }
+        neurons, poolings = neurons_of(self.head), poolings_of(self.head)
+        return extract(self.model, data, out, neurons=neurons, poolings=poolings, **options)
 
     def _run(self, program, texts, width: int) -> np.ndarray:
         """program(config, k, params, sel, ids, mask) -> [B, width] over length buckets."""
@@ -240,21 +311,30 @@ class SpinClassifier:
             out[rows] = np.asarray(result)[: len(rows)]
         return out
 
-    def predict_proba(self, texts) -> np.ndarray:
-        return _proba(self.decision_function(texts))
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities [N, K] of texts or of a feature source."""
+        return _proba(self.decision_function(X))
 
-    def predict(self, texts) -> list:
-        idx = np.argmax(self.predict_proba(texts), axis=-1)
+    def predict(self, X) -> list:
+        idx = np.argmax(self.predict_proba(X), axis=-1)
         return [self.label_names[i] for i in idx] if self.label_names else idx.tolist()
 
-    def score(self, texts, labels, metric: str = "accuracy") -> float:
-        ds = self._dataset(texts, labels, self.label_names)
-        pred = np.argmax(self.predict_proba(ds.texts), axis=-1)
-        return float(
-            score(
-                metric, jnp.asarray(ds.labels), jnp.asarray(pred), len(self.label_names or [0, 1])
-            )
-        )
+    def score(self, X, labels=None, metric: str = "accuracy") -> float:
+        """`metric` on texts and labels, or on a feature source and (by default) its labels."""
+        if is_source(X):
+            y = labels_of(X, self.label_names) if labels is None else self._labels(X, labels)
+        else:
+            y = self._dataset(X, labels, self.label_names).labels
+        pred = np.argmax(self.predict_proba(X), axis=-1)
+        n_classes = len(self.label_names or [0, 1])
+        return float(score(metric, jnp.asarray(y), jnp.asarray(pred), n_classes))
+
+    def _labels(self, src, labels) -> np.ndarray:
+        from spin_jax.data import encode_labels
+
+        if len(labels) != src.n_rows:
+            raise SpinError(f"{src.n_rows} rows but {len(labels)} labels; pass one per row.")
+        return encode_labels(list(labels), self.label_names)[0]
 
     def explain(self, text: str) -> list[tuple[str, np.ndarray]]:
         """Per-token class probabilities from the same head applied to each token."""
@@ -420,16 +500,22 @@ def check_model(meta: dict, model: Model) -> None:
             )
 
 
-def check_features(src, model: Model) -> None:
-    """Feature stores must come from this model, with every pooling."""
-    from spin_jax.models import POOLINGS
+def is_source(x) -> bool:
+    """A feature source (FeatureStore, MemoryFeatures or a relabelled one), not texts."""
+    return isinstance(x, (FeatureStore, MemoryFeatures, _Relabelled))
 
-    m = src.manifest
-    if m.get("poolings", list(POOLINGS)) != list(POOLINGS):
+
+def labels_of(src, names) -> np.ndarray:
+    """A source's labels as ids into the classifier's label `names`."""
+    if src.labels is None:
         raise SpinError(
-            f"features hold poolings {m.get('poolings')}; fitting needs all of "
-            f"{list(POOLINGS)}. Re-extract without --poolings."
+            "the features hold no labels: extract the data with its label column to score it."
         )
+    return np.asarray(align_labels(src, names, "scored").labels)
+
+
+def _check_model_of(src, model: Model) -> None:
+    m = src.manifest
     for key, want in (
         ("params_fingerprint", model.fingerprint),
         ("config_hash", model.config_hash),
@@ -439,6 +525,48 @@ def check_features(src, model: Model) -> None:
                 f"features were extracted with another model ({key} "
                 f"{m.get(key)} != {want}); extract them with this model."
             )
+
+
+def check_source(src, model: Model, head: SpinHead) -> None:
+    """A feature source to apply `head` to: this model, every pooling, layer and column the
+    head reads."""
+    _check_model_of(src, model)
+    have = src.manifest.get("poolings", list(POOLINGS))
+    lack = [p for p in poolings_of(head) if p not in have]
+    if lack:
+        raise SpinError(
+            f"features hold poolings {have}; this classifier also reads {lack}. Extract "
+            "them with `spin-jax extract --classifier RUN` (or SpinClassifier.extract_kept)."
+        )
+    if is_selective(src):
+        missing = missing_columns(src, head)
+        if missing:
+            rep, j, n = missing[0]
+            raise SpinError(
+                f"features lack {len(missing)} of the classifier's neurons (e.g. {rep} layer "
+                f"{j} neuron {n}). Extract them with `spin-jax extract --classifier RUN` (or "
+                "SpinClassifier.extract_kept)."
+            )
+        return
+    need = int(head.layer.max()) if len(head.layer) else 0
+    k = src.manifest.get("num_layers", src.shape("ffn")[1])
+    if k < need:
+        raise SpinError(
+            f"features were extracted with early exit at {k} layers; this classifier reads "
+            f"layer {need}. Re-extract with --num-layers {need} or more (or --classifier)."
+        )
+
+
+def check_features(src, model: Model) -> None:
+    """Feature stores to fit on: from this model, with every pooling, layer and neuron."""
+    require_full(src, "given")
+    m = src.manifest
+    if m.get("poolings", list(POOLINGS)) != list(POOLINGS):
+        raise SpinError(
+            f"features hold poolings {m.get('poolings')}; fitting needs all of "
+            f"{list(POOLINGS)}. Re-extract without --poolings."
+        )
+    _check_model_of(src, model)
     if m.get("num_layers", model.config.num_layers) != model.config.num_layers:
         raise SpinError(
             "features were extracted with early exit (--num-layers); fitting needs every layer."

@@ -107,13 +107,13 @@ def cmd_evaluate(args):
     from spin_jax.probes import accuracy, macro_f1
 
     clf = SpinClassifier.load(args.run, model=args.model)
-    ds = _read(args.data, args, label_names=clf.label_names)
-    pred = np.argmax(clf.predict_proba(ds.texts), axis=-1)
+    X, y = _labelled(clf, args)
+    pred = np.argmax(clf.predict_proba(X), axis=-1)
     n_classes = len(clf.label_names)
     result = {
-        "accuracy": float(accuracy(ds.labels, pred)),
-        "macro_f1": float(macro_f1(ds.labels, pred, n_classes)),
-        "n": len(ds),
+        "accuracy": float(accuracy(y, pred)),
+        "macro_f1": float(macro_f1(y, pred, n_classes)),
+        "n": len(y),
         "num_layers": clf.head.num_layers,
         "n_neurons": int(len(clf.head.rep)),
         "label_names": list(clf.label_names),
@@ -127,19 +127,39 @@ def cmd_evaluate(args):
         )
 
 
+def _labelled(clf, args):
+    """(texts or feature store, label ids into clf.label_names) of --data."""
+    from spin_jax.classifier import labels_of
+    from spin_jax.store import FeatureStore
+
+    if _is_store(args.data):
+        store = FeatureStore.open(args.data)
+        return store, labels_of(store, clf.label_names)
+    ds = _read(args.data, args, label_names=clf.label_names)
+    return ds.texts, ds.labels
+
+
 def cmd_predict(args):
+    """One CSV row per text; from a feature store (which holds no texts), per row index."""
     from spin_jax.classifier import SpinClassifier
+    from spin_jax.store import FeatureStore
 
     clf = SpinClassifier.load(args.run, model=args.model)
-    ds = _read(args.data, args, require_labels=False)
-    proba = clf.predict_proba(ds.texts)
+    if _is_store(args.data):
+        store = FeatureStore.open(args.data)
+        first, keys = "row", range(store.n_rows)
+        proba = clf.predict_proba(store)
+    else:
+        ds = _read(args.data, args, require_labels=False)
+        first, keys = "text", ds.texts
+        proba = clf.predict_proba(ds.texts)
     names = list(clf.label_names)
     out = open(args.out, "w", newline="") if args.out else contextlib.nullcontext(sys.stdout)
     with out as f:
         w = csv.writer(f)
-        w.writerow(["text", "prediction", *[f"p_{n}" for n in names]])
-        for text, p in zip(ds.texts, proba, strict=True):
-            w.writerow([text, names[int(p.argmax())], *[f"{x:.6f}" for x in p]])
+        w.writerow([first, "prediction", *[f"p_{n}" for n in names]])
+        for key, p in zip(keys, proba, strict=True):
+            w.writerow([key, names[int(p.argmax())], *[f"{x:.6f}" for x in p]])
 
 
 def cmd_explain(args):
@@ -228,7 +248,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("evaluate", help="score a fitted classifier on labelled data")
     p.add_argument("run")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="data file/hf:NAME, or a feature store")
     p.add_argument("--model", default=None, help="default: the model recorded at fit time")
     p.add_argument("--json", action="store_true")
     _common(p)
@@ -236,7 +256,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("predict", help="predict labels for new texts")
     p.add_argument("run")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help="data file/hf:NAME, or a feature store")
     p.add_argument("--model", default=None)
     p.add_argument("--out", default=None, help="CSV path (default: stdout)")
     _common(p, labels=False)

@@ -4,6 +4,10 @@ Rows are processed in chunks of the original order (so a finished chunk is final
 crash loses at most the chunk in flight); inside a chunk rows are sorted by token length
 and cut into batches of a few static shapes under a token budget, so XLA compiles once per
 bucket and padding stays small. Results are put back in the original order.
+
+A selective extraction (`neurons=`) runs only the blocks up to the deepest selected layer
+and gathers the selected neurons inside the device program; its store holds one array,
+"columns" [N, P, M], described by the manifest's "neurons" (spin_jax.selection).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from spin_jax import __version__
 from spin_jax.data import DataError, TextDataset
 from spin_jax.model import Model
 from spin_jax.models import POOLINGS, InputError, _check_k, _forward
+from spin_jax.selection import COLUMNS, NeuronSelection, parse_neurons
 from spin_jax.store import DTYPES as STORE_DTYPES
 from spin_jax.store import FeatureStore
 from spin_jax.text import encode, max_length_of, pad_batch
@@ -59,7 +64,11 @@ class Summary:
 
 
 class MemoryFeatures:
-    """Extracted features held in host memory, read like a FeatureStore."""
+    """Extracted features held in host memory, read like a FeatureStore.
+
+    `read` selects on axes 1, 2, 3 in turn: of "hidden" / "ffn" [N, L, P, F] the layers,
+    poolings and neurons; a selective extraction's "columns" [N, P, M] has only two.
+    """
 
     def __init__(self, arrays: dict[str, np.ndarray], labels, label_names, manifest):
         self.arrays, self.labels, self.label_names = arrays, labels, label_names
@@ -117,13 +126,26 @@ def _round_up(n: int, m: int) -> int:
 # ---- the device program ------------------------------------------------------------------
 
 
-def _pooled_fn(config, k, poolings, out_dtype, options, params, ids, mask):
-    """Pooled features as [B, L+1, P, D] and [B, L, P, F] in the storage dtype."""
+def _pooled_fn(config, k, poolings, out_dtype, options, params, ids, mask, cols=None):
+    """Pooled features in the storage dtype: (hidden [B, L+1, P, D], ffn [B, L, P, F]), or,
+    given `cols` (NeuronSelection.indices() on the device), (columns [B, P, M],).
+
+    The columns are gathered here, inside the program, so only they leave the device.
+    """
     f = _forward(config, k, True, True, options, params, ids, mask)
     sel = jnp.asarray(poolings)
-    hidden = jnp.moveaxis(f.hidden[:, :, sel], 1, 0).astype(out_dtype)
-    ffn = jnp.moveaxis(f.ffn[:, :, sel], 1, 0).astype(out_dtype)
-    return hidden, ffn
+    hidden, ffn = f.hidden[:, :, sel], f.ffn[:, :, sel]  # [L+1, B, P, D], [L, B, P, F]
+    if cols is not None:
+        return (_gather_columns(hidden, ffn, cols).astype(out_dtype),)
+    return jnp.moveaxis(hidden, 1, 0).astype(out_dtype), jnp.moveaxis(ffn, 1, 0).astype(out_dtype)
+
+
+def _gather_columns(hidden, ffn, cols):
+    """[B, P, M]: the selected hidden neurons, then the selected FFN neurons."""
+    # Advanced indices split by slices go first: [M, B, P].
+    h = hidden[cols["h_layer"], :, :, cols["h_neuron"]]
+    a = ffn[cols["f_layer"], :, :, cols["f_neuron"]]
+    return jnp.moveaxis(jnp.concatenate([h, a], axis=0), 0, -1)
 
 
 _pooled_rows = jax.jit(_pooled_fn, static_argnums=(0, 1, 2, 3, 4))
@@ -137,15 +159,15 @@ def _data_parallel(mesh):
     """
     P = jax.sharding.PartitionSpec
 
-    def run(config, k, poolings, out_dtype, options, params, ids, mask):
+    def run(config, k, poolings, out_dtype, options, params, ids, mask, cols=None):
         body = functools.partial(_pooled_fn, config, k, poolings, out_dtype, options)
         return jax.shard_map(
             body,
             mesh=mesh,
-            in_specs=(P(), P("data"), P("data")),
+            in_specs=(P(), P("data"), P("data"), P()),
             out_specs=P("data"),
             check_vma=False,
-        )(params, ids, mask)
+        )(params, ids, mask, cols)
 
     return run
 
@@ -181,21 +203,22 @@ def compiler_options() -> dict | None:
 @functools.cache
 def pooled_program(out_sharding=None, mesh=None):
     """The extraction program: `_pooled_rows`, data-parallel over `mesh` when one is given,
-    with both outputs placed in `out_sharding` when one is given."""
+    with its outputs placed in `out_sharding` when one is given."""
     options = compiler_options()
     if out_sharding is None and mesh is None and options is None:
         return _pooled_rows
     fn = _pooled_fn if mesh is None else _data_parallel(mesh)
-    outs = None if out_sharding is None else (out_sharding, out_sharding)
-    return jax.jit(fn, static_argnums=(0, 1, 2, 3, 4), out_shardings=outs, compiler_options=options)
+    return jax.jit(
+        fn, static_argnums=(0, 1, 2, 3, 4), out_shardings=out_sharding, compiler_options=options
+    )
 
 
 HOST_COPIES = ("put", "program", "async")
 
 
 def pooled_dispatcher(mesh=None, host_copy: str = "put"):
-    """dispatch(config, k, poolings, out_dtype, options, params, ids, mask) -> (hidden, ffn)
-    on their way to the host, without waiting for them.
+    """dispatch(config, k, poolings, out_dtype, options, params, ids, mask[, cols]) -> the
+    program's outputs ((hidden, ffn), or (columns,)) on their way to the host, unwaited.
 
     host_copy (where pinned host memory exists; else "async"):
       "put"      the program's outputs stay on the device, then a device_put into pinned
@@ -254,6 +277,7 @@ class ExtractOptions:
     chunk_bytes: int = 1 << 30
     token_budget: int = 16384
     progress: bool = True
+    neurons: NeuronSelection | None = None  # selective extraction, as `extract` validated it
 
 
 def _as_dataset(data) -> TextDataset:
@@ -277,7 +301,7 @@ def texts_hash(texts: Sequence[str]) -> str:
 
 def _identity(model: Model, ds: TextDataset, opts: ExtractOptions, k: int, max_length: int):
     tok = model.tokenizer
-    return {
+    identity = {
         "model": model.source,
         "revision": model.revision,
         "model_type": model.config.model_type,
@@ -292,10 +316,15 @@ def _identity(model: Model, ds: TextDataset, opts: ExtractOptions, k: int, max_l
         "texts_sha256": texts_hash(ds.texts),
         "spin_jax": __version__,
     }
+    if opts.neurons is not None:  # a selective store; full stores keep their old manifest
+        identity["neurons"] = opts.neurons.to_json()
+    return identity
 
 
 def _array_specs(model: Model, k: int, opts: ExtractOptions):
     c, P = model.config, len(opts.poolings)
+    if opts.neurons is not None:
+        return {COLUMNS: ((P, len(opts.neurons)), opts.dtype)}
     return {
         "hidden": ((k + 1, P, c.hidden_size), opts.dtype),
         "ffn": ((k, P, c.ffn_size), opts.dtype),
@@ -309,24 +338,26 @@ def _chunk_rows(specs, opts: ExtractOptions) -> int:
     return int(max(64, min(65536, opts.chunk_bytes // max(row_bytes, 1))))
 
 
-def extract(model: Model, data, out=None, **options):
+def extract(model: Model, data, out=None, *, neurons=None, **options):
     """Extracts pooled features of every layer for `data` (TextDataset or list of texts).
 
     With `out`, writes (or resumes) a FeatureStore there and returns it; without, returns
     MemoryFeatures. Options: see ExtractOptions.
+
+    `neurons` extracts only these neurons (spin_jax.selection): {"hidden": {layer: [neuron,
+    ...]}, "ffn": {...}} (hidden layers 0..L, 0 = embeddings; ffn layers 1..L = block), the
+    manifest form {"hidden": [[layer, neuron], ...], ...}, or a NeuronSelection. Only the
+    blocks up to the deepest selected layer run (unless num_layers is given), and the result
+    is one array "columns" [N, P, M]: the hidden pairs sorted, then the ffn pairs.
     """
     opts = ExtractOptions(**options)
     ds = _as_dataset(data)
-    if len(ds) == 0:
-        raise DataError(f"{ds.source} has no rows to extract.")
-    unknown = set(opts.poolings) - set(POOLINGS)
-    if unknown:
-        raise DataError(f"unknown pooling(s) {sorted(unknown)}; choose from {POOLINGS}.")
-    if opts.dtype not in STORE_DTYPES:
-        raise DataError(f"dtype {opts.dtype!r}: choose one of {sorted(STORE_DTYPES)}.")
-    if opts.max_length is not None and opts.max_length < 1:
-        raise InputError(f"max_length={opts.max_length}: pass a positive number of tokens.")
+    _check_options(ds, opts)
     k = _check_k(model.config, opts.num_layers)  # before a store is made with a wrong shape
+    if neurons is not None:
+        sel = parse_neurons(neurons, model.config, opts.num_layers)
+        opts = dataclasses.replace(opts, neurons=sel)
+        k = sel.num_layers if opts.num_layers is None else k
     max_length = min(opts.max_length or max_length_of(model), max_length_of(model))
     ids, truncated = encode(model.tokenizer, ds.texts, max_length)
     specs = _array_specs(model, k, opts)
@@ -352,6 +383,18 @@ def extract(model: Model, data, out=None, **options):
     return store
 
 
+def _check_options(ds: TextDataset, opts: ExtractOptions) -> None:
+    if len(ds) == 0:
+        raise DataError(f"{ds.source} has no rows to extract.")
+    unknown = set(opts.poolings) - set(POOLINGS)
+    if unknown:
+        raise DataError(f"unknown pooling(s) {sorted(unknown)}; choose from {POOLINGS}.")
+    if opts.dtype not in STORE_DTYPES:
+        raise DataError(f"dtype {opts.dtype!r}: choose one of {sorted(STORE_DTYPES)}.")
+    if opts.max_length is not None and opts.max_length < 1:
+        raise InputError(f"max_length={opts.max_length}: pass a positive number of tokens.")
+
+
 def _write_summary(store, summary: Summary):
     if jax.process_index() == 0:
         log.info("extracted into %s: %s", store.path, summary)
@@ -373,6 +416,10 @@ class _Runner:
         self.params = replicate(self.mesh, model.params)
         self.pooled = pooled_dispatcher(self.mesh)
         self.pool_idx = tuple(POOLINGS.index(p) for p in opts.poolings)
+        self.cols = None  # the gather indices of a selective extraction, on every device
+        if opts.neurons is not None:
+            cols = {name: jnp.asarray(i) for name, i in opts.neurons.indices().items()}
+            self.cols = replicate(self.mesh, cols)
         self.pad_id = int(getattr(model.tokenizer, "pad_token_id", None) or 0)
         self.summary = Summary()
         self.bar = None
@@ -387,6 +434,7 @@ class _Runner:
             self.params,
             _mesh_put(self.mesh, ids),
             _mesh_put(self.mesh, mask),
+            self.cols,
         )
 
     def run_rows(self, ids: list[np.ndarray], rows: np.ndarray, specs) -> dict[str, np.ndarray]:
@@ -414,10 +462,10 @@ class _Runner:
         return out
 
     def _collect(self, item, out):
-        local, (hidden, ffn) = item
+        local, results = item  # the program's outputs, in the order of `out` (its specs)
         n = len(local)
-        out["hidden"][local] = np.asarray(hidden)[:n]
-        out["ffn"][local] = np.asarray(ffn)[:n]
+        for buf, x in zip(out.values(), results, strict=True):
+            buf[local] = np.asarray(x)[:n]
         if self.bar is not None:
             self.bar.update(n)
             rate = self.summary.tokens / max(self.bar.format_dict["elapsed"], 1e-9)

@@ -26,6 +26,7 @@ import numpy as np
 
 from spin_jax import probes
 from spin_jax.models import POOLINGS
+from spin_jax.selection import is_selective
 
 log = logging.getLogger("spin_jax")
 REPS = ("hidden", "ffn")
@@ -485,6 +486,9 @@ def fit_spin(
     checkpoint_dir keeps each finished probe group, so a crashed fit resumes after it.
     """
     times = {}
+    for src, what in ((train, "train"), (valid, "validation"), (test, "test")):
+        if src is not None:
+            require_full(src, what)
     y, yv = _labels(train, "train"), _labels(valid, "validation")
     yt = _labels(test, "test") if test is not None else None
     n_classes = len(train.label_names) if train.label_names else int(y.max()) + 1
@@ -629,6 +633,16 @@ def select(choices: list[Choice], rule: str, n_valid: int) -> Choice:
     se = np.sqrt(p * (1 - p) / max(n_valid, 1))
     close = [c for c in choices if c.valid >= best.valid - se]
     return min(close, key=lambda c: (c.layers_used, c.n_neurons, -c.valid))
+
+
+def require_full(src, what: str) -> None:
+    """Refuses a selective feature source (only some neurons) where every neuron is needed."""
+    if is_selective(src):
+        raise SpinError(
+            f"the {what} features hold only selected neurons (an extraction with --neurons or "
+            "--classifier); fitting needs every neuron of every layer. Extract the training "
+            "and validation splits without a selection."
+        )
 
 
 def _labels(src, what):

@@ -6,6 +6,10 @@ Layout of a store folder:
   labels.npy           [n_rows] int64 class ids (optional)
   NAME-00000.npy       one plain .npy file per array per chunk, [chunk rows, *feature_shape]
 
+Extraction writes "hidden" [L+1, P, D] and "ffn" [L, P, F] per row, or, for a selective
+extraction, one "columns" [P, M] per row with the manifest's "neurons" naming the columns
+(spin_jax.selection); `read` selects on the feature axes in order, whatever their meaning.
+
 No pickle anywhere. bfloat16 arrays are saved as their uint16 bit pattern and viewed back on
 load. Each file is written to a temporary name, fsynced and renamed into place, and only then
 is the chunk recorded in progress.json: a crash leaves the chunk not-done, to be rewritten.

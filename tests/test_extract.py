@@ -1,5 +1,5 @@
 """Extraction: CLI features == direct forward, resume, refusals, batching plan, compile count,
-8 fake CPU devices == 1 device, run summary.
+8 fake CPU devices == 1 device (full and selective), run summary.
 
 One tiny random BERT (vocab 30522 so that MiniLM's real tokenizer fits it), saved with
 save_pretrained into a temporary folder: no download, a compile costs well under a second.
@@ -26,6 +26,7 @@ from spin_jax import extraction as extract_mod
 from spin_jax.cli import main
 from spin_jax.data import load_texts
 from spin_jax.extraction import MemoryFeatures, extract, plan_batches
+from spin_jax.selection import parse_neurons
 from spin_jax.store import FeatureStore, StoreMismatchError
 from tests import hf_tiny
 
@@ -33,6 +34,7 @@ pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 MAX_LENGTH = 24  # < the model's 67 positions, so --max-length is what truncates
+NEURONS = {"hidden": {0: [3], 1: [0, 39]}, "ffn": {2: [7, 55]}}  # a selective extraction
 WORDS = (
     "the movie was good bad long short film actor plot scene music story end "
     "great poor slow fast love hate"
@@ -338,12 +340,17 @@ def test_compiles_once_per_shape(model):
     assert 1 <= extract_mod._pooled_rows._cache_size() <= len(shapes)
 
 
-def test_program_writing_to_pinned_host_equals_device_program(model):
+@pytest.mark.parametrize("selective", [False, True])
+def test_program_writing_to_pinned_host_equals_device_program(model, selective):
     """The GPU path (outputs placed in pinned host memory by the program), run on CPU."""
     ids, mask = spin_jax.text.pad_batch([np.array([101, 7, 9, 102])] * 2, 16, 0)
     host = jax.sharding.SingleDeviceSharding(jax.devices()[0], memory_kind="pinned_host")
     args = (model.config, 2, (0, 1, 2), np.dtype(np.float32), (), model.params, ids, mask)
+    if selective:
+        sel = parse_neurons(NEURONS, model.config)
+        args += ({k: jax.numpy.asarray(v) for k, v in sel.indices().items()},)
     want = extract_mod.pooled_program(None)(*args)
+    assert len(want) == (1 if selective else 2)
     got = extract_mod.pooled_program(host)(*args)
     for g, w in zip(got, want, strict=True):
         assert g.sharding.memory_kind == "pinned_host"
@@ -369,13 +376,16 @@ feats = extract(spin_jax.load_model(folder), texts, max_length=max_length, dtype
                 progress=False)
 np.save(out + "/hidden.npy", feats.read("hidden"))
 np.save(out + "/ffn.npy", feats.read("ffn"))
+sel = extract(spin_jax.load_model(folder), texts, max_length=max_length, dtype="float32",
+              progress=False, neurons=NEURONS)
+np.save(out + "/columns.npy", sel.read("columns"))
 """
 
 
 def test_eight_devices_equal_one(tmp_path, folder, model):
     texts = make_texts(20, seed=3, max_words=30)
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    (tmp_path / "sharded.py").write_text(textwrap.dedent(SHARDED))
+    (tmp_path / "sharded.py").write_text(textwrap.dedent(SHARDED).replace("NEURONS", repr(NEURONS)))
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
@@ -406,3 +416,7 @@ def test_eight_devices_equal_one(tmp_path, folder, model):
         np.testing.assert_allclose(
             np.load(tmp_path / f"{name}.npy"), one.read(name), atol=TOL, rtol=0, err_msg=name
         )
+    sel = extract(
+        model, texts, max_length=MAX_LENGTH, dtype="float32", progress=False, neurons=NEURONS
+    )
+    np.testing.assert_allclose(np.load(tmp_path / "columns.npy"), sel.read("columns"), atol=TOL)
