@@ -29,6 +29,15 @@ def kernel_times(trace: dict) -> tuple[collections.Counter, set[str]]:
     """Microseconds per kernel name on the GPU's stream tracks of a Perfetto JSON trace
     (the GPU's other tracks, XLA modules and ops, span those same kernels), and the names
     of the tracks read."""
+    events, tracks = stream_events(trace)
+    times = collections.Counter()
+    for e in events:
+        times[e["name"]] += e.get("dur", 0)
+    return times, tracks
+
+
+def stream_events(trace: dict) -> tuple[list[dict], set[str]]:
+    """The complete events on the GPU's stream tracks, by start time, and the GPU's tracks."""
     events = trace["traceEvents"]
     meta = [e for e in events if e.get("ph") == "M"]
     gpu = {
@@ -42,11 +51,31 @@ def kernel_times(trace: dict) -> tuple[collections.Counter, set[str]]:
         if e.get("name") == "thread_name" and e.get("pid") in gpu
     }
     streams = {k for k, name in tracks.items() if "Stream" in name}
-    times = collections.Counter()
-    for e in events:
-        if e.get("ph") == "X" and (e.get("pid"), e.get("tid")) in streams:
-            times[e["name"]] += e.get("dur", 0)
-    return times, set(tracks.values())
+    out = [e for e in events if e.get("ph") == "X" and (e.get("pid"), e.get("tid")) in streams]
+    return sorted(out, key=lambda e: e["ts"]), set(tracks.values())
+
+
+def detail(events: list[dict], calls: int) -> None:
+    """Idle time between kernels, and how the device-to-device copies are made up."""
+    busy = sum(e["dur"] for e in events)
+    span = events[-1]["ts"] + events[-1]["dur"] - events[0]["ts"]
+    gaps = [b["ts"] - (a["ts"] + a["dur"]) for a, b in zip(events, events[1:], strict=False)]
+    big = sorted(gaps)[-(calls - 1) :] if calls > 1 else []  # the gaps between calls
+    print(
+        f"span {span / 1000:.2f} ms, busy {busy / 1000:.2f} ms, idle inside calls "
+        f"{(span - busy - sum(big)) / calls / 1000:.2f} ms per call, {len(events) / calls:.0f} "
+        f"events per call"
+    )
+    copies = [e for e in events if "Memcpy" in e["name"]]
+    if copies:
+        durs = np.array([e["dur"] for e in copies])
+        print(
+            f"copies: {len(copies) / calls:.0f} per call, us min/median/max "
+            f"{durs.min():.1f}/{np.median(durs):.1f}/{durs.max():.1f}; "
+            f"< 5 us: {(durs < 5).sum() / calls:.0f} per call, "
+            f"{durs[durs < 5].sum() / calls / 1000:.2f} ms; sample args "
+            f"{[e.get('args') for e in copies[:2]]}"[:600]
+        )
 
 
 def main():
@@ -74,6 +103,7 @@ def main():
         trace = json.loads(gzip.decompress(path.read_bytes()))
     times, tracks = kernel_times(trace)
     print(f"GPU tracks: {sorted(tracks)}")
+    detail(stream_events(trace)[0], args.calls)
     total = sum(times.values())
     print(f"{args.model} {B}x{T}: GPU time {total / args.calls / 1000:.2f} ms per call")
     for name, us in times.most_common(args.top):

@@ -22,7 +22,7 @@ import numpy as np
 
 from spin_jax import __version__
 from spin_jax.data import TextDataset, check_classes, stratified_split, subset
-from spin_jax.extraction import MemoryFeatures, extract, plan_batches
+from spin_jax.extraction import MemoryFeatures, compiler_options, extract, plan_batches
 from spin_jax.learner import SpinError, SpinHead, SpinOptions, fit_spin, require_full, score
 from spin_jax.model import Model, head_logits, load_model
 from spin_jax.models import POOLINGS, _forward
@@ -50,7 +50,13 @@ class ArtifactError(ValueError):
 # ---- the device program of inference -----------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.cache
+def _program(fn):
+    """`fn(config, k, params, sel, ids, mask)` jitted, with the extraction program's XLA
+    options (the forward is the same; extraction.compiler_options says why)."""
+    return jax.jit(fn, static_argnums=(0, 1), compiler_options=compiler_options())
+
+
 def _head_logits(config, k, params, sel, ids, mask):
     """Runs k blocks, reads only the kept neurons, applies the head: logits [B, K]."""
     return _head_apply(_kept_features(config, k, params, sel, ids, mask, pooled=True), sel)
@@ -68,7 +74,6 @@ def _kept_features(config, k, params, sel, ids, mask, *, pooled):
     return (x - sel["mean"]) / sel["std"]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
 def _kept_pooled(config, k, params, sel, ids, mask):
     return _kept_features(config, k, params, sel, ids, mask, pooled=True)
 
@@ -80,7 +85,6 @@ def _head_apply(x, sel):
 _head_apply_jit = jax.jit(_head_apply)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
 def _token_logits(config, k, params, sel, ids, mask):
     return _head_apply(_kept_features(config, k, params, sel, ids, mask, pooled=False), sel)
 
@@ -292,6 +296,7 @@ class SpinClassifier:
     def _run(self, program, texts, width: int) -> np.ndarray:
         """program(config, k, params, sel, ids, mask) -> [B, width] over length buckets."""
         self._check_fitted()
+        program = _program(program)
         texts = [str(t) for t in texts]
         out = np.empty((len(texts), width), np.float32)
         if not texts:
@@ -341,7 +346,7 @@ class SpinClassifier:
         self._check_fitted()
         ids, _ = encode(self.model.tokenizer, [str(text)], self.max_length)
         b_ids, b_mask = pad_batch(ids, len(ids[0]))
-        logits = _token_logits(
+        logits = _program(_token_logits)(
             self.model.config,
             self.head.num_layers,
             self.model.params,
