@@ -11,6 +11,8 @@ variants change it, each alone or joined by "+":
   dslice     XLA's dynamic-slice fusion (gemms read weight slices in place)
   merge      XLA's dot merger on (it merges the q, k, v matmuls, which share their input)
   dbuf       XLA's while-loop double buffering
+  stream     the pooling kernel on a second CUDA stream (compute_on("gpu_stream:1")),
+             overlapping the matmuls
   nolt       legacy cuBLAS gemms rather than cublasLt (dynamic-slice fusion reads those)
   graphs     CUDA graphs (XLA command buffers) also around the while loop; graphs_ds also
              around dynamic-slice fusions
@@ -36,7 +38,7 @@ from benchmarks.profile_kernels import kernel_times
 from benchmarks.profile_pooling import CONFIGS, rand_params
 from spin_jax import extraction
 from spin_jax.extraction import _pooled_fn, compiler_options
-from spin_jax.models import _forward, config_from_hf, gpt2
+from spin_jax.models import _forward, config_from_hf, gpt2, pooling
 from spin_jax.models import layers as L
 
 SHAPES = ((42, 384), (32, 512))
@@ -45,6 +47,7 @@ OPTION_VARIANTS = {  # variant name -> the XLA option it sets
     "merge": ("xla_gpu_dot_merger_threshold_mb", 32),
     "dbuf": ("xla_gpu_enable_while_loop_double_buffering", True),
     "nolt": ("xla_gpu_enable_cublaslt", False),
+    "stream": ("xla_gpu_experimental_stream_annotation", True),
     # CUDA graphs also around the layer loop and its dynamic slices (XLA's default leaves
     # the while loop out of the command buffers).
     "graphs": (
@@ -81,6 +84,16 @@ def fused_qkv_params(params):
     return {**params, "layers": layers}
 
 
+def on_stream(fn):
+    """fn run on a second CUDA stream (XLA stream annotation), beside the matmuls."""
+    from jax._src.core import MemorySpace
+    from jax.experimental import compute_on as co
+
+    # compute_on2 in jax 0.10, compute_on with the same arguments in 0.11.
+    wrap = getattr(co, "compute_on2", co.compute_on)
+    return wrap(fn, compute_type="gpu_stream:1", out_memory_spaces=MemorySpace.Device)
+
+
 def unrolled_scan(unroll):
     def scan(body, carry, layers, use_scan=True):
         return jax.lax.scan(body, carry, layers, unroll=unroll)
@@ -90,18 +103,20 @@ def unrolled_scan(unroll):
 
 @contextlib.contextmanager
 def patched(variant: set[str]):
-    saved = gpt2.block, L.scan_layers, extraction._forward
+    saved = gpt2.block, L.scan_layers, extraction._forward, pooling.mean_max
     # The unjitted forward: the jitted one would reuse its trace of the unpatched model.
     extraction._forward = _forward.__wrapped__
     if "fused_qkv" in variant:
         gpt2.block = fused_qkv_block
+    if "stream" in variant:
+        pooling.mean_max = on_stream(saved[3])
     for v in variant:
         if v.startswith("unroll"):
             L.scan_layers = unrolled_scan(int(v[6:] or 0) or True)
     try:
         yield
     finally:
-        gpt2.block, L.scan_layers, extraction._forward = saved
+        gpt2.block, L.scan_layers, extraction._forward, pooling.mean_max = saved
 
 
 def time_ms(fn, n: int) -> float:
