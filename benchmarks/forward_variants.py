@@ -36,6 +36,7 @@ import numpy as np
 
 from benchmarks.profile_kernels import kernel_times
 from benchmarks.profile_pooling import CONFIGS, rand_params
+from benchmarks.xla_flags import time_ms
 from spin_jax import extraction
 from spin_jax.extraction import _pooled_fn, compiler_options
 from spin_jax.models import _forward, config_from_hf, gpt2, pooling
@@ -117,15 +118,6 @@ def patched(variant: set[str]):
         yield
     finally:
         gpt2.block, L.scan_layers, extraction._forward, pooling.mean_max = saved
-
-
-def time_ms(fn, n: int) -> float:
-    jax.block_until_ready(fn())
-    t = time.perf_counter()
-    for _ in range(n):
-        out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t) / n * 1000
 
 
 def profile(fn, top: int, calls: int = 3):
