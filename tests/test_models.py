@@ -163,6 +163,20 @@ def test_convert_save_load_roundtrip(tmp_path):
         spin_jax.load_model(str(out))
 
 
+@pytest.mark.torch
+def test_gpt2_checkpoint_of_old_format_is_refused(tmp_path):
+    """Format 1 stored GPT-2's fused c_attn; loading one must say to convert again."""
+    hf, _ = seq_cls("gpt2", tmp_path)
+    model = spin_jax.from_transformers(hf)
+    assert set(model.params["layers"]["attn"]) == {"q", "k", "v", "c_proj"}
+    out = spin_jax.save_model(model, tmp_path / "converted")
+    meta = json.loads((out / spin_jax.model.CHECKPOINT_META).read_text())
+    meta["format_version"] = 1
+    (out / spin_jax.model.CHECKPOINT_META).write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="re-run `spin-jax convert`"):
+        spin_jax.load_model(str(out))
+
+
 # ---- invariances -------------------------------------------------------------------------
 
 
