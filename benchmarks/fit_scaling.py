@@ -128,6 +128,7 @@ def worker(args) -> dict:
         fit_s=fit_s,
         stage_s=report["times"],
         valid=report["spin"]["valid"],
+        chosen=report["chosen"],
     )
 
 
