@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from spin_jax.classifier import ArtifactError, SpinClassifier  # noqa: E402
 from spin_jax.data import DataError, TextDataset, load_texts  # noqa: E402
-from spin_jax.extraction import MemoryFeatures, extract  # noqa: E402
+from spin_jax.extraction import DeviceFeatures, MemoryFeatures, extract  # noqa: E402
 from spin_jax.learner import SpinError, SpinOptions, fit_spin  # noqa: E402
 from spin_jax.model import (  # noqa: E402
     Model,
@@ -25,6 +25,7 @@ __all__ = [
     "ArtifactError",
     "ConfigError",
     "DataError",
+    "DeviceFeatures",
     "FeatureStore",
     "Features",
     "InputError",

@@ -1,8 +1,8 @@
 """SpinClassifier: fit on texts, predict with early exit, save as safetensors + JSON.
 
 Inference takes texts (only the first k blocks run, only the kept neurons leave the device)
-or a feature source already extracted (FeatureStore or MemoryFeatures): a full one, or a
-selective one holding the classifier's columns (`extract_kept`, `spin-jax extract
+or a feature source already extracted (FeatureStore, MemoryFeatures or DeviceFeatures): a
+full one, or a selective one holding the classifier's columns (`extract_kept`, `spin-jax extract
 --classifier`), so a test split can be extracted once and scored many times.
 """
 
@@ -22,7 +22,13 @@ import numpy as np
 
 from spin_jax import __version__
 from spin_jax.data import TextDataset, check_classes, stratified_split, subset
-from spin_jax.extraction import MemoryFeatures, compiler_options, extract, plan_batches
+from spin_jax.extraction import (
+    DeviceFeatures,
+    MemoryFeatures,
+    compiler_options,
+    extract,
+    plan_batches,
+)
 from spin_jax.learner import SpinError, SpinHead, SpinOptions, fit_spin, require_full, score
 from spin_jax.model import Model, head_logits, load_model
 from spin_jax.models import POOLINGS, _forward
@@ -190,6 +196,8 @@ class SpinClassifier:
         return self._dataset(data[0], data[1], names)
 
     def _extract(self, ds: TextDataset, name: str):
+        """A store in work_dir, or features in memory: on the accelerator when they fit
+        (extract's placement "auto"), so the probes read them without a host round trip."""
         out = None if self.work_dir is None else Path(self.work_dir) / f"features-{name}"
         return extract(
             self.model,
@@ -202,7 +210,8 @@ class SpinClassifier:
         )
 
     def fit_features(self, train, valid, test=None) -> SpinClassifier:
-        """Fits on already-extracted feature sources (FeatureStore or MemoryFeatures)."""
+        """Fits on already-extracted feature sources (FeatureStore, MemoryFeatures or
+        DeviceFeatures)."""
         for src in (train, valid, test):
             if src is not None:
                 check_features(src, self.model)
@@ -229,10 +238,11 @@ class SpinClassifier:
 
     def decision_function(self, X) -> np.ndarray:
         """Logits [N, K] of texts (running only the first k blocks and reading only kept
-        neurons) or of a feature source (FeatureStore / MemoryFeatures, full or selective)."""
+        neurons) or of a feature source (FeatureStore / MemoryFeatures / DeviceFeatures, full
+        or selective)."""
         if is_source(X):
             order = selection_order(self.head)  # the device program's column order
-            x = jnp.asarray(self.features(X)[:, order])
+            x = jnp.asarray(self._source_features(X)[:, order])
             return np.asarray(_head_apply_jit(x, selection(self.head)))
         return self._run(_head_logits, X, self.head.weights.shape[1])
 
@@ -244,11 +254,12 @@ class SpinClassifier:
         source, the head's columns are read (in blocks of rows) and standardised.
         """
         if is_source(X):
-            return self._source_features(X)
+            return np.asarray(self._source_features(X))
         x = self._run(_kept_pooled, X, len(self.head.rep))
         return x[:, np.argsort(selection_order(self.head), kind="stable")]
 
-    def _source_features(self, src) -> np.ndarray:
+    def _source_features(self, src):
+        """features(src): numpy, or a jax Array from a source on the device (kept there)."""
         self._check_fitted()
         check_source(src, self.model, self.head)
         if src.manifest.get("max_length", self.max_length) != self.max_length:
@@ -260,13 +271,18 @@ class SpinClassifier:
             )
         h, out = self.head, np.empty((src.n_rows, len(self.head.rep)), np.float32)
         block = max(1, (1 << 24) // max(1, len(h.rep)))  # rows per read: ~64 MB of float32
+        on_device = []  # blocks read from a DeviceFeatures, joined on the device
         for start in range(0, src.n_rows, block):
             rows = np.arange(start, min(start + block, src.n_rows))
             if is_selective(src):
-                out[rows] = (read_head_columns(src, h, rows) - h.mean) / h.std
+                x = (read_head_columns(src, h, rows) - h.mean) / h.std
             else:
-                out[rows] = h.features(src, rows)
-        return out
+                x = h.features(src, rows)
+            if isinstance(x, jax.Array):
+                on_device.append(x)
+            else:
+                out[rows] = x
+        return jnp.concatenate(on_device) if on_device else out
 
     def extract_kept(self, data, out=None, **options):
         """Extracts only what this classifier reads, to pass to decision_function & co.
@@ -506,8 +522,8 @@ def check_model(meta: dict, model: Model) -> None:
 
 
 def is_source(x) -> bool:
-    """A feature source (FeatureStore, MemoryFeatures or a relabelled one), not texts."""
-    return isinstance(x, (FeatureStore, MemoryFeatures, _Relabelled))
+    """A feature source (FeatureStore, Memory/DeviceFeatures or a relabelled one), not texts."""
+    return isinstance(x, (FeatureStore, MemoryFeatures, DeviceFeatures, _Relabelled))
 
 
 def labels_of(src, names) -> np.ndarray:

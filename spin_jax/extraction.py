@@ -5,6 +5,10 @@ crash loses at most the chunk in flight); inside a chunk rows are sorted by toke
 and cut into batches of a few static shapes under a token budget, so XLA compiles once per
 bucket and padding stays small. Results are put back in the original order.
 
+Without a store, the features stay in memory: in host memory (MemoryFeatures, numpy) or,
+with placement "device", on the accelerator (DeviceFeatures, jax Arrays), each batch's
+results scattered into device buffers in the original row order, never through the host.
+
 A selective extraction (`neurons=`) runs only the blocks up to the deepest selected layer
 and gathers the selected neurons inside the device program; its store holds one array,
 "columns" [N, P, M], described by the manifest's "neurons" (spin_jax.selection).
@@ -63,14 +67,14 @@ class Summary:
         )
 
 
-class MemoryFeatures:
-    """Extracted features held in host memory, read like a FeatureStore.
+class _ArrayFeatures:
+    """Extracted features held in memory, read like a FeatureStore.
 
     `read` selects on axes 1, 2, 3 in turn: of "hidden" / "ffn" [N, L, P, F] the layers,
     poolings and neurons; a selective extraction's "columns" [N, P, M] has only two.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], labels, label_names, manifest):
+    def __init__(self, arrays, labels, label_names, manifest):
         self.arrays, self.labels, self.label_names = arrays, labels, label_names
         self.manifest = manifest
         self.n_rows = len(next(iter(arrays.values())))
@@ -78,12 +82,60 @@ class MemoryFeatures:
     def shape(self, name: str):
         return self.arrays[name].shape
 
+
+class MemoryFeatures(_ArrayFeatures):
+    """Features in host memory: numpy arrays; `read` returns numpy arrays."""
+
     def read(self, name, *, rows=None, layers=None, poolings=None, neurons=None, dtype=np.float32):
         x = self.arrays[name]
         for axis, sel in ((0, rows), (1, layers), (2, poolings), (3, neurons)):
             if sel is not None:
                 x = np.take(x, np.asarray(sel), axis=axis)
         return x if dtype is None else x.astype(dtype)
+
+
+class DeviceFeatures(_ArrayFeatures):
+    """Features on the accelerator: jax Arrays (`extract(..., placement="device")`).
+
+    `read` returns jax Arrays on the same devices, selected and cast in one jitted program,
+    so the learner's probes read them without a copy through the host. Labels stay numpy.
+    """
+
+    def read(self, name, *, rows=None, layers=None, poolings=None, neurons=None, dtype=np.float32):
+        x = self.arrays[name]
+        sels = (rows, layers, poolings, neurons)
+        index = tuple(None if s is None else _bounded(s, x.shape[a]) for a, s in enumerate(sels))
+        return _take(x, index, None if dtype is None else jnp.dtype(dtype))
+
+    def read_columns(self, name, layers, poolings, neurons, *, rows=None, dtype=np.float32):
+        """[N, M]: column m is x[:, layers[m], poolings[m], neurons[m]] of "hidden" / "ffn"
+        [N, L, P, F], read in one gather (the learner's candidate columns)."""
+        x = self.arrays[name]
+        rows = None if rows is None else _bounded(rows, x.shape[0])
+        cols = tuple(
+            _bounded(i, n) for i, n in zip((layers, poolings, neurons), x.shape[1:], strict=True)
+        )
+        return _take_columns(x, rows, cols, jnp.dtype(dtype))
+
+
+def _bounded(sel, n: int) -> np.ndarray:
+    """Indices in [0, n) as np.take reads `sel`: negatives count from the end, one out of
+    range is an IndexError."""
+    return np.arange(n, dtype=np.int32)[np.asarray(sel, np.int64)]
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _take_columns(x, rows, cols, dtype):
+    x = x if rows is None else jnp.take(x, rows, axis=0, mode="clip")  # in range: _bounded
+    return x[:, cols[0], cols[1], cols[2]].astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _take(x, index, dtype=None):
+    for axis, idx in enumerate(index):
+        if idx is not None:
+            x = jnp.take(x, idx, axis=axis, mode="clip")  # in range: _bounded
+    return x if dtype is None else x.astype(dtype)
 
 
 # ---- batching ----------------------------------------------------------------------------
@@ -264,6 +316,55 @@ def replicate(mesh, params):
     return jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
+# ---- where features in memory are kept ---------------------------------------------------
+
+PLACEMENTS = ("auto", "host", "device")
+
+
+def placement_of(placement: str, specs, n_rows: int) -> str:
+    """ "host" or "device". "auto" is the device on an accelerator (one process) when each
+    device's share of the arrays takes under a quarter of its free memory; else the host
+    (always on CPU, and where the backend reports no memory statistics)."""
+    if placement != "auto":
+        return placement
+    if jax.default_backend() == "cpu" or jax.process_count() > 1:
+        return "host"
+    free = device_memory_free()
+    total = sum(n_rows * np.prod(s) * STORE_DTYPES[d].itemsize for s, d in specs.values())
+    mesh = default_mesh()
+    share = total / mesh.size if mesh is not None and n_rows % mesh.size == 0 else total
+    return "device" if free is not None and share < free / 4 else "host"
+
+
+def device_memory_free() -> int | None:
+    """Bytes the first local device has left, or None where it reports no statistics."""
+    stats = jax.local_devices()[0].memory_stats()
+    if not stats or "bytes_limit" not in stats:
+        return None
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+
+
+def device_sharding(mesh, n_rows: int):
+    """Where DeviceFeatures' arrays live: split by rows over the mesh's "data" axis when the
+    rows divide evenly among its devices, else (and with one device) on the first device."""
+    if mesh is not None and n_rows % mesh.size == 0:
+        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+@functools.cache
+def _scatter_program(sharding):
+    """scatter(buf, rows, x): buf with buf[rows[i]] = x[i], in place (buf is donated).
+
+    Rows out of range (a batch's filler rows) are dropped; the result stays in `sharding`.
+    """
+
+    def scatter(buf, rows, x):
+        return buf.at[rows].set(x, mode="drop")
+
+    return jax.jit(scatter, donate_argnums=0, out_shardings=sharding)
+
+
 # ---- the run -----------------------------------------------------------------------------
 
 
@@ -278,6 +379,7 @@ class ExtractOptions:
     token_budget: int = 16384
     progress: bool = True
     neurons: NeuronSelection | None = None  # selective extraction, as `extract` validated it
+    placement: str = "auto"  # without `out`: "host", "device" or "auto" (see placement_of)
 
 
 def _as_dataset(data) -> TextDataset:
@@ -342,7 +444,10 @@ def extract(model: Model, data, out=None, *, neurons=None, **options):
     """Extracts pooled features of every layer for `data` (TextDataset or list of texts).
 
     With `out`, writes (or resumes) a FeatureStore there and returns it; without, returns
-    MemoryFeatures. Options: see ExtractOptions.
+    the features in memory, where `placement` says: "host" MemoryFeatures (numpy), "device"
+    DeviceFeatures (jax Arrays on the accelerator, for probes that read them there), "auto"
+    (the default) the device when they fit comfortably in its memory (placement_of), else
+    the host. Options: see ExtractOptions.
 
     `neurons` extracts only these neurons (spin_jax.selection): {"hidden": {layer: [neuron,
     ...]}, "ffn": {...}} (hidden layers 0..L, 0 = embeddings; ffn layers 1..L = block), the
@@ -352,7 +457,7 @@ def extract(model: Model, data, out=None, *, neurons=None, **options):
     """
     opts = ExtractOptions(**options)
     ds = _as_dataset(data)
-    _check_options(ds, opts)
+    _check_options(ds, opts, out)
     k = _check_k(model.config, opts.num_layers)  # before a store is made with a wrong shape
     if neurons is not None:
         sel = parse_neurons(neurons, model.config, opts.num_layers)
@@ -362,12 +467,15 @@ def extract(model: Model, data, out=None, *, neurons=None, **options):
     ids, truncated = encode(model.tokenizer, ds.texts, max_length)
     specs = _array_specs(model, k, opts)
     identity = _identity(model, ds, opts, k, max_length)
-    runner = _Runner(model, k, opts, max_length)
     if out is None:
+        placement = placement_of(opts.placement, specs, len(ids))
+        runner = _Runner(model, k, opts, max_length, placement)
         arrays = runner.run_rows(ids, np.arange(len(ids)), specs)
         runner.summary.truncated = truncated
-        log.info("extracted: %s", runner.summary)
-        return MemoryFeatures(arrays, ds.labels, ds.label_names, identity)
+        log.info("extracted (%s memory): %s", placement, runner.summary)
+        kind = DeviceFeatures if placement == "device" else MemoryFeatures
+        return kind(arrays, ds.labels, ds.label_names, identity)
+    runner = _Runner(model, k, opts, max_length)
     store = FeatureStore.create(
         out,
         manifest=identity,
@@ -383,7 +491,14 @@ def extract(model: Model, data, out=None, *, neurons=None, **options):
     return store
 
 
-def _check_options(ds: TextDataset, opts: ExtractOptions) -> None:
+def _check_options(ds: TextDataset, opts: ExtractOptions, out) -> None:
+    if opts.placement not in PLACEMENTS:
+        raise InputError(f"placement={opts.placement!r}: choose one of {PLACEMENTS}.")
+    if out is not None and opts.placement == "device":
+        raise InputError(
+            "placement='device' keeps features in accelerator memory, but `out` writes them "
+            "to a store on disk; drop `out`, or the placement."
+        )
     if len(ds) == 0:
         raise DataError(f"{ds.source} has no rows to extract.")
     unknown = set(opts.poolings) - set(POOLINGS)
@@ -408,13 +523,20 @@ def _write_summary(store, summary: Summary):
 
 
 class _Runner:
-    """Runs batches on all local devices and assembles rows in their original order."""
+    """Runs batches on all local devices and assembles rows in their original order: in
+    numpy arrays (placement "host"), or in device buffers (placement "device")."""
 
-    def __init__(self, model: Model, k: int, opts: ExtractOptions, max_length: int):
+    def __init__(
+        self, model: Model, k: int, opts: ExtractOptions, max_length: int, placement="host"
+    ):
         self.model, self.k, self.opts, self.max_length = model, k, opts, max_length
         self.mesh = default_mesh()
         self.params = replicate(self.mesh, model.params)
-        self.pooled = pooled_dispatcher(self.mesh)
+        self.on_device = placement == "device"
+        # On the device, results skip the copy to the host: the program's outputs are kept.
+        self.pooled = (
+            pooled_program(None, self.mesh) if self.on_device else pooled_dispatcher(self.mesh)
+        )
         self.pool_idx = tuple(POOLINGS.index(p) for p in opts.poolings)
         self.cols = None  # the gather indices of a selective extraction, on every device
         if opts.neurons is not None:
@@ -439,7 +561,7 @@ class _Runner:
 
     def run_rows(self, ids: list[np.ndarray], rows: np.ndarray, specs) -> dict[str, np.ndarray]:
         """Features for ids[rows], as arrays in the order of `rows`."""
-        out = {n: np.empty((len(rows), *s), STORE_DTYPES[d]) for n, (s, d) in specs.items()}
+        out = self._buffers(len(rows), specs)
         lengths = np.array([len(ids[r]) for r in rows])
         multiple = 1 if self.mesh is None else self.mesh.size
         plan = plan_batches(lengths, self.max_length, self.opts.token_budget, multiple)
@@ -461,15 +583,40 @@ class _Runner:
         self.summary.seconds += time.perf_counter() - start
         return out
 
+    def _buffers(self, n: int, specs) -> dict:
+        if not self.on_device:
+            return {name: np.empty((n, *s), STORE_DTYPES[d]) for name, (s, d) in specs.items()}
+        sharding = device_sharding(self.mesh, n)
+        return {
+            name: jnp.zeros((n, *s), STORE_DTYPES[d], device=sharding)
+            for name, (s, d) in specs.items()
+        }
+
     def _collect(self, item, out):
         local, results = item  # the program's outputs, in the order of `out` (its specs)
         n = len(local)
-        for buf, x in zip(out.values(), results, strict=True):
-            buf[local] = np.asarray(x)[:n]
+        if self.on_device:
+            self._scatter(local, results, out)
+        else:
+            for buf, x in zip(out.values(), results, strict=True):
+                buf[local] = np.asarray(x)[:n]
         if self.bar is not None:
             self.bar.update(n)
             rate = self.summary.tokens / max(self.bar.format_dict["elapsed"], 1e-9)
             self.bar.set_postfix(tok_s=f"{rate:,.0f}")
+
+    def _scatter(self, local, results, out):
+        """Writes a batch's rows into the device buffers `out`, in place, on the device."""
+        jax.block_until_ready(results)  # at most three batches in flight, as on the host
+        first = next(iter(out.values()))
+        n_out, size = len(first), len(results[0])
+        rows = np.full(size, n_out, np.int32)  # filler rows: out of range, dropped
+        rows[: len(local)] = local
+        scatter = _scatter_program(first.sharding)
+        for name, x in zip(list(out), results, strict=True):
+            if x.sharding.device_set != first.sharding.device_set:
+                x = jax.device_put(x, first.sharding)  # device to device, onto the first
+            out[name] = scatter(out[name], rows, x)
 
     def fill_store(self, store: FeatureStore, ids, specs):
         missing = store.missing_chunks()

@@ -5,7 +5,9 @@ ffn[j-1] (its FFN activation), so a classifier using layers 1..k needs only the 
 blocks. The embedding output hidden[0] is not a candidate layer.
 
 Feature sources are anything with `read(name, rows=, layers=, poolings=, neurons=)`,
-`labels`, `label_names` and `n_rows`: a FeatureStore on disk or MemoryFeatures.
+`labels`, `label_names` and `n_rows`: a FeatureStore on disk, MemoryFeatures (numpy) or
+DeviceFeatures (jax Arrays). What a source reads stays where it is: features read from the
+device are standardised and gathered there, with no copy through the host.
 """
 
 from __future__ import annotations
@@ -96,10 +98,10 @@ def layer_axis(rep: str, layers: np.ndarray) -> np.ndarray:
     return layers if rep == "hidden" else layers - 1
 
 
-def read_layers(src, rep, pool, layers, rows=None) -> np.ndarray:
-    """[g, N, F] features of block layers `layers` for one pooling."""
+def read_layers(src, rep, pool, layers, rows=None):
+    """[g, N, F] features of block layers `layers` for one pooling (numpy or jax, as read)."""
     x = src.read(rep, rows=rows, layers=layer_axis(rep, layers), poolings=[pool], dtype=None)
-    return np.moveaxis(x[:, :, 0], 1, 0)
+    return x[:, :, 0].swapaxes(0, 1)  # a view of numpy, a device op of jax: no host copy
 
 
 def _lams(X, y, n_classes, opts: SpinOptions, n_rows: int):
@@ -277,8 +279,13 @@ def column_stats(cand: Candidates, tables) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def gather(src, cand: Candidates, mean, std, rows=None) -> np.ndarray:
-    """[N, M] standardised features of the candidate columns, read group by group."""
+def gather(src, cand: Candidates, mean, std, rows=None):
+    """[N, M] standardised features of the candidate columns, read group by group.
+
+    numpy; from a source on the device (DeviceFeatures), a jax Array built there.
+    """
+    if hasattr(src, "read_columns"):
+        return _gather_on_device(src, cand, mean, std, rows)
     out = np.empty((src.n_rows if rows is None else len(rows), len(cand)), np.float32)
     keys = np.stack([cand.rep, cand.pool, cand.layer], axis=1)
     for r, p, j in np.unique(keys, axis=0) if len(cand) else []:
@@ -295,11 +302,27 @@ def gather(src, cand: Candidates, mean, std, rows=None) -> np.ndarray:
     return out
 
 
-def _pad_cols(X: np.ndarray) -> np.ndarray:
+def _gather_on_device(src, cand: Candidates, mean, std, rows=None) -> jax.Array:
+    """gather from a DeviceFeatures: one gather program per representation, not per layer."""
+    parts, where = [], []
+    for r, rep in enumerate(REPS):
+        cols = np.nonzero(cand.rep == r)[0]
+        if len(cols):
+            layers = layer_axis(rep, cand.layer[cols])
+            x = src.read_columns(rep, layers, cand.pool[cols], cand.neuron[cols], rows=rows)
+            parts.append((x - mean[cols]) / std[cols])
+            where.append(cols)
+    if not parts:
+        return jnp.zeros((src.n_rows if rows is None else len(rows), 0), jnp.float32)
+    return jnp.concatenate(parts, axis=1)[:, np.argsort(np.concatenate(where))]
+
+
+def _pad_cols(X):
     """Pads columns to a power of two (zeros, masked out) so shapes repeat across runs."""
     M = X.shape[1]
     target = max(128, 1 << int(M - 1).bit_length())
-    return np.pad(X, ((0, 0), (0, target - M)))
+    pad = jnp.pad if isinstance(X, jax.Array) else np.pad  # a device array stays there
+    return pad(X, ((0, 0), (0, target - M)))
 
 
 def integration_masks(cand: Candidates, n_etas: int, n_layers: int) -> np.ndarray:
@@ -380,7 +403,8 @@ class SpinHead:
             self.rep, self.pool, self.layer, self.neuron, np.zeros(len(self.rep), np.int64)
         )
 
-    def features(self, src, rows=None) -> np.ndarray:
+    def features(self, src, rows=None):
+        """[N, M] standardised kept columns of `src` (numpy, or jax from a device source)."""
         return gather(src, self.candidates(), self.mean, self.std, rows)
 
     def proba(self, Xs) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Extraction: CLI features == direct forward, resume, refusals, batching plan, compile count,
-8 fake CPU devices == 1 device (full and selective), run summary.
+features kept on the device == on the host, 8 fake CPU devices == 1 device (full and
+selective, on the host and on the device), run summary.
 
 One tiny random BERT (vocab 30522 so that MiniLM's real tokenizer fits it), saved with
 save_pretrained into a temporary folder: no download, a compile costs well under a second.
@@ -24,8 +25,9 @@ import pytest
 import spin_jax
 from spin_jax import extraction as extract_mod
 from spin_jax.cli import main
-from spin_jax.data import load_texts
-from spin_jax.extraction import MemoryFeatures, extract, plan_batches
+from spin_jax.data import DataError, load_texts
+from spin_jax.extraction import DeviceFeatures, MemoryFeatures, extract, plan_batches
+from spin_jax.models import InputError
 from spin_jax.selection import parse_neurons
 from spin_jax.store import FeatureStore, StoreMismatchError
 from tests import hf_tiny
@@ -167,6 +169,100 @@ def test_memory_features_equal_store(store_dir, model, texts):
     np.testing.assert_array_equal(
         mem.read("hidden", **sel), mem.read("hidden")[[3, 0]][:, [-1]][:, :, [1]]
     )
+
+
+# ---- features kept on the device ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("neurons", [None, NEURONS])
+def test_device_placement_equals_host(model, texts, neurons):
+    """Rows of a shuffled length mix, assembled on the device in their original order."""
+    kw = dict(max_length=MAX_LENGTH, dtype="float32", progress=False, neurons=neurons)
+    host = extract(model, texts, placement="host", **kw)
+    dev = extract(model, texts, placement="device", **kw)
+    assert type(host) is MemoryFeatures and type(dev) is DeviceFeatures
+    assert set(dev.arrays) == set(host.arrays) == ({"columns"} if neurons else {"hidden", "ffn"})
+    assert dev.n_rows == len(texts) and dev.manifest == host.manifest
+    np.testing.assert_array_equal(dev.labels, host.labels)
+    for name, x in dev.arrays.items():
+        assert isinstance(x, jax.Array) and dev.shape(name) == host.shape(name)
+        np.testing.assert_array_equal(np.asarray(x), host.arrays[name], err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "sel",
+    [
+        {},
+        dict(rows=[3, 0, 3]),
+        dict(layers=[-1, 0], poolings=[2]),
+        dict(rows=np.arange(5, 1, -1), layers=[1], poolings=[0, 1], neurons=[9, 2]),
+        dict(rows=[6], neurons=[-1]),
+    ],
+)
+def test_device_read_equals_memory_read(sel):
+    rng = np.random.default_rng(0)
+    arrays = {"hidden": rng.normal(size=(7, 3, 3, 11)).astype(np.float16)}
+    arrays["columns"] = rng.normal(size=(7, 3, 5)).astype(np.float16)
+    mem = MemoryFeatures(arrays, None, None, {})
+    dev = DeviceFeatures({k: jax.numpy.asarray(v) for k, v in arrays.items()}, None, None, {})
+    for name in arrays:
+        s = sel if name == "hidden" else {k: v for k, v in sel.items() if k != "neurons"}
+        for dtype in (np.float32, None):
+            got, want = dev.read(name, dtype=dtype, **s), mem.read(name, dtype=dtype, **s)
+            assert isinstance(got, jax.Array) and got.dtype == want.dtype, (name, dtype)
+            np.testing.assert_array_equal(np.asarray(got), want)
+    with pytest.raises(IndexError):
+        dev.read("hidden", layers=[3])
+
+
+def test_auto_placement_on_cpu_keeps_features_on_the_host(model):
+    feats = extract(model, ["a film", "the end"], max_length=MAX_LENGTH, progress=False)
+    assert type(feats) is MemoryFeatures
+
+
+class FakeDevice:
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        return self.stats
+
+
+GIB = 1 << 30
+SPECS = {"hidden": ((5, 1, 2), "float16"), "ffn": ((1, 1, 30), "float32")}  # 140 bytes a row
+
+
+@pytest.mark.parametrize(
+    "backend,stats,want",
+    [
+        ("cpu", {"bytes_limit": GIB, "bytes_in_use": 0}, "host"),
+        ("gpu", {"bytes_limit": GIB, "bytes_in_use": 0}, "device"),
+        ("tpu", {"bytes_limit": GIB, "bytes_in_use": GIB - 4 * 980 - 4}, "device"),
+        ("gpu", {"bytes_limit": GIB, "bytes_in_use": GIB - 4 * 980}, "host"),  # a quarter
+        ("gpu", {"bytes_limit": 1000}, "host"),  # nothing in use, yet too small
+        ("gpu", None, "host"),  # the backend reports no memory statistics
+        ("gpu", {}, "host"),
+    ],
+)
+def test_auto_placement_rule(monkeypatch, backend, stats, want):
+    """The device when the arrays (7 rows: 980 bytes) take under a quarter of its free memory."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax, "local_devices", lambda: [FakeDevice(stats)])
+    assert extract_mod.placement_of("auto", SPECS, 7) == want
+    assert extract_mod.placement_of("host", SPECS, 7) == "host"
+    assert extract_mod.placement_of("device", SPECS, 7) == "device"
+
+
+def test_bad_placements_are_refused(tmp_path, model):
+    kw = dict(max_length=MAX_LENGTH, progress=False)
+    with pytest.raises(InputError, match=r"placement='gpu': choose one of \('auto'"):
+        extract(model, ["a film"], placement="gpu", **kw)
+    with pytest.raises(InputError, match="placement='device'.*drop `out`"):
+        extract(model, ["a film"], tmp_path / "store", placement="device", **kw)
+    assert not (tmp_path / "store").exists()
+    store = extract(model, ["a film"], tmp_path / "store", placement="host", **kw)
+    assert isinstance(store, FeatureStore)
+    assert issubclass(InputError, ValueError) and issubclass(DataError, ValueError)
 
 
 # ---- resume and refusals -----------------------------------------------------------------
@@ -381,10 +477,19 @@ np.save(out + "/ffn.npy", feats.read("ffn"))
 sel = extract(spin_jax.load_model(folder), texts, max_length=max_length, dtype="float32",
               progress=False, neurons=NEURONS)
 np.save(out + "/columns.npy", sel.read("columns"))
+# On the device: 20 rows on the first device, 16 split by rows over the 8 devices.
+for n, sharded in ((20, False), (16, True)):
+    dev = extract(spin_jax.load_model(folder), texts[:n], max_length=max_length,
+                  dtype="float32", progress=False, placement="device")
+    for name, x in dev.arrays.items():
+        assert len(x.sharding.device_set) == (8 if sharded else 1), x.sharding
+        assert x.sharding.is_fully_replicated != sharded, x.sharding
+        np.save(out + f"/device-{n}-{name}.npy", np.asarray(dev.read(name)))
 """
 
 
 def test_eight_devices_equal_one(tmp_path, folder, model):
+    """Full and selective extraction; and kept on the device, row-sharded or on one device."""
     texts = make_texts(20, seed=3, max_words=30)
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     (tmp_path / "sharded.py").write_text(textwrap.dedent(SHARDED).replace("NEURONS", repr(NEURONS)))
@@ -413,7 +518,8 @@ def test_eight_devices_equal_one(tmp_path, folder, model):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert extract_mod.default_mesh() is None  # this process has one device
-    one = extract(model, texts, max_length=MAX_LENGTH, dtype="float32", progress=False)
+    kw = dict(max_length=MAX_LENGTH, dtype="float32", progress=False)
+    one = extract(model, texts, **kw)
     for name in ("hidden", "ffn"):
         np.testing.assert_allclose(
             np.load(tmp_path / f"{name}.npy"), one.read(name), atol=TOL, rtol=0, err_msg=name
@@ -422,3 +528,8 @@ def test_eight_devices_equal_one(tmp_path, folder, model):
         model, texts, max_length=MAX_LENGTH, dtype="float32", progress=False, neurons=NEURONS
     )
     np.testing.assert_allclose(np.load(tmp_path / "columns.npy"), sel.read("columns"), atol=TOL)
+    for n in (20, 16):
+        rows = one if n == len(texts) else extract(model, texts[:n], **kw)
+        for name in ("hidden", "ffn"):
+            got = np.load(tmp_path / f"device-{n}-{name}.npy")
+            np.testing.assert_allclose(got, rows.read(name), atol=TOL, rtol=0, err_msg=name)

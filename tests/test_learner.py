@@ -14,6 +14,7 @@ import itertools
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ from spin_jax import probes
 from spin_jax.classifier import WEIGHTS_FILE, ArtifactError, SpinClassifier
 from spin_jax.cli import main
 from spin_jax.data import DataError
-from spin_jax.extraction import MemoryFeatures, extract
+from spin_jax.extraction import DeviceFeatures, MemoryFeatures, extract
 from spin_jax.learner import (
     SpinError,
     SpinOptions,
@@ -199,6 +200,34 @@ def test_fit_features_aligns_label_ids_across_sources(model):
         SpinClassifier(model, **FAST).fit_features(train, other)
 
 
+def on_device(src: MemoryFeatures) -> DeviceFeatures:
+    arrays = {k: jax.numpy.asarray(v) for k, v in src.arrays.items()}
+    return DeviceFeatures(arrays, src.labels, src.label_names, src.manifest)
+
+
+def test_fit_on_device_features_equals_host(model):
+    """Probes, integration and scores read features kept on the device: the same classifier."""
+    host = splits(planted, ("neg", "pos"))
+    dev = [on_device(s) for s in host]
+    opts = {**FAST, "poolings": ("mean", "all"), "representations": ("ffn", "both")}
+    want = SpinClassifier(model, **opts).fit_features(*host)
+    got = SpinClassifier(model, **opts).fit_features(*dev)
+    for field in ("rep", "pool", "layer", "neuron"):
+        np.testing.assert_array_equal(getattr(got.head, field), getattr(want.head, field))
+    for field in ("mean", "std", "weights", "intercept"):
+        np.testing.assert_allclose(
+            getattr(got.head, field), getattr(want.head, field), atol=1e-6, rtol=0
+        )
+    assert got.head.num_layers == want.head.num_layers
+    for key in ("chosen", "spin", "baselines", "per_layer_probes", "metric"):
+        assert got.report[key] == want.report[key], key
+    test_host, test_dev = host[2], dev[2]
+    logits = got.decision_function(test_dev)
+    np.testing.assert_allclose(logits, want.decision_function(test_host), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got.features(test_dev), want.features(test_host), atol=1e-6)
+    assert got.score(test_dev) == want.score(test_host)
+
+
 def test_choose_metric():
     y = np.array([0, 0, 0, 1, 1, 2])
     assert choose_metric("auto", y, 3) == "macro_f1"
@@ -293,6 +322,20 @@ def test_early_exit_equals_full_extraction(clf, model, data):
     np.testing.assert_allclose(clf.predict_proba(texts), head.proba(X), atol=1e-5, rtol=0)
     # Selective extraction: only the kept neurons, in the head's column order.
     np.testing.assert_allclose(clf.features(texts), X, atol=1e-5, rtol=0)
+
+
+def test_device_features_score_like_texts(clf, model, data):
+    """decision_function on features kept on the device (full and the classifier's columns)
+    equals decision_function on the texts."""
+    texts = data["test"][0]
+    want = clf.decision_function(texts)
+    full = extract(
+        model, texts, dtype="float32", max_length=clf.max_length, progress=False, placement="device"
+    )
+    kept = clf.extract_kept(texts, placement="device")
+    for src in (full, kept):
+        assert isinstance(src, DeviceFeatures)
+        np.testing.assert_allclose(clf.decision_function(src), want, atol=1e-5, rtol=0)
 
 
 def test_explain_gives_one_distribution_per_token(clf, model):
