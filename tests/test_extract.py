@@ -160,7 +160,9 @@ def test_summary(store_dir, model, texts):
 
 
 def test_memory_features_equal_store(store_dir, model, texts):
-    mem = extract(model, texts, max_length=MAX_LENGTH, dtype="float32", progress=False)
+    mem = extract(
+        model, texts, max_length=MAX_LENGTH, dtype="float32", progress=False, placement="host"
+    )
     store = FeatureStore.open(store_dir)
     assert isinstance(mem, MemoryFeatures) and mem.n_rows == len(texts)
     for name in ("hidden", "ffn"):
@@ -215,6 +217,7 @@ def test_device_read_equals_memory_read(sel):
         dev.read("hidden", layers=[3])
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto placement on CPU")
 def test_auto_placement_on_cpu_keeps_features_on_the_host(model):
     feats = extract(model, ["a film", "the end"], max_length=MAX_LENGTH, progress=False)
     assert type(feats) is MemoryFeatures
