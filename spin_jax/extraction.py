@@ -35,7 +35,7 @@ from spin_jax.model import Model
 from spin_jax.models import POOLINGS, InputError, _check_k, _forward
 from spin_jax.selection import COLUMNS, NeuronSelection, parse_neurons
 from spin_jax.store import DTYPES as STORE_DTYPES
-from spin_jax.store import FeatureStore
+from spin_jax.store import FeatureStore, StoreError, _selection
 from spin_jax.text import encode, max_length_of, pad_batch
 
 log = logging.getLogger("spin_jax")
@@ -87,10 +87,13 @@ class MemoryFeatures(_ArrayFeatures):
     """Features in host memory: numpy arrays; `read` returns numpy arrays."""
 
     def read(self, name, *, rows=None, layers=None, poolings=None, neurons=None, dtype=np.float32):
+        """As FeatureStore.read: the same index rules (negatives, boolean masks, empty lists)
+        and the same errors for a missing array, an index out of range or a missing axis."""
+        if name not in self.arrays:
+            raise StoreError(f"no array {name!r} in these features; they hold {list(self.arrays)}.")
         x = self.arrays[name]
-        for axis, sel in ((0, rows), (1, layers), (2, poolings), (3, neurons)):
-            if sel is not None:
-                x = np.take(x, np.asarray(sel), axis=axis)
+        row_idx, axes = _selection(name, x.shape, rows, (layers, poolings, neurons))
+        x = x[np.ix_(row_idx, *axes)]
         return x if dtype is None else x.astype(dtype)
 
 

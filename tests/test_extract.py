@@ -29,7 +29,7 @@ from spin_jax.data import DataError, load_texts
 from spin_jax.extraction import DeviceFeatures, MemoryFeatures, extract, plan_batches
 from spin_jax.models import InputError
 from spin_jax.selection import parse_neurons
-from spin_jax.store import FeatureStore, StoreMismatchError
+from spin_jax.store import FeatureStore, StoreError, StoreMismatchError
 from tests import hf_tiny
 
 pytest.importorskip("torch")
@@ -215,6 +215,22 @@ def test_device_read_equals_memory_read(sel):
             np.testing.assert_array_equal(np.asarray(got), want)
     with pytest.raises(IndexError):
         dev.read("hidden", layers=[3])
+
+
+def test_memory_read_follows_the_store_rules():
+    """Same index rules and errors as FeatureStore.read (they share _selection)."""
+    hidden = np.arange(7 * 3 * 2 * 5, dtype=np.float32).reshape(7, 3, 2, 5)
+    mem = MemoryFeatures({"hidden": hidden, "columns": hidden[:, 0]}, None, None, {})
+    assert mem.read("hidden", rows=[]).shape == (0, 3, 2, 5)
+    mask = np.array([True, False, True, False, False, False, True])
+    np.testing.assert_array_equal(mem.read("hidden", rows=mask), hidden[mask])
+    np.testing.assert_array_equal(mem.read("hidden", neurons=[-1]), hidden[..., [-1]])
+    with pytest.raises(StoreError, match="out of range"):
+        mem.read("hidden", layers=[3])
+    with pytest.raises(StoreError, match="no axis 3"):
+        mem.read("columns", neurons=[0])
+    with pytest.raises(StoreError, match="no array .ffn."):
+        mem.read("ffn")
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto placement on CPU")
