@@ -288,7 +288,8 @@ class SpinClassifier:
         """Extracts only what this classifier reads, to pass to decision_function & co.
 
         Its kept (rep, layer, neuron) columns at the poolings it uses, running blocks up to
-        its deepest kept layer (head.num_layers); a FeatureStore at `out` or MemoryFeatures.
+        its deepest kept layer (head.num_layers); a FeatureStore at `out`, else features in
+        memory where extract's `placement` puts them (MemoryFeatures or DeviceFeatures).
         Options as extract's; dtype defaults to float32 (the columns are few, and the logits
         then match decision_function(texts) to float rounding), max_length and
         token_budget to the classifier's.
