@@ -13,6 +13,10 @@ variants change it, each alone or joined by "+":
   dbuf       XLA's while-loop double buffering
   stream     the pooling kernel on a second CUDA stream (compute_on("gpu_stream:1")),
              overlapping the matmuls
+  vecs       every per-layer vector (biases, norms) indexed by the step inside the loop
+             body rather than sliced by the scan (one copy each a layer); norms: only
+             the norms' scales and biases (dense biases stay cuBLAS epilogue operands)
+  lhs        XLA's latency-hiding scheduler (may overlap the async weight copies)
   nolt       legacy cuBLAS gemms rather than cublasLt (dynamic-slice fusion reads those)
   graphs     CUDA graphs (XLA command buffers) also around the while loop; graphs_ds also
              around dynamic-slice fusions
@@ -48,6 +52,7 @@ OPTION_VARIANTS = {  # variant name -> the XLA option it sets
     "merge": ("xla_gpu_dot_merger_threshold_mb", 32),
     "dbuf": ("xla_gpu_enable_while_loop_double_buffering", True),
     "nolt": ("xla_gpu_enable_cublaslt", False),
+    "lhs": ("xla_gpu_enable_latency_hiding_scheduler", True),
     "stream": ("xla_gpu_experimental_stream_annotation", True),
     # CUDA graphs also around the layer loop and its dynamic slices (XLA's default leaves
     # the while loop out of the command buffers).
@@ -95,6 +100,37 @@ def on_stream(fn):
     return wrap(fn, compute_type="gpu_stream:1", out_memory_spaces=MemorySpace.Device)
 
 
+def indexed_scan(pick):
+    """A layer scan in which the stacked leaves that pick(leaf, dense_biases) selects are
+    not sliced by the scan but indexed by the step inside the body: a dynamic slice XLA can
+    fuse into its consumer (a layer norm) instead of a copy per leaf and layer."""
+
+    def scan(body, carry, layers, use_scan=True):
+        flat, tree = jax.tree_util.tree_flatten_with_path(layers)
+        dense = {path[:-1] for path, _ in flat if getattr(path[-1], "key", None) == "kernel"}
+        held = [pick(x, path[:-1] in dense) for path, x in flat]
+        scanned = [x for (_, x), h in zip(flat, held, strict=True) if not h]
+
+        def step(c, xs):
+            i, sliced = xs
+            sliced = iter(sliced)
+            leaves = [
+                jax.lax.dynamic_index_in_dim(x, i, keepdims=False) if h else next(sliced)
+                for (_, x), h in zip(flat, held, strict=True)
+            ]
+            return body(c, tree.unflatten(leaves))
+
+        return jax.lax.scan(step, carry, (jnp.arange(flat[0][1].shape[0]), scanned))
+
+    return scan
+
+
+INDEXED = {  # variant -> which stacked leaves the body indexes (indexed_scan)
+    "vecs": lambda x, dense: x.ndim == 2,  # every per-layer vector
+    "norms": lambda x, dense: x.ndim == 2 and not dense,  # norm scales and biases
+}
+
+
 def unrolled_scan(unroll):
     def scan(body, carry, layers, use_scan=True):
         return jax.lax.scan(body, carry, layers, unroll=unroll)
@@ -112,6 +148,8 @@ def patched(variant: set[str]):
     if "stream" in variant:
         pooling.mean_max = on_stream(saved[3])
     for v in variant:
+        if v in INDEXED:
+            L.scan_layers = indexed_scan(INDEXED[v])
         if v.startswith("unroll"):
             L.scan_layers = unrolled_scan(int(v[6:] or 0) or True)
     try:
@@ -127,8 +165,11 @@ def profile(fn, top: int, calls: int = 3):
                 out = fn()
             jax.block_until_ready(out)
         path = next(Path(d).rglob("perfetto_trace.json.gz"))
-        times, _ = kernel_times(json.loads(gzip.decompress(path.read_bytes())))
-    print(f"    GPU time {sum(times.values()) / calls / 1000:.2f} ms per call")
+        times, _, tracks = kernel_times(json.loads(gzip.decompress(path.read_bytes())))
+    print(
+        f"    GPU time {sum(times.values()) / calls / 1000:.2f} ms per call; "
+        f"tracks {sorted(tracks)}"
+    )
     for name, us in times.most_common(top):
         print(f"    {us / calls / 1000:8.3f} ms  {name[:100]}")
 

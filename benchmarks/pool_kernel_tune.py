@@ -43,22 +43,24 @@ def main():
         real_bytes = int(lengths.sum()) * F * 2
         s = timed(lambda x, n: (L.pool_jnp(x, jnp.arange(T)[None] < n[:, None], tok),), x, lengths)
         print(f"F={F}: jnp reductions {s * 1e6:7.1f} us, {real_bytes / s / 1e9:6.0f} GB/s")
-        grid = itertools.product((16, 32, 64), (32, 64, 128, 256), (1, 2, 4, 8))
-        for chunk, bf, warps in grid:
-            if F % bf:
+        rows = []
+        grid = itertools.product((1, 2, 4), (16, 32, 64), (32, 64, 128, 256), (1, 2, 4, 8))
+        for group, chunk, bf, warps in grid:
+            if (group * F) % bf or (T // group) % chunk or (group > 1 and F % 128 == 0):
                 continue
-            fn = lambda x, n, c=chunk, b=bf, w=warps: pooling.mean_max(  # noqa: E731
-                x, n, chunk=c, block_f=b, num_warps=w
+            fn = lambda x, n, g=group, c=chunk, b=bf, w=warps: pooling.mean_max(  # noqa: E731
+                x, n, chunk=c, block_f=b, num_warps=w, group=g
             )
+            label = f"group {group} chunk {chunk:3d} block {bf:3d} warps {warps}"
             try:
-                s = timed(fn, x, lengths)
+                rows.append((timed(fn, x, lengths), label))
             except Exception as e:  # noqa: BLE001 - report and go on
-                print(f"  chunk {chunk} block {bf} warps {warps}: {type(e).__name__}")
-                continue
-            print(
-                f"  chunk {chunk:3d} block {bf:3d} warps {warps}: {s * 1e6:7.1f} us, "
-                f"{real_bytes / s / 1e9:6.0f} GB/s"
-            )
+                print(f"  {label}: {type(e).__name__}")
+        g = pooling._group(T, F)
+        default = g, *pooling._tiles(T // g, g * F)
+        print(f"  fastest first (the library's default: group, chunk, block, warps {default}):")
+        for s, label in sorted(rows)[:10]:
+            print(f"  {label}: {s * 1e6:7.1f} us, {real_bytes / s / 1e9:6.0f} GB/s")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import functools
 import gzip
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -25,15 +26,16 @@ from spin_jax.extraction import pooled_program
 from spin_jax.models import config_from_hf
 
 
-def kernel_times(trace: dict) -> tuple[collections.Counter, set[str]]:
-    """Microseconds per kernel name on the GPU's stream tracks of a Perfetto JSON trace
+def kernel_times(trace: dict) -> tuple[collections.Counter, collections.Counter, set[str]]:
+    """Microseconds and launches per kernel name on the GPU's stream tracks of a Perfetto JSON trace
     (the GPU's other tracks, XLA modules and ops, span those same kernels), and the names
     of the tracks read."""
     events, tracks = stream_events(trace)
-    times = collections.Counter()
+    times, counts = collections.Counter(), collections.Counter()
     for e in events:
         times[e["name"]] += e.get("dur", 0)
-    return times, tracks
+        counts[e["name"]] += 1
+    return times, counts, tracks
 
 
 def stream_events(trace: dict) -> tuple[list[dict], set[str]]:
@@ -78,13 +80,61 @@ def detail(events: list[dict], calls: int) -> None:
         )
 
 
+def trace_events(run) -> tuple[dict, float]:
+    """The Perfetto trace of run() and its wall seconds."""
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            t0 = time.perf_counter()
+            run()
+            wall = time.perf_counter() - t0
+        path = next(Path(d).rglob("perfetto_trace.json.gz"))
+        return json.loads(gzip.decompress(path.read_bytes())), wall
+
+
+def profile_pass(model: str, passes: int, save: str | None = None) -> None:
+    """A whole extract_throughput pass of the spin_jax contender: wall time against GPU busy
+    time, and the GPU's idle time inside and between the batches' programs."""
+    from benchmarks import extract_throughput as bench
+
+    args = bench.parse_args(["--models", model])
+    _, m, batches, _ = bench.prepare(model, args, "cuda", bench.torch.bfloat16)
+    dispatch, collect = bench.jax_contender(m, bare=False)
+    run = functools.partial(bench.run_pass, dispatch, collect, batches, 0)
+    for _ in range(passes):  # compile every shape, then a warm pass
+        run()
+    trace, wall = trace_events(lambda: (run(), bench.sync("cuda")))
+    if save:
+        Path(save).write_bytes(gzip.compress(json.dumps(trace).encode()))
+    events, _ = stream_events(trace)
+    kernels = [e for e in events if "Memcpy" not in e["name"] or "DtoD" in e["name"]]
+    busy, gaps, end = 0.0, [], kernels[0]["ts"]  # the union of kernel intervals, any stream
+    for e in kernels:
+        start, stop = e["ts"], e["ts"] + e["dur"]
+        busy += max(0, stop - max(start, end))
+        if start > end:
+            gaps.append(start - end)
+        end = max(end, stop)
+    busy, span, gaps = busy / 1e6, (end - kernels[0]["ts"]) / 1e6, np.array(gaps)
+    big = gaps[gaps > 200]  # > 200 us: between programs rather than between kernels
+    print(
+        f"{model}: {len(batches)} batches, wall {wall:.3f} s (traced), GPU span {span:.3f} s, "
+        f"busy {busy:.3f} s; idle {span - busy:.3f} s, of which {big.sum() / 1e6:.3f} s in "
+        f"{len(big)} gaps > 200 us (max {gaps.max() / 1000:.1f} ms); host copies "
+        f"{sum(e['dur'] for e in events if 'DtoH' in e['name']) / 1e6:.3f} s"
+    )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pass", dest="whole", default=None, help="profile a whole pass of this model")
+    p.add_argument("--save", default=None, help="with --pass: write the trace here (.json.gz)")
     p.add_argument("--model", default="gpt2-xl")
     p.add_argument("--calls", type=int, default=3)
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--shape", default="42,384")
     args = p.parse_args()
+    if args.whole:
+        return profile_pass(args.whole, 2, args.save)
     c = config_from_hf(CONFIGS[args.model])
     params, rng = rand_params(c), np.random.default_rng(0)
     B, T = (int(x) for x in args.shape.split(","))
@@ -101,14 +151,15 @@ def main():
             jax.block_until_ready(out)
         path = next(Path(d).rglob("perfetto_trace.json.gz"))
         trace = json.loads(gzip.decompress(path.read_bytes()))
-    times, tracks = kernel_times(trace)
+    times, counts, tracks = kernel_times(trace)
     print(f"GPU tracks: {sorted(tracks)}")
     detail(stream_events(trace)[0], args.calls)
     total = sum(times.values())
     print(f"{args.model} {B}x{T}: GPU time {total / args.calls / 1000:.2f} ms per call")
     for name, us in times.most_common(args.top):
         per_call = us / args.calls / 1000
-        print(f"  {per_call:8.3f} ms {100 * us / total:5.1f}%  {name[:110]}")
+        n = counts[name] / args.calls
+        print(f"  {per_call:8.3f} ms {100 * us / total:5.1f}% {n:5.0f}x  {name[:100]}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ from spin_jax.models import layers as L
 from spin_jax.models import pooling
 
 
-# (T, F): 16-token steps on 3 tiles of 32 features; 32-token steps on 2 tiles of 128.
-@pytest.mark.parametrize("shape", [(48, 96), (64, 256)])
+# (T, F): 16-token steps on 3 tiles of 32 features; 32-token steps on 2 tiles of 128;
+# 4 tokens a kernel row (384 wide); 2 tokens a kernel row (also 384 wide).
+@pytest.mark.parametrize("shape", [(48, 96), (64, 256), (64, 96), (96, 192)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_kernel_equals_jnp_pooling(dtype, shape):
     rng = np.random.default_rng(0)
@@ -29,13 +30,32 @@ def test_kernel_equals_jnp_pooling(dtype, shape):
     assert np.all(np.asarray(mean)[0] == 0) and np.all(np.asarray(mx)[0] == 0)
 
 
-def test_padding_values_are_never_read():
-    """Garbage (NaN, inf) past each row's length changes nothing."""
+def test_narrow_widths_are_read_as_several_tokens_a_row():
+    assert pooling._group(384, 1600) == 4  # GPT2-XL's hidden state: read 6400 wide
+    assert pooling._group(384, 6400) == pooling._group(384, 768) == 1  # 128-aligned
+    assert (pooling._group(64, 96), pooling._group(96, 192), pooling._group(48, 96)) == (4, 2, 1)
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_grouping_tokens_changes_nothing(group):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((5, 64, 96)), jnp.float32)
+    lengths = jnp.asarray([0, 1, 6, 37, 64])
+    want = pooling.mean_max(x, lengths, interpret=True, group=1)
+    got = pooling.mean_max(x, lengths, interpret=True, group=group)
+    np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(32, 64), (64, 96)])  # 2 and 4 tokens a kernel row
+def test_padding_values_are_never_read(shape):
+    """Garbage (NaN, inf) past each row's length changes nothing, also where a kernel row
+    holds real tokens and padding side by side."""
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 32, 64)).astype(np.float32)
-    lengths = jnp.asarray([5, 20])
+    x = rng.standard_normal((2, *shape)).astype(np.float32)
+    lengths = jnp.asarray([5, 21])
     clean = pooling.mean_max(jnp.asarray(x), lengths, interpret=True)
-    x[0, 5:], x[1, 20:] = np.nan, np.inf
+    x[0, 5:], x[1, 21:] = np.nan, np.inf
     dirty = pooling.mean_max(jnp.asarray(x), lengths, interpret=True)
     for a, b in zip(clean, dirty, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
