@@ -15,6 +15,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ import numpy as np
 
 from spin_jax import __version__
 from spin_jax.data import TextDataset, check_classes, stratified_split, subset
+from spin_jax.explain import token_shares
 from spin_jax.extraction import (
     DeviceFeatures,
     MemoryFeatures,
@@ -91,10 +93,6 @@ def _head_apply(x, sel):
 _head_apply_jit = jax.jit(_head_apply)
 
 
-def _token_logits(config, k, params, sel, ids, mask):
-    return _head_apply(_kept_features(config, k, params, sel, ids, mask, pooled=False), sel)
-
-
 def selection_order(head: SpinHead) -> np.ndarray:
     """Head columns in device order: hidden neurons first, then FFN neurons."""
     return np.concatenate([np.nonzero(head.rep == 0)[0], np.nonzero(head.rep == 1)[0]])
@@ -116,6 +114,23 @@ def selection(head: SpinHead) -> dict[str, jax.Array]:
         "weights": jnp.asarray(head.weights[order], jnp.float32),
         "intercept": jnp.asarray(head.intercept, jnp.float32),
     }
+
+
+class Explanation(NamedTuple):
+    """SpinClassifier.explain's answer for one text."""
+
+    tokens: list[str]
+    shares: np.ndarray  # [T, C] each token's share of each class's logit (centred)
+    bias: np.ndarray  # [C] the head's intercept (centred)
+    proba: np.ndarray  # [C] softmax(bias + shares.sum(0)): the text's class probabilities
+
+
+def _centred(logits) -> np.ndarray:
+    """[..., K] logits as [..., C] centred over the classes; K == 1 is binary: [-z/2, z/2]."""
+    z = np.asarray(logits, np.float64)
+    if z.shape[-1] == 1:
+        return np.concatenate([-z / 2, z / 2], axis=-1)
+    return z - z.mean(-1, keepdims=True)
 
 
 def _proba(logits: np.ndarray) -> np.ndarray:
@@ -358,12 +373,18 @@ class SpinClassifier:
             raise SpinError(f"{src.n_rows} rows but {len(labels)} labels; pass one per row.")
         return encode_labels(list(labels), self.label_names)[0]
 
-    def explain(self, text: str) -> list[tuple[str, np.ndarray]]:
-        """Per-token class probabilities from the same head applied to each token."""
+    def explain(self, text: str) -> Explanation:
+        """Each token's additive share of each class's logit (spin_jax/explain.py).
+
+        Shares and bias are centred over the classes (a binary head's one logit z becomes
+        [-z/2, z/2]), so softmax(bias + shares.sum(0)) is predict_proba([text])[0].
+        """
         self._check_fitted()
         ids, _ = encode(self.model.tokenizer, [str(text)], self.max_length)
+        if not len(ids[0]):
+            raise SpinError("explain: the text has no tokens; pass a non-empty text.")
         b_ids, b_mask = pad_batch(ids, len(ids[0]))
-        logits = _program(_token_logits)(
+        shares = _program(token_shares)(
             self.model.config,
             self.head.num_layers,
             self.model.params,
@@ -371,8 +392,15 @@ class SpinClassifier:
             b_ids,
             b_mask,
         )
-        tokens = self.model.tokenizer.convert_ids_to_tokens(ids[0].tolist())
-        return list(zip(tokens, _proba(np.asarray(logits)[0]), strict=True))
+        shares, bias = _centred(np.asarray(shares)[0]), _centred(self.head.intercept)
+        z = bias + shares.sum(0)
+        proba = np.exp(z - z.max())
+        return Explanation(
+            tokens=self.model.tokenizer.convert_ids_to_tokens(ids[0].tolist()),
+            shares=shares,
+            bias=bias,
+            proba=proba / proba.sum(),
+        )
 
     # -- persistence
 

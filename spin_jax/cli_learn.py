@@ -163,23 +163,23 @@ def cmd_predict(args):
 
 
 def cmd_explain(args):
-    """Per-token class probabilities: the classifier's head applied to each token."""
+    """Each token's share of the predicted class's logit (SpinClassifier.explain)."""
     from spin_jax.classifier import SpinClassifier
 
     clf = SpinClassifier.load(args.run, model=args.model)
-    tokens = clf.explain(args.text)
+    ex = clf.explain(args.text)
     names = list(clf.label_names)
-    label = names[int(clf.predict_proba([args.text])[0].argmax())]
+    k = int(ex.proba.argmax())
     if args.json:
-        rows = [
-            {"token": t, **{n: float(x) for n, x in zip(names, p, strict=True)}} for t, p in tokens
-        ]
-        print(json.dumps({"prediction": label, "tokens": rows}))
+        by_class = lambda v: {n: float(x) for n, x in zip(names, v, strict=True)}  # noqa: E731
+        rows = [{"token": t, **by_class(v)} for t, v in zip(ex.tokens, ex.shares, strict=True)]
+        out = {"prediction": names[k], "proba": by_class(ex.proba), "bias": by_class(ex.bias)}
+        print(json.dumps({**out, "tokens": rows}))
         return
-    k = names.index(label)
-    print(f"prediction: {label}")
-    for t, p in tokens:
-        print(f"  {t:>16s} {p[k]:.3f} {'#' * int(round(20 * p[k]))}")
+    print(f"prediction: {names[k]} (p = {ex.proba[k]:.3f}); each token's share of its logit:")
+    scale = max(float(abs(ex.shares[:, k]).max()), 1e-12)
+    for t, s in zip(ex.tokens, ex.shares[:, k], strict=True):
+        print(f"  {t:>16s} {s:+.3f} {('+' if s > 0 else '-') * round(20 * abs(s) / scale)}")
 
 
 def demo_model_dir() -> str:
@@ -213,10 +213,13 @@ def cmd_demo(args):
     if args.out:
         clf.save(args.out)
     text = "The acting was wooden, but the soundtrack was wonderful."
-    tokens = clf.explain(text)
+    ex = clf.explain(text)
     pos = clf.label_names.index("positive")
-    shown = " ".join(f"{t}({p[pos]:.2f})" for t, p in tokens[1:-1])
-    print(f"\nper-token P(positive) for {text!r}:\n  {shown}")
+    shown = " ".join(f"{t}({s:+.2f})" for t, s in zip(ex.tokens, ex.shares[:, pos], strict=True))
+    print(
+        f"\neach token's share of the 'positive' logit for {text!r} "
+        f"(P(positive) = {ex.proba[pos]:.2f}):\n  {shown}"
+    )
 
 
 def _common(p, *, labels=True):
@@ -263,7 +266,7 @@ def add_commands(sub) -> None:
     p.add_argument("--label-column", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("explain", help="per-token class probabilities for one text")
+    p = sub.add_parser("explain", help="each token's share of the class logits for one text")
     p.add_argument("run")
     p.add_argument("text")
     p.add_argument("--model", default=None)

@@ -338,14 +338,17 @@ def test_device_features_score_like_texts(clf, model, data):
         np.testing.assert_allclose(clf.decision_function(src), want, atol=1e-5, rtol=0)
 
 
-def test_explain_gives_one_distribution_per_token(clf, model):
+def test_explain_shares_add_up_to_the_prediction(clf, model):
     text = "the plot was great but the actor was awful"
-    out = clf.explain(text)
+    ex = clf.explain(text)
     tokens = model.tokenizer.convert_ids_to_tokens(model.tokenizer(text)["input_ids"])
-    assert [t for t, _ in out] == tokens
-    for _, p in out:
-        assert p.shape == (2,) and np.all(p >= 0)
-        np.testing.assert_allclose(p.sum(), 1, atol=1e-6)
+    assert ex.tokens == tokens and ex.shares.shape == (len(tokens), 2)
+    np.testing.assert_allclose(ex.shares.sum(1), 0, atol=1e-6)  # centred over the classes
+    np.testing.assert_allclose(ex.proba, clf.predict_proba([text])[0], atol=1e-5)
+    z = ex.bias + ex.shares.sum(0)
+    np.testing.assert_allclose(np.exp(z) / np.exp(z).sum(), ex.proba, atol=1e-12)
+    with pytest.raises(SpinError, match="not fitted"):
+        SpinClassifier(model).explain(text)
 
 
 # ---- tampered artifacts --------------------------------------------------------------------
@@ -472,10 +475,13 @@ def test_cli_explain_json(cli_run, capsys):
     capsys.readouterr()
     assert main(["explain", str(cli_run), "a great film", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["prediction"] in ("negative", "positive")
+    assert out["prediction"] == max(out["proba"], key=out["proba"].get)
     assert [r["token"] for r in out["tokens"]] == ["[CLS]", "a", "great", "film", "[SEP]"]
-    for r in out["tokens"]:
-        assert r["negative"] + r["positive"] == pytest.approx(1.0, abs=1e-5)
+    z = {n: out["bias"][n] + sum(r[n] for r in out["tokens"]) for n in ("negative", "positive")}
+    p_pos = 1 / (1 + np.exp(z["negative"] - z["positive"]))
+    assert out["proba"]["positive"] == pytest.approx(p_pos, abs=1e-6)
+    assert main(["explain", str(cli_run), "a great film"]) == 0
+    assert capsys.readouterr().out.startswith(f"prediction: {out['prediction']}")
 
 
 def test_cli_evaluate_json(cli_run, files, data, capsys):

@@ -1,0 +1,86 @@
+"""Token-level explanations: each token's additive share of a SPIN head's logits.
+
+The head is linear in its pooled features, so its logits split exactly over the tokens.
+For a kept column j with training mean mu_j:
+  mean-pooled:   each of the n real tokens t gets (x_tj - mu_j) / n;
+  max-pooled:    the token where the maximum is reached gets x_tj - mu_j;
+  single token:  that token (the first, or GPT-2's last real one) gets x_tj - mu_j;
+each divided by the column's std and times its weights. Summed over the tokens and added to
+the intercept, the shares are the text's logits (to float rounding). For a mean-pooled head
+a token's share is the head applied to that token, over n: the paper's per-token reading.
+Max and single-token columns are credited to the one token their value comes from; applying
+their weights to every token's value instead puts each token many standard deviations from
+the pooled statistics the head was trained on, and saturates every token's probability.
+
+T5 decoder layers: decoder position p reads input token p - 1 (the start token at p = 0);
+its share is credited to the token it reads, and the start token's to the first token.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from spin_jax.models import POOLINGS, _forward
+from spin_jax.models.layers import last_token_index
+
+TOKEN, MEAN, MAX = (POOLINGS.index(p) for p in ("token", "mean", "max"))
+
+
+def token_shares(config, k, params, sel, ids, mask):
+    """[B, T, K]: each input position's share of the head's logits (0 at padding).
+
+    `sel` is classifier.selection(head): the kept columns, hidden first, then FFN.
+    """
+    f = _forward(config, k, False, True, (), params, ids, mask)
+    h = f.hidden[sel["h_layer"], :, :, sel["h_neuron"]]  # [Mh, B, T]
+    a = f.ffn[sel["f_layer"], :, :, sel["f_neuron"]]  # [Mf, B, T]
+    centred = jnp.moveaxis(jnp.concatenate([h, a]).astype(jnp.float32), 0, -1) - sel["mean"]
+    pool = jnp.concatenate([sel["h_pool"], sel["f_pool"]])
+    m = mask.astype(bool)
+    share = _shares(centred, pool, m, _token_index(config, m))
+    decoder = _decoder_columns(config, k, sel)
+    if decoder is not None:
+        dm = _decoder_mask(config, m)
+        on_decoder = _read_positions(_shares(centred, pool, dm, last_token_index(dm)))
+        share = jnp.where(decoder, on_decoder, share)
+    return jnp.einsum("btm,mk->btk", share / sel["std"], sel["weights"])
+
+
+def _shares(centred, pool, mask, token_index):
+    """[B, T, M] unscaled shares of x - mu over the positions `mask` marks real."""
+    real = mask[..., None]
+    count = jnp.maximum(mask.sum(-1), 1)[:, None, None].astype(jnp.float32)
+    mean = jnp.where(real, centred, 0.0) / count
+    pos = jnp.arange(mask.shape[1])[None, :, None]
+    top = jnp.argmax(jnp.where(real, centred, -jnp.inf), axis=1)[:, None]  # first maximum
+    at_max = jnp.where(pos == top, centred, 0.0)
+    at_token = jnp.where(pos == token_index[:, None, None], centred, 0.0)
+    return jnp.where(pool == TOKEN, at_token, jnp.where(pool == MEAN, mean, at_max))
+
+
+def _token_index(config, mask):
+    """The single-token pooling's position, as the forward pools it."""
+    if config.causal:
+        return last_token_index(mask)
+    return jnp.zeros(mask.shape[0], jnp.int32)
+
+
+def _decoder_columns(config, k, sel):
+    """[M] bool: the kept columns from T5 decoder layers (None for other models)."""
+    n_enc = getattr(config, "encoder_layers", None)
+    if n_enc is None or k <= n_enc:
+        return None
+    # hidden layer 0 is the embeddings, 1..n_enc the encoder; FFN index 0..n_enc-1 the encoder
+    return jnp.concatenate([sel["h_layer"] > n_enc, sel["f_layer"] >= n_enc])
+
+
+def _decoder_mask(config, mask):
+    if config.decoder_mask == "shifted":
+        return jnp.concatenate([jnp.ones_like(mask[:, :1]), mask[:, :-1]], axis=1)
+    return mask
+
+
+def _read_positions(share):
+    """Decoder position p's share moved to input token p - 1; position 0's to token 0."""
+    moved = jnp.concatenate([share[:, 1:], jnp.zeros_like(share[:, :1])], axis=1)
+    return moved.at[:, 0].add(share[:, 0])
