@@ -30,7 +30,6 @@ from spin_jax.extraction import DeviceFeatures, MemoryFeatures, extract, plan_ba
 from spin_jax.models import InputError
 from spin_jax.selection import parse_neurons
 from spin_jax.store import FeatureStore, StoreError, StoreMismatchError
-from tests import hf_tiny
 
 pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,12 +49,6 @@ def make_texts(n: int, seed: int, max_words: int) -> list[str]:
     texts = [" ".join(rng.choice(WORDS, k)) for k in lengths]
     rng.shuffle(texts)
     return texts
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """A tiny random BERT with MiniLM's tokenizer, as an HF model folder."""
-    return hf_tiny.save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture(scope="module")

@@ -269,11 +269,6 @@ def reviews(n, seed):
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return hf_tiny.save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), seed=0)
-
-
-@pytest.fixture(scope="module")
 def model(folder):
     return spin_jax.load_model(str(folder))
 

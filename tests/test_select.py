@@ -23,7 +23,6 @@ from spin_jax.learner import SpinError, SpinHead, fit_spin
 from spin_jax.models import InputError
 from spin_jax.selection import NeuronSelection, neurons_of, parse_neurons
 from spin_jax.store import FeatureStore, StoreMismatchError
-from tests import hf_tiny
 from tests.test_extract import MAX_LENGTH, chunk_digests, make_texts
 from tests.test_learner import reviews, write_csv
 
@@ -31,11 +30,6 @@ pytest.importorskip("torch")
 # Unsorted, repeated, a JSON-style string layer key; deepest layer 2 of 3: an early exit.
 SPEC = {"hidden": {0: [7, 3], 2: [11, 1, 1]}, "ffn": {"2": [55, 10], 1: [0]}}
 SORTED = {"hidden": [[0, 3], [0, 7], [2, 1], [2, 11]], "ffn": [[1, 0], [2, 10], [2, 55]]}
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return hf_tiny.save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture(scope="module")
