@@ -37,7 +37,22 @@ def main():
     p.add_argument("--layers", type=int, default=24)
     p.add_argument("--width", type=int, default=128, help="hidden width; FFN is 4x")
     p.add_argument("--rows", type=int, default=1500, help="training rows (validation: 1/3)")
+    p.add_argument(
+        "--batch-elements",
+        default=None,
+        help="comma-separated learner.PROBLEM_BATCH_ELEMENTS values to compare (e.g. 2**28,2**34)",
+    )
     args = p.parse_args()
+    for value in (args.batch_elements or "").split(",") if args.batch_elements else [None]:
+        if value is not None:
+            base, _, exp = value.partition("**")
+            learner.PROBLEM_BATCH_ELEMENTS = int(base) ** int(exp or 1)
+            learner._fit_masks.clear_cache()  # its batch size is read when it traces
+            print(f"\nPROBLEM_BATCH_ELEMENTS = {value}")
+        run(args)
+
+
+def run(args):
     if args.layers < 19:
         raise SystemExit("--layers must be at least 19 (the planted signal sits in layer 18)")
     train = synthetic(args.rows, args.layers, args.width, 4 * args.width, 0)

@@ -367,6 +367,11 @@ def _predict_masks(X, weights, intercept):
     return jax.vmap(probes.predict, in_axes=(None, 0, 0))(X, weights, intercept)
 
 
+# Integration problems solved together on one device: this many elements of X per problem
+# in a batch (benchmarks/integration_iters.py --batch-elements measures other values).
+PROBLEM_BATCH_ELEMENTS = 1 << 28
+
+
 @functools.partial(jax.jit, static_argnames=("n_classes", "max_iter", "sharded"))
 def _fit_masks(X, y, n_classes, lams, masks, max_iter, tol, sharded=False):
     """fit_path for each feature mask [G, M] on shared X.
@@ -380,7 +385,7 @@ def _fit_masks(X, y, n_classes, lams, masks, max_iter, tol, sharded=False):
 
     if sharded:
         return jax.vmap(one)(masks)
-    batch = max(1, min(masks.shape[0], (1 << 28) // max(1, X.size)))
+    batch = max(1, min(masks.shape[0], PROBLEM_BATCH_ELEMENTS // max(1, X.size)))
     return jax.lax.map(one, masks, batch_size=batch)
 
 
