@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from spin_jax.models import POOLINGS, _forward
+from spin_jax.models import POOLINGS, _forward, t5
 from spin_jax.models.layers import last_token_index
 
 TOKEN, MEAN, MAX = (POOLINGS.index(p) for p in ("token", "mean", "max"))
@@ -40,7 +40,7 @@ def token_shares(config, k, params, sel, ids, mask):
     share = _shares(centred, pool, m, _token_index(config, m))
     decoder = _decoder_columns(config, k, sel)
     if decoder is not None:
-        dm = _decoder_mask(config, m)
+        dm = t5.decoder_mask(config, m)
         on_decoder = _read_positions(_shares(centred, pool, dm, last_token_index(dm)))
         share = jnp.where(decoder, on_decoder, share)
     return jnp.einsum("btm,mk->btk", share / sel["std"], sel["weights"])
@@ -72,12 +72,6 @@ def _decoder_columns(config, k, sel):
         return None
     # hidden layer 0 is the embeddings, 1..n_enc the encoder; FFN index 0..n_enc-1 the encoder
     return jnp.concatenate([sel["h_layer"] > n_enc, sel["f_layer"] >= n_enc])
-
-
-def _decoder_mask(config, mask):
-    if config.decoder_mask == "shifted":
-        return jnp.concatenate([jnp.ones_like(mask[:, :1]), mask[:, :-1]], axis=1)
-    return mask
 
 
 def _read_positions(share):

@@ -131,3 +131,13 @@ def test_t5_decoder_shares_go_to_the_token_the_decoder_reads():
     # decoder mask "same": the last real position n - 1 reads input token n - 2
     want = [{max(int(n) - 2, 0)} for n in mask.sum(1)]
     assert credited(model, head, ids, mask) == want
+
+
+def test_t5_shifted_decoder_mask_shares_sum_to_the_logits():
+    model = spin_jax.from_transformers(hf_t5(), decoder_mask="shifted")
+    c = model.config
+    ids, mask = hf_tiny.padded_batch(c.vocab_size, seed=7)
+    head = random_head(c.num_layers, (c.hidden_size, c.ffn_size), LE + LD, 2, seed=1)
+    shares, logits = shares_and_logits(model, head, ids, mask)
+    assert np.all(shares[mask == 0] == 0)
+    np.testing.assert_allclose(shares.sum(1) + head.intercept, logits, atol=1e-4, rtol=1e-5)

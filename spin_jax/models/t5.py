@@ -273,6 +273,13 @@ def _run(c: T5Config, block, x, mask, stack, n, reduce, use_scan, final: bool):
     return h, hidden, ffn
 
 
+def decoder_mask(c: T5Config, mask: jax.Array) -> jax.Array:
+    """The decoder layers' mask [B, T] bool, by `c.decoder_mask` (module docstring)."""
+    if c.decoder_mask == "shifted":
+        return jnp.concatenate([jnp.ones_like(mask[:, :1]), mask[:, :-1]], axis=1)
+    return mask
+
+
 def forward(c: T5Config, params, input_ids, attention_mask, *, k, pooled, use_scan, **options):
     """Features of the first k layers (encoder blocks, then decoder blocks).
 
@@ -301,10 +308,7 @@ def forward(c: T5Config, params, input_ids, attention_mask, *, k, pooled, use_sc
         dec = params["decoder"]
         start = jnp.full((B, 1), c.decoder_start_token_id, input_ids.dtype)
         dec_ids = jnp.concatenate([start, input_ids[:, :-1]], axis=1)
-        if c.decoder_mask == "shifted":
-            dec_mask = jnp.concatenate([jnp.ones((B, 1), bool), mask[:, :-1]], axis=1)
-        else:
-            dec_mask = mask
+        dec_mask = decoder_mask(c, mask)
         dec_reduce = core.reducer(dec_mask, L.last_token_index(dec_mask), pooled)
         dbias = relative_bias(c, dec["relative_attention_bias"], T, T, bidirectional=False)
         causal = jnp.tril(jnp.ones((T, T), bool))
