@@ -23,7 +23,7 @@ import numpy as np
 
 from spin_jax import __version__
 from spin_jax.data import TextDataset, check_classes, stratified_split, subset
-from spin_jax.explain import token_shares
+from spin_jax.explain import split_logits
 from spin_jax.extraction import (
     DeviceFeatures,
     MemoryFeatures,
@@ -91,6 +91,12 @@ def _head_apply(x, sel):
 
 
 _head_apply_jit = jax.jit(_head_apply)
+
+
+def _token_shares(config, k, params, sel, ids, mask):
+    """[B, T, K] each token's share of the head's logits (spin_jax/explain.py)."""
+    x = _kept_features(config, k, params, sel, ids, mask, pooled=False)
+    return split_logits(config, k, sel, x, mask)
 
 
 def selection_order(head: SpinHead) -> np.ndarray:
@@ -384,7 +390,7 @@ class SpinClassifier:
         if not len(ids[0]):
             raise SpinError("explain: the text has no tokens; pass a non-empty text.")
         b_ids, b_mask = pad_batch(ids, len(ids[0]))
-        shares = _program(token_shares)(
+        shares = _program(_token_shares)(
             self.model.config,
             self.head.num_layers,
             self.model.params,

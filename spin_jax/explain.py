@@ -20,34 +20,31 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from spin_jax.models import POOLINGS, _forward, t5
+from spin_jax.models import POOLINGS, t5
 from spin_jax.models.layers import last_token_index
 
 TOKEN, MEAN, MAX = (POOLINGS.index(p) for p in ("token", "mean", "max"))
 
 
-def token_shares(config, k, params, sel, ids, mask):
+def split_logits(config, k, sel, x, mask):
     """[B, T, K]: each input position's share of the head's logits (0 at padding).
 
+    x [B, T, M] are the kept neurons per token, standardised (classifier._kept_features);
     `sel` is classifier.selection(head): the kept columns, hidden first, then FFN.
     """
-    f = _forward(config, k, False, True, (), params, ids, mask)
-    h = f.hidden[sel["h_layer"], :, :, sel["h_neuron"]]  # [Mh, B, T]
-    a = f.ffn[sel["f_layer"], :, :, sel["f_neuron"]]  # [Mf, B, T]
-    centred = jnp.moveaxis(jnp.concatenate([h, a]).astype(jnp.float32), 0, -1) - sel["mean"]
     pool = jnp.concatenate([sel["h_pool"], sel["f_pool"]])
     m = mask.astype(bool)
-    share = _shares(centred, pool, m, _token_index(config, m))
+    share = _shares(x, pool, m, _token_index(config, m))
     decoder = _decoder_columns(config, k, sel)
     if decoder is not None:
         dm = t5.decoder_mask(config, m)
-        on_decoder = _read_positions(_shares(centred, pool, dm, last_token_index(dm)))
+        on_decoder = _read_positions(_shares(x, pool, dm, last_token_index(dm)))
         share = jnp.where(decoder, on_decoder, share)
-    return jnp.einsum("btm,mk->btk", share / sel["std"], sel["weights"])
+    return jnp.einsum("btm,mk->btk", share, sel["weights"])
 
 
 def _shares(centred, pool, mask, token_index):
-    """[B, T, M] unscaled shares of x - mu over the positions `mask` marks real."""
+    """[B, T, M] shares of the standardised values over the positions `mask` marks real."""
     real = mask[..., None]
     count = jnp.maximum(mask.sum(-1), 1)[:, None, None].astype(jnp.float32)
     mean = jnp.where(real, centred, 0.0) / count

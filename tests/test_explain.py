@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import spin_jax  # noqa: E402
-from spin_jax.classifier import _head_logits, selection  # noqa: E402
-from spin_jax.explain import MAX, MEAN, TOKEN, token_shares  # noqa: E402
+from spin_jax.classifier import _head_logits, _token_shares, selection  # noqa: E402
+from spin_jax.explain import MAX, MEAN, TOKEN  # noqa: E402
 from spin_jax.learner import SpinHead  # noqa: E402
 from tests import hf_tiny  # noqa: E402
 from tests.test_t5 import LD, LE, hf_t5  # noqa: E402
@@ -56,7 +56,7 @@ def family(request):
 def shares_and_logits(model, head, ids, mask):
     c, k, sel = model.config, head.num_layers, selection(head)
     with jax.default_matmul_precision("highest"):
-        shares = token_shares(c, k, model.params, sel, ids, mask)
+        shares = _token_shares(c, k, model.params, sel, ids, mask)
         logits = _head_logits(c, k, model.params, sel, ids, mask)
     return np.asarray(shares), np.asarray(logits)
 
