@@ -390,9 +390,10 @@ def bench_one(label, make, batches, stats, device, args) -> tuple[dict, list | N
 def bench_model(name: str, args, device: str, dtype) -> list[dict]:
     hf, model, batches, stats = prepare(name, args, device, dtype)
     rows, kept, check = [], {}, batches[len(batches) // 2]
+    shape = dict(batches=len(batches), padding=1 - stats["tokens"] / stats["padded"])
     for label, make in contenders(hf, model, device, args):
         row, kept[label] = bench_one(label, make, batches, stats, device, args)
-        rows.append({"model": name, **row})
+        rows.append({"model": name, **shape, **row})
         if device == "cuda":
             torch.cuda.empty_cache()
     base = {r["contender"]: r.get("steady_s") for r in rows}
@@ -450,7 +451,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="gpt2-xl,bert-base")
     p.add_argument("--n", type=int, default=None, help="texts (default 2048 GPT2-XL, 4096 BERT)")
-    p.add_argument("--token-budget", type=int, default=None, help="default 16384 (quick 1024)")
+    p.add_argument(
+        "--token-budget",
+        type=int,
+        default=None,
+        help="default extraction.TOKEN_BUDGET (quick 1024)",
+    )
     p.add_argument("--repeats", type=int, default=1, help="timed passes; the fastest is kept")
     p.add_argument("--skip-compile", action="store_true")
     p.add_argument(
@@ -472,7 +478,7 @@ def parse_args(argv=None):
         "extraction.compiler_options() (e.g. from benchmarks/xla_flags.py --best)",
     )
     args = p.parse_args(argv)
-    args.token_budget = args.token_budget or (1024 if args.quick else 16384)
+    args.token_budget = args.token_budget or (1024 if args.quick else extraction.TOKEN_BUDGET)
     return args
 
 

@@ -42,7 +42,12 @@ def parse_args(argv=None):
     p.add_argument("--devices", default="1,2,4,8", help="device counts, one run each")
     p.add_argument("--n-train", type=int, default=None, help="default 20000 (quick 400)")
     p.add_argument("--n-valid", type=int, default=None, help="default 5000 (quick 100)")
-    p.add_argument("--token-budget", type=int, default=None, help="default 16384 (quick 1024)")
+    p.add_argument(
+        "--token-budget",
+        type=int,
+        default=None,
+        help="default extraction.TOKEN_BUDGET (quick 1024)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny model and data; runs on CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="stage lines and bars on stderr")
@@ -57,7 +62,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.n_train = args.n_train or (400 if args.quick else 20000)
     args.n_valid = args.n_valid or (100 if args.quick else 5000)
-    args.token_budget = args.token_budget or (1024 if args.quick else 16384)
+    args.token_budget = args.token_budget or (1024 if args.quick else None)
     return args
 
 
@@ -96,10 +101,18 @@ def make_split(n, vocab, max_len, mean, seed):
 def extract_split(model, ids, labels, args):
     import numpy as np
 
-    from spin_jax.extraction import ExtractOptions, MemoryFeatures, _array_specs, _Runner
+    from spin_jax.extraction import (
+        TOKEN_BUDGET,
+        ExtractOptions,
+        MemoryFeatures,
+        _array_specs,
+        _Runner,
+    )
 
     k = model.config.num_layers
-    opts = ExtractOptions(dtype="bfloat16", token_budget=args.token_budget, progress=False)
+    opts = ExtractOptions(
+        dtype="bfloat16", token_budget=args.token_budget or TOKEN_BUDGET, progress=False
+    )
     runner = _Runner(model, k, opts, 512)
     arrays = runner.run_rows(ids, np.arange(len(ids)), _array_specs(model, k, opts))
     return MemoryFeatures(arrays, labels, ["even", "odd"], {}), runner.summary

@@ -18,6 +18,8 @@ variants change it, each alone or joined by "+":
              the norms' scales and biases (dense biases stay cuBLAS epilogue operands)
   lhs        XLA's latency-hiding scheduler (may overlap the async weight copies)
   nolt       legacy cuBLAS gemms rather than cublasLt (dynamic-slice fusion reads those)
+  conc       command buffers scheduled CONCURRENT rather than serialized (with graphs: the
+             pooling kernels may run beside the matmuls inside the layer loop)
   graphs     CUDA graphs (XLA command buffers) also around the while loop; graphs_ds also
              around dynamic-slice fusions
 Run: PYTHONPATH=. python benchmarks/forward_variants.py [--variants base,split_qkv,...]
@@ -60,6 +62,9 @@ OPTION_VARIANTS = {  # variant name -> the XLA option it sets
         "xla_gpu_enable_command_buffer",
         "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL",
     ),
+    # Independent commands of a command buffer run concurrently (a graph DAG from buffer
+    # dependencies): the memory-bound pooling may overlap the next matmul.
+    "conc": ("xla_gpu_command_buffer_scheduling_mode", "CONCURRENT"),
     "graphs_ds": (
         "xla_gpu_enable_command_buffer",
         "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL,DYNAMIC_SLICE_FUSION",

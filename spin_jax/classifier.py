@@ -25,6 +25,7 @@ from spin_jax import __version__
 from spin_jax.data import TextDataset, check_classes, stratified_split, subset
 from spin_jax.explain import split_logits
 from spin_jax.extraction import (
+    TOKEN_BUDGET,
     DeviceFeatures,
     MemoryFeatures,
     compiler_options,
@@ -165,7 +166,7 @@ class SpinClassifier:
         max_length: int | None = None,
         valid_fraction: float = 0.2,
         seed: int = 0,
-        token_budget: int = 16384,
+        token_budget: int = TOKEN_BUDGET,
         progress: bool = False,
         work_dir=None,
         **options,

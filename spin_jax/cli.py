@@ -18,6 +18,15 @@ USER_ERRORS = (
 )
 
 
+BUDGET_HELP = "tokens per batch, padding included (default: spin_jax.extraction.TOKEN_BUDGET)"
+
+
+def token_budget(args) -> int:
+    from spin_jax.extraction import TOKEN_BUDGET
+
+    return TOKEN_BUDGET if args.token_budget is None else args.token_budget
+
+
 def _add_data_args(p, *, labels=True, required=True):
     p.add_argument(
         "--data",
@@ -68,7 +77,7 @@ def cmd_extract(args):
     options = dict(
         max_length=args.max_length,
         chunk_rows=args.chunk_rows,
-        token_budget=args.token_budget,
+        token_budget=token_budget(args),
         progress=not args.quiet,
     )
     if args.classifier:
@@ -142,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a `spin-jax fit --out` folder: only the neurons, layers and poolings it reads",
     )
     p.add_argument("--chunk-rows", type=int, default=None)
-    p.add_argument("--token-budget", type=int, default=16384)
+    p.add_argument("--token-budget", type=int, default=None, help=BUDGET_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
 

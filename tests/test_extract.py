@@ -431,6 +431,12 @@ def test_plan_batches_covers_rows_in_few_shapes(multiple):
         assert size * blen <= max(budget, multiple * blen)
     # One batch size per padded length, so the number of shapes is the number of buckets.
     assert len(shapes) == len({blen for blen, _ in shapes})
+    # Longest first, each batch padded to its longest row's bucket, and no empty row but in
+    # the last batch: a short row fills a longer batch rather than leave a row empty.
+    for r, blen, size in plan[:-1]:
+        assert len(r) == size
+        assert blen == extract_mod.bucket_length(int(lengths[r].max()), max_length)
+    assert (np.diff(lengths[rows]) <= 0).all()
 
 
 def test_compiles_once_per_shape(model):
