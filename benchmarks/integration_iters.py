@@ -3,9 +3,9 @@
 Runs `fit_spin` on synthetic features (planted signal in three neurons) and, for each
 integration group (representation set x pooling set), prints its seconds, its number of
 candidate columns M, the mean FISTA iterations over its (eta, k, lam) problems, and the
-largest count at each lam. The problems of a group are solved vmapped (all lams at once,
-batches of problems), so a batch runs until its slowest member converges: time follows the
-max, not the mean.
+largest count at each lam. Each (eta, k, lam) problem is a lane of `probes.fit_masks`;
+converged lanes leave the batch between rounds, so time follows the sum of the lanes'
+iterations (and, on a GPU, the compiles of each batch size).
 
 Run: PYTHONPATH=. python benchmarks/integration_iters.py [--layers 24 --rows 1500]
 """
@@ -40,15 +40,15 @@ def main():
     p.add_argument(
         "--batch-elements",
         default=None,
-        help="comma-separated learner.PROBLEM_BATCH_ELEMENTS values to compare (e.g. 2**28,2**34)",
+        help="comma-separated learner.LANE_BATCH_ELEMENTS values to compare (e.g. 2**26,2**30)",
     )
+    p.add_argument("--solver-dtype", default="auto", help="SpinOptions.solver_dtype")
     args = p.parse_args()
     for value in (args.batch_elements or "").split(",") if args.batch_elements else [None]:
         if value is not None:
             base, _, exp = value.partition("**")
-            learner.PROBLEM_BATCH_ELEMENTS = int(base) ** int(exp or 1)
-            learner._fit_masks.clear_cache()  # its batch size is read when it traces
-            print(f"\nPROBLEM_BATCH_ELEMENTS = {value}")
+            learner.LANE_BATCH_ELEMENTS = int(base) ** int(exp or 1)
+            print(f"\nLANE_BATCH_ELEMENTS = {value}")
         run(args)
 
 
@@ -69,7 +69,7 @@ def run(args):
     learner.integrate = timed
     try:
         t = time.perf_counter()
-        _, report = fit_spin(train, valid, opts=SpinOptions())
+        _, report = fit_spin(train, valid, opts=SpinOptions(solver_dtype=args.solver_dtype))
         total = time.perf_counter() - t
     finally:
         learner.integrate = integrate

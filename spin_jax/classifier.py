@@ -32,7 +32,15 @@ from spin_jax.extraction import (
     extract,
     plan_batches,
 )
-from spin_jax.learner import SpinError, SpinHead, SpinOptions, fit_spin, require_full, score
+from spin_jax.learner import (
+    SpinError,
+    SpinHead,
+    SpinOptions,
+    fit_spin,
+    require_full,
+    score,
+    standardize_columns,
+)
 from spin_jax.model import Model, head_logits, load_model
 from spin_jax.models import POOLINGS, _forward
 from spin_jax.selection import (
@@ -80,7 +88,7 @@ def _kept_features(config, k, params, sel, ids, mask, *, pooled):
     # Advanced indices split by a slice go first: [M, B] pooled, [M, B, T] per token.
     x = jnp.concatenate([h, a], axis=0).astype(jnp.float32)  # [M, B] or [M, B, T]
     x = jnp.moveaxis(x, 0, -1)
-    return (x - sel["mean"]) / sel["std"]
+    return standardize_columns(x, sel["mean"], sel["std"])
 
 
 def _kept_pooled(config, k, params, sel, ids, mask):
@@ -297,7 +305,7 @@ class SpinClassifier:
         for start in range(0, src.n_rows, block):
             rows = np.arange(start, min(start + block, src.n_rows))
             if is_selective(src):
-                x = (read_head_columns(src, h, rows) - h.mean) / h.std
+                x = standardize_columns(read_head_columns(src, h, rows), h.mean, h.std)
             else:
                 x = h.features(src, rows)
             if isinstance(x, jax.Array):

@@ -279,6 +279,13 @@ def column_stats(cand: Candidates, tables) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+def standardize_columns(x, mean: np.ndarray, std: np.ndarray):
+    """(x - mean) / std for numpy or jax x, as a product with the reciprocal of std: XLA's
+    division can differ from numpy's in the last bit, its product cannot, so features read
+    on the host and on a device standardise to the same bits (and fit the same head)."""
+    return (x - mean) * (np.float32(1.0) / std)
+
+
 def gather(src, cand: Candidates, mean, std, rows=None):
     """[N, M] standardised features of the candidate columns, read group by group.
 
@@ -298,7 +305,7 @@ def gather(src, cand: Candidates, mean, std, rows=None):
             poolings=[p],
             neurons=cand.neuron[cols],
         )[:, 0, 0]
-        out[:, cols] = (x - mean[cols]) / std[cols]
+        out[:, cols] = standardize_columns(x, mean[cols], std[cols])
     return out
 
 
@@ -310,7 +317,7 @@ def _gather_on_device(src, cand: Candidates, mean, std, rows=None) -> jax.Array:
         if len(cols):
             layers = layer_axis(rep, cand.layer[cols])
             x = src.read_columns(rep, layers, cand.pool[cols], cand.neuron[cols], rows=rows)
-            parts.append((x - mean[cols]) / std[cols])
+            parts.append(standardize_columns(x, mean[cols], std[cols]))
             where.append(cols)
     if not parts:
         return jnp.zeros((src.n_rows if rows is None else len(rows), 0), jnp.float32)
@@ -354,7 +361,7 @@ def integrate(Xtr, Xv, cand: Candidates, n_layers, y, yv, n_classes, metric, opt
         lams = probes.default_lams(
             Xtr, y, n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=masks[-1]
         )
-    fit = _fit_masks(Xtr, y, n_classes, lams, masks, opts.max_iter, opts.tol, n_devices() > 1)
+    fit = _fit_masks(Xtr, y, n_classes, lams, masks, opts.max_iter, opts.tol)
     fit = jax.tree.map(lambda a: a[:G], fit)
     pred = _predict_masks(Xv, fit.weights, fit.intercept)
     scores = score(metric, yv, pred, n_classes).reshape(E, n_layers, -1)
@@ -367,26 +374,47 @@ def _predict_masks(X, weights, intercept):
     return jax.vmap(probes.predict, in_axes=(None, 0, 0))(X, weights, intercept)
 
 
-# Integration problems solved together on one device: this many elements of X per problem
-# in a batch (benchmarks/integration_iters.py --batch-elements measures other values).
-PROBLEM_BATCH_ELEMENTS = 1 << 28
+# Integration on one device: the (mask, lam) lanes stepped together hold about this many
+# fp32 elements of per-lane work (logits and residuals [N, K], FISTA state [M, K]).
+LANE_BATCH_ELEMENTS = 1 << 28
+# When converged lanes leave the batch (probes.fit_masks `shrink`). On an H100 a round of
+# 1296 lanes took ~0.01 s and each new batch size ~1.4 s to compile, so there the batch
+# shrinks rarely; on a CPU the steps dominate and it halves (benchmarks/RESULTS.md).
+LANE_SHRINK = {"cpu": 2}
+LANE_SHRINK_ACCELERATOR = 16
 
 
-@functools.partial(jax.jit, static_argnames=("n_classes", "max_iter", "sharded"))
-def _fit_masks(X, y, n_classes, lams, masks, max_iter, tol, sharded=False):
+def _fit_masks(X, y, n_classes, lams, masks, max_iter, tol):
     """fit_path for each feature mask [G, M] on shared X.
 
-    One device: batches of problems bound memory. Several: all problems at once, split over
-    the devices by the masks' sharding.
+    One device: `probes.fit_masks`, whose converged lanes leave the batch between rounds.
+    Several: all problems at once, split over the devices by the masks' sharding.
     """
+    if n_devices() > 1:
+        return _fit_masks_sharded(X, y, n_classes, lams, masks, max_iter, tol)
+    N, M = X.shape
+    K = probes.n_columns(n_classes)
+    max_lanes = max(1, LANE_BATCH_ELEMENTS // ((3 * N + 8 * (M + 1)) * K))
+    shrink = LANE_SHRINK.get(jax.default_backend(), LANE_SHRINK_ACCELERATOR)
+    return probes.fit_masks(
+        X,
+        y,
+        n_classes,
+        lams,
+        masks,
+        max_iter=max_iter,
+        tol=tol,
+        max_lanes=max_lanes,
+        shrink=shrink,
+    )
 
+
+@functools.partial(jax.jit, static_argnames=("n_classes", "max_iter"))
+def _fit_masks_sharded(X, y, n_classes, lams, masks, max_iter, tol):
     def one(m):
         return probes._fit_path(X, y, n_classes, lams, None, m, max_iter, tol)
 
-    if sharded:
-        return jax.vmap(one)(masks)
-    batch = max(1, min(masks.shape[0], PROBLEM_BATCH_ELEMENTS // max(1, X.size)))
-    return jax.lax.map(one, masks, batch_size=batch)
+    return jax.vmap(one)(masks)
 
 
 @dataclasses.dataclass

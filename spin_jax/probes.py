@@ -34,6 +34,7 @@ from functools import partial
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -146,9 +147,20 @@ def _split16(v: Array, dtype) -> tuple[Array, Array]:
     top = jnp.max(jnp.abs(v), axis=axes)
     scale = jnp.exp2(jnp.ceil(jnp.log2(jnp.where(top > 0, top, 1.0))))
     u = v / scale
-    hi = u.astype(dtype)
-    lo = (u - hi.astype(jnp.float32)).astype(dtype)
-    return jnp.concatenate([hi, lo], axis=-1), scale
+    hi = _truncate(u, dtype)
+    return jnp.concatenate([hi.astype(dtype), (u - hi).astype(dtype)], axis=-1), scale
+
+
+def _truncate(u: Array, dtype) -> Array:
+    """fp32 u cut to the mantissa width of a 16-bit dtype, by masking bits.
+
+    Not `u.astype(dtype).astype(fp32)`: XLA may drop that round trip (it allows excess
+    precision), and then `u - hi` is 0 and the low part is lost. This happened inside the
+    GPU solver's jitted loops, where the bf16 products kept 8 bits and FISTA stalled.
+    """
+    drop = 23 - jnp.finfo(dtype).nmant  # fp32 mantissa bits the 16-bit dtype lacks
+    bits = jax.lax.bitcast_convert_type(u, jnp.uint32) & jnp.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
 def _dot(spec: str, X: Array, v: Array) -> Array:
@@ -237,6 +249,17 @@ def _fista(grad_fn, penalty: Array, keep: Array, lam, L, theta0, max_iter: int, 
     Returns (theta, iterations, last relative change).
     """
     thresh = penalty * (lam / L)
+    x, _, _, k, change = _fista_run(grad_fn, thresh, keep, L, _fista_start(theta0), max_iter, tol)
+    return x, k, change
+
+
+def _fista_start(theta0: Array) -> tuple:
+    """FISTA state (x, y, t, iterations, last relative change) before the first step."""
+    return theta0, theta0, jnp.float32(1.0), jnp.int32(0), jnp.float32(jnp.inf)
+
+
+def _fista_run(grad_fn, thresh: Array, keep: Array, L, state: tuple, stop, tol) -> tuple:
+    """Steps `state` until its iteration count reaches `stop` or it converges (`_fista`)."""
 
     def step(state):
         x, y, t, k, _ = state
@@ -252,11 +275,9 @@ def _fista(grad_fn, penalty: Array, keep: Array, lam, L, theta0, max_iter: int, 
 
     def cond(state):
         *_, k, change = state
-        return (k < max_iter) & (change > tol)
+        return (k < stop) & (change > tol)
 
-    init = (theta0, theta0, jnp.float32(1.0), jnp.int32(0), jnp.float32(jnp.inf))
-    x, _, _, k, change = jax.lax.while_loop(cond, step, init)
-    return x, k, change
+    return jax.lax.while_loop(cond, step, state)
 
 
 def _setup(X, y, n_classes, rowmask, featmask):
@@ -371,6 +392,105 @@ def fit_many_standardized(
     Xs = jax.vmap(standardize)(X, mean, std)
     fit = fit_many(Xs, y, n_classes, lams, rowmask, featmask, max_iter, tol, warm_start)
     return fit, mean, std
+
+
+# ----------------------------------------------------------------------------- shared X
+
+# `fit_masks` steps its (mask, lam) lanes in rounds. A lane's round ends when its iteration
+# count doubles (the first after FIRST_ROUND steps), so no lane is stepped more than about
+# twice past its convergence; converged lanes then leave the batch. A vmapped solve that
+# ran every lane to the slowest one's count did 5-20x more steps (benchmarks/RESULTS.md).
+FIRST_ROUND = 8
+
+
+def fit_masks(
+    X: Array,
+    y: Array,
+    n_classes: int,
+    lams: Array,
+    masks: Array,
+    *,
+    max_iter: int = 2000,
+    tol: float = 1e-6,
+    max_lanes: int | None = None,
+    shrink: int = 2,
+) -> ProbeFit:
+    """`fit_path` on one shared X [N, F] (standardised, no padded rows) for every feature
+    mask of masks [G, F] (0/1) at every lam of lams [R].
+
+    Each (mask, lam) pair is a lane with its own FISTA state; at most max_lanes lanes are
+    stepped together (memory). The batch shrinks to the next power of two once the active
+    lanes are 1/shrink of it: each new size is one more compile, so a fast device, where
+    a compile costs more than the steps it saves, wants a larger `shrink`.
+    Returns ProbeFit with weights [G, R, F, K], intercept [G, R, K], n_iter and converged
+    [G, R]: the same solutions as `fit_path` per mask.
+    """
+    G, R = masks.shape[0], lams.shape[0]
+    lams = jnp.asarray(lams, jnp.float32)
+    T, m_over_n, Ls, theta0 = _masks_setup(X, y, n_classes, masks)
+    state = _lanes_start(theta0, G * R)
+    active = np.arange(G * R)
+    size = min(len(active), max_lanes or len(active))
+    while active.size:
+        take = active[:size]
+        idx = jnp.asarray(np.resize(take, size))  # padding repeats lanes: same values
+        part = _lanes_round(
+            X, T, m_over_n, masks, Ls, lams, _take_lanes(state, idx), idx, max_iter, tol
+        )
+        state = _put_lanes(state, idx, part)
+        k, change = np.asarray(part[3][: len(take)]), np.asarray(part[4][: len(take)])
+        active = np.concatenate([take[(k < max_iter) & (change > tol)], active[size:]])
+        if 0 < len(active) <= size // shrink:
+            size = 1 << int(len(active) - 1).bit_length()
+    x, _, _, k, change = state
+    K = x.shape[-1]
+    return ProbeFit(
+        x[:, :-1].reshape(G, R, -1, K),
+        x[:, -1].reshape(G, R, K),
+        k.reshape(G, R),
+        (change <= tol).reshape(G, R),
+    )
+
+
+@partial(jax.jit, static_argnames=("n_classes",))
+def _masks_setup(X, y, n_classes, masks):
+    """Targets, row weights / N, Lipschitz constant per mask [G], starting theta."""
+    m = jnp.ones(X.shape[0], jnp.float32)
+    T = _targets(y, n_classes)
+    lipschitz_of = partial(_lipschitz, X, m, n_classes=n_classes)
+    Ls = jax.vmap(lambda f: lipschitz_of((f > 0).astype(jnp.float32)))(masks)
+    return T, m / X.shape[0], Ls, _init_theta(T, m, X.shape[1])
+
+
+@partial(jax.jit, static_argnums=1)
+def _lanes_start(theta0, n: int):
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), _fista_start(theta0))
+
+
+@jax.jit
+def _take_lanes(state, idx):
+    return jax.tree.map(lambda a: a[idx], state)
+
+
+@partial(jax.jit, donate_argnums=0)
+def _put_lanes(state, idx, part):
+    return jax.tree.map(lambda a, b: a.at[idx].set(b), state, part)
+
+
+@jax.jit
+def _lanes_round(X, T, m_over_n, masks, Ls, lams, state, idx, max_iter, tol):
+    """One round of `fit_masks` for the lanes idx [B] (lane = mask * R + lam index)."""
+    R = lams.shape[0]
+
+    def one(s, i):
+        f = (masks[i // R] > 0).astype(jnp.float32)
+        L = Ls[i // R]
+        thresh = jnp.append(f, 0.0) * (lams[i % R] / L)
+        stop = jnp.minimum(max_iter, jnp.maximum(FIRST_ROUND, 2 * s[3]))
+        grad_fn = partial(_smooth_grad, X, T, m_over_n)
+        return _fista_run(grad_fn, thresh, jnp.append(f, 1.0), L, s, stop, tol)
+
+    return jax.vmap(one)(state, idx)
 
 
 # ----------------------------------------------------------------------------- grids

@@ -98,6 +98,38 @@ def test_fit_many_equals_loop(shared_y):
         assert np.all(np.abs(many.n_iter[g] - one.n_iter) <= 1)  # a rounding tie at tol
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("max_lanes", [None, 3])
+def test_fit_masks_equals_fit_path_per_mask(n_classes, max_lanes):
+    """Lanes that converge leave the batch between rounds; the rest go on from their state.
+    max_lanes=3 steps 3 of the 20 lanes at a time (and pads the last batch with repeats)."""
+    X, y = make_problem(4, N_SMALL, F_SMALL, n_classes, scale=1.0)
+    X, y = jnp.asarray(X), jnp.asarray(y)
+    masks = jnp.asarray(np.random.default_rng(6).random((5, F_SMALL)) > 0.4, jnp.float32)
+    lams = probes.default_lams(X, y, n_classes, num=R_SMALL, ratio=0.05)
+    fit = probes.fit_masks(X, y, n_classes, lams, masks, max_lanes=max_lanes)
+    K = probes.n_columns(n_classes)
+    assert fit.weights.shape == (5, R_SMALL, F_SMALL, K) and fit.intercept.shape == (5, R_SMALL, K)
+    n_iter = np.asarray(fit.n_iter)
+    assert n_iter.max() > 2 * probes.FIRST_ROUND and n_iter.min() < probes.FIRST_ROUND  # rounds
+    for g in range(5):
+        one = probes.fit_path(X, y, n_classes, lams, featmask=masks[g])
+        np.testing.assert_allclose(fit.weights[g], one.weights, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fit.intercept[g], one.intercept, rtol=1e-5, atol=1e-6)
+        assert np.all(np.abs(n_iter[g] - one.n_iter) <= 1)  # a rounding tie at tol
+        np.testing.assert_array_equal(fit.converged[g], one.converged)
+        assert np.all(np.asarray(fit.weights[g])[:, np.asarray(masks[g]) == 0] == 0.0)
+
+
+def test_fit_masks_stops_at_max_iter():
+    X, y = make_problem(4, N_SMALL, F_SMALL, 3, scale=1.0)
+    masks = jnp.ones((2, F_SMALL), jnp.float32)
+    lams = jnp.asarray([1e-4, 1e-5])
+    fit = probes.fit_masks(jnp.asarray(X), jnp.asarray(y), 3, lams, masks, max_iter=13, tol=0.0)
+    np.testing.assert_array_equal(fit.n_iter, 13)  # not a round boundary (8, 16)
+    assert not np.asarray(fit.converged).any()
+
+
 def test_fit_many_standardized_equals_manual():
     rng = np.random.default_rng(3)
     X = rng.normal(5.0, 3.0, (2, N_SMALL, F_SMALL)).astype(np.float32)
@@ -236,6 +268,19 @@ def test_16bit_products_carry_a_16bit_vector(dtype):
     ):
         assert got.dtype == jnp.float32
         assert np.all(np.abs(np.asarray(got, np.float64) - want) <= 2.0**-16 * bound)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_split_high_part_is_cut_by_bits(dtype):
+    """The high part is u with the 16-bit dtype's mantissa, cut by masking bits (exact in
+    dtype), so no rounding round trip that XLA may elide decides the low part."""
+    u = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, 999), jnp.float32)
+    hi = np.asarray(jax.jit(probes._truncate, static_argnums=1)(u, dtype))
+    np.testing.assert_array_equal(hi.astype(dtype).astype(np.float32), hi)  # exact in dtype
+    assert np.all(np.abs(hi) <= np.abs(np.asarray(u)))  # toward zero
+    ulp = np.spacing(np.abs(hi).astype(dtype)).astype(np.float32)
+    assert np.all(np.abs(np.asarray(u) - hi) < ulp)
+    assert np.count_nonzero(np.asarray(u) - hi) > 900  # the low part carries bits
 
 
 def test_bf16_features_solve_to_the_same_objective(monkeypatch):
