@@ -37,6 +37,7 @@ from spin_jax.learner import (
     SpinHead,
     SpinOptions,
     fit_spin,
+    reciprocal,
     require_full,
     score,
     standardize_columns,
@@ -88,7 +89,7 @@ def _kept_features(config, k, params, sel, ids, mask, *, pooled):
     # Advanced indices split by a slice go first: [M, B] pooled, [M, B, T] per token.
     x = jnp.concatenate([h, a], axis=0).astype(jnp.float32)  # [M, B] or [M, B, T]
     x = jnp.moveaxis(x, 0, -1)
-    return standardize_columns(x, sel["mean"], sel["std"])
+    return (x - sel["mean"]) * sel["inv_std"]  # as learner.standardize_columns
 
 
 def _kept_pooled(config, k, params, sel, ids, mask):
@@ -125,7 +126,7 @@ def selection(head: SpinHead) -> dict[str, jax.Array]:
         "f_pool": jnp.asarray(head.pool[f]),
         "f_neuron": jnp.asarray(head.neuron[f]),
         "mean": jnp.asarray(head.mean[order]),
-        "std": jnp.asarray(head.std[order]),
+        "inv_std": jnp.asarray(reciprocal(head.std[order])),
         "weights": jnp.asarray(head.weights[order], jnp.float32),
         "intercept": jnp.asarray(head.intercept, jnp.float32),
     }

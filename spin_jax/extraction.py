@@ -165,17 +165,22 @@ def plan_batches(lengths: np.ndarray, max_length: int, token_budget: int, multip
     short row costs less than an empty row. Only the last batch can hold empty rows.
     """
     order = np.argsort(-np.asarray(lengths), kind="stable")
+    buckets = np.array([bucket_length(int(n), max_length) for n in lengths[order]], int)
     sizes: dict[int, int] = {}
     plan, start = [], 0
     while start < len(order):
-        blen = bucket_length(int(lengths[order[start]]), max_length)
-        size = max(multiple, (token_budget // blen) // multiple * multiple)
-        rows = order[start : start + size]
-        if len(rows) < size and blen not in sizes:
-            # A small remainder gets a power-of-two size: few shapes, so few compilations.
-            size = min(size, _round_up(_next_pow2(len(rows)), multiple))
-        sizes.setdefault(blen, size)
-        plan.append((rows, blen, size))
+        blen = int(buckets[start])
+        if blen not in sizes:
+            size = max(multiple, (token_budget // blen) // multiple * multiple)
+            n = int(np.count_nonzero(buckets[start:] == blen))
+            if n < size and (start + n == len(order) or 2 * buckets[start + n] <= blen):
+                # Too few rows of this length to fill a batch, and the next rows are less
+                # than half as long (or none are left): a power-of-two batch of its own,
+                # rather than pad many short rows out to this length.
+                size = min(size, _round_up(_next_pow2(n), multiple))
+            sizes[blen] = size
+        rows = order[start : start + sizes[blen]]
+        plan.append((rows, blen, sizes[blen]))
         start += len(rows)
     return plan
 

@@ -280,10 +280,15 @@ def column_stats(cand: Candidates, tables) -> tuple[np.ndarray, np.ndarray]:
 
 
 def standardize_columns(x, mean: np.ndarray, std: np.ndarray):
-    """(x - mean) / std for numpy or jax x, as a product with the reciprocal of std: XLA's
-    division can differ from numpy's in the last bit, its product cannot, so features read
-    on the host and on a device standardise to the same bits (and fit the same head)."""
-    return (x - mean) * (np.float32(1.0) / std)
+    """(x - mean) / std for numpy or jax x, as a product with the reciprocal of std taken in
+    numpy: XLA's division can differ from numpy's in the last bit, its product cannot, so
+    features read on the host and on a device standardise to the same bits."""
+    return (x - mean) * reciprocal(std)
+
+
+def reciprocal(std) -> np.ndarray:
+    """1 / std in numpy fp32, for `standardize_columns` and the classifier's programs."""
+    return np.float32(1.0) / np.asarray(std, np.float32)
 
 
 def gather(src, cand: Candidates, mean, std, rows=None):

@@ -157,6 +157,8 @@ def _truncate(u: Array, dtype) -> Array:
     Not `u.astype(dtype).astype(fp32)`: XLA may drop that round trip (it allows excess
     precision), and then `u - hi` is 0 and the low part is lost. This happened inside the
     GPU solver's jitted loops, where the bf16 products kept 8 bits and FISTA stalled.
+    The result is exact in dtype except where u is an fp16 subnormal (|u| < 2**-14), which
+    the conversion then rounds; the low part still holds the rest to ~2**-24.
     """
     drop = 23 - jnp.finfo(dtype).nmant  # fp32 mantissa bits the 16-bit dtype lacks
     bits = jax.lax.bitcast_convert_type(u, jnp.uint32) & jnp.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)
@@ -425,20 +427,31 @@ def fit_masks(
     Returns ProbeFit with weights [G, R, F, K], intercept [G, R, K], n_iter and converged
     [G, R]: the same solutions as `fit_path` per mask.
     """
-    G, R = masks.shape[0], lams.shape[0]
+    if shrink < 2:
+        raise ValueError(f"fit_masks: shrink must be at least 2, got {shrink}")
+    G, R, K = masks.shape[0], lams.shape[0], n_columns(n_classes)
+    if G * R == 0:
+        zeros = jnp.zeros((G, R), jnp.int32)
+        return ProbeFit(jnp.zeros((G, R, X.shape[1], K)), jnp.zeros((G, R, K)), zeros, zeros > 0)
     lams = jnp.asarray(lams, jnp.float32)
     T, m_over_n, Ls, theta0 = _masks_setup(X, y, n_classes, masks)
     state = _lanes_start(theta0, G * R)
+    steps = np.zeros(G * R, np.int64)  # each lane's iterations so far
     active = np.arange(G * R)
     size = min(len(active), max_lanes or len(active))
     while active.size:
+        # Lanes at equal counts share a batch: a fresh lane does not wait on a slow one.
+        active = active[np.argsort(steps[active], kind="stable")]
         take = active[:size]
-        idx = jnp.asarray(np.resize(take, size))  # padding repeats lanes: same values
+        idx = jnp.asarray(np.resize(take, size))  # padded with repeats of active lanes
         part = _lanes_round(
             X, T, m_over_n, masks, Ls, lams, _take_lanes(state, idx), idx, max_iter, tol
         )
-        state = _put_lanes(state, idx, part)
+        # The repeats are not stored: their index is out of range, and the scatter drops it.
+        stored = np.append(take, np.full(size - len(take), G * R))
+        state = _put_lanes(state, jnp.asarray(stored), part)
         k, change = np.asarray(part[3][: len(take)]), np.asarray(part[4][: len(take)])
+        steps[take] = k
         active = np.concatenate([take[(k < max_iter) & (change > tol)], active[size:]])
         if 0 < len(active) <= size // shrink:
             size = 1 << int(len(active) - 1).bit_length()
@@ -474,7 +487,7 @@ def _take_lanes(state, idx):
 
 @partial(jax.jit, donate_argnums=0)
 def _put_lanes(state, idx, part):
-    return jax.tree.map(lambda a, b: a.at[idx].set(b), state, part)
+    return jax.tree.map(lambda a, b: a.at[idx].set(b, mode="drop"), state, part)
 
 
 @jax.jit

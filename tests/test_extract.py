@@ -439,6 +439,13 @@ def test_plan_batches_covers_rows_in_few_shapes(multiple):
     assert (np.diff(lengths[rows]) <= 0).all()
 
 
+def test_plan_batches_few_long_rows_get_a_small_batch():
+    """One long row among short ones is not padded out with a full batch of short rows."""
+    lengths = np.array([1000] + [20] * 49)
+    plan = plan_batches(lengths, 1024, 32768)
+    assert [(blen, size, len(r)) for r, blen, size in plan] == [(1024, 1, 1), (32, 64, 49)]
+
+
 def test_compiles_once_per_shape(model):
     texts = make_texts(200, seed=2, max_words=60)
     budget = 256

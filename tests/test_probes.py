@@ -121,6 +121,15 @@ def test_fit_masks_equals_fit_path_per_mask(n_classes, max_lanes):
         assert np.all(np.asarray(fit.weights[g])[:, np.asarray(masks[g]) == 0] == 0.0)
 
 
+def test_fit_masks_without_problems_and_bad_shrink():
+    X, y = make_problem(4, N_SMALL, F_SMALL, 2)
+    X, y = jnp.asarray(X), jnp.asarray(y)
+    fit = probes.fit_masks(X, y, 2, jnp.asarray([0.1]), jnp.zeros((0, F_SMALL)))
+    assert fit.weights.shape == (0, 1, F_SMALL, 1) and fit.n_iter.shape == (0, 1)
+    with pytest.raises(ValueError, match="shrink"):
+        probes.fit_masks(X, y, 2, jnp.asarray([0.1]), jnp.ones((1, F_SMALL)), shrink=1)
+
+
 def test_fit_masks_stops_at_max_iter():
     X, y = make_problem(4, N_SMALL, F_SMALL, 3, scale=1.0)
     masks = jnp.ones((2, F_SMALL), jnp.float32)
@@ -274,7 +283,8 @@ def test_16bit_products_carry_a_16bit_vector(dtype):
 def test_split_high_part_is_cut_by_bits(dtype):
     """The high part is u with the 16-bit dtype's mantissa, cut by masking bits (exact in
     dtype), so no rounding round trip that XLA may elide decides the low part."""
-    u = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, 999), jnp.float32)
+    rng = np.random.default_rng(4)  # normal in fp16 too: |u| in [2**-12, 1]
+    u = jnp.asarray(rng.choice([-1, 1], 999) * 2.0 ** rng.uniform(-12, 0, 999), jnp.float32)
     hi = np.asarray(jax.jit(probes._truncate, static_argnums=1)(u, dtype))
     np.testing.assert_array_equal(hi.astype(dtype).astype(np.float32), hi)  # exact in dtype
     assert np.all(np.abs(hi) <= np.abs(np.asarray(u)))  # toward zero
