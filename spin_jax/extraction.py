@@ -162,7 +162,9 @@ def plan_batches(lengths: np.ndarray, max_length: int, token_budget: int, multip
     holds token_budget // that length rows (rounded down to a multiple of `multiple`, the
     device count), so each bucket length has one batch size and shapes repeat. A batch is
     filled with the next shorter rows even where they belong to a lower bucket: padding a
-    short row costs less than an empty row. Only the last batch can hold empty rows.
+    short row costs less than an empty row. Only the last batch can hold empty rows, and
+    it, like a bucket too small to fill a batch before much shorter rows, gets a
+    power-of-two size.
     """
     order = np.argsort(-np.asarray(lengths), kind="stable")
     buckets = np.array([bucket_length(int(n), max_length) for n in lengths[order]], int)
@@ -173,11 +175,14 @@ def plan_batches(lengths: np.ndarray, max_length: int, token_budget: int, multip
         if blen not in sizes:
             size = max(multiple, (token_budget // blen) // multiple * multiple)
             n = int(np.count_nonzero(buckets[start:] == blen))
-            if n < size and (start + n == len(order) or 2 * buckets[start + n] <= blen):
+            left = len(order) - start
+            if n < min(size, left) and 2 * buckets[start + n] <= blen:
                 # Too few rows of this length to fill a batch, and the next rows are less
-                # than half as long (or none are left): a power-of-two batch of its own,
-                # rather than pad many short rows out to this length.
+                # than half as long: a power-of-two batch of its own, rather than pad many
+                # short rows out to this length.
                 size = min(size, _round_up(_next_pow2(n), multiple))
+            elif left < size:  # the last batch: a power of two, few shapes to compile
+                size = min(size, _round_up(_next_pow2(left), multiple))
             sizes[blen] = size
         rows = order[start : start + sizes[blen]]
         plan.append((rows, blen, sizes[blen]))

@@ -444,6 +444,10 @@ def test_plan_batches_few_long_rows_get_a_small_batch():
     lengths = np.array([1000] + [20] * 49)
     plan = plan_batches(lengths, 1024, 32768)
     assert [(blen, size, len(r)) for r, blen, size in plan] == [(1024, 1, 1), (32, 64, 49)]
+    plan = plan_batches(np.array([300] + [40] * 7), 512, 32768)
+    assert [(blen, size, len(r)) for r, blen, size in plan] == [(384, 1, 1), (64, 8, 7)]
+    plan = plan_batches(np.array([300, 290, 280]), 512, 32768)  # similar lengths: one batch
+    assert [(blen, size, len(r)) for r, blen, size in plan] == [(384, 4, 3)]
 
 
 def test_compiles_once_per_shape(model):
