@@ -444,9 +444,8 @@ def fit_masks(
         active = active[np.argsort(steps[active], kind="stable")]
         take = active[:size]
         idx = jnp.asarray(np.resize(take, size))  # padded with repeats of active lanes
-        part = _lanes_round(
-            X, T, m_over_n, masks, Ls, lams, _take_lanes(state, idx), idx, max_iter, tol
-        )
+        lanes = _take_lanes(state, idx)
+        part = _lanes_round(X, T, m_over_n, masks, Ls, lams, lanes, idx, max_iter, tol)
         # The repeats are not stored: their index is out of range, and the scatter drops it.
         stored = np.append(take, np.full(size - len(take), G * R))
         state = _put_lanes(state, jnp.asarray(stored), part)
@@ -456,7 +455,6 @@ def fit_masks(
         if 0 < len(active) <= size // shrink:
             size = 1 << int(len(active) - 1).bit_length()
     x, _, _, k, change = state
-    K = x.shape[-1]
     return ProbeFit(
         x[:, :-1].reshape(G, R, -1, K),
         x[:, -1].reshape(G, R, K),
