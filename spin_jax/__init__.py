@@ -1,9 +1,9 @@
 """spin_jax: SPIN (Sparsify-then-Classify) text classifiers from frozen transformers."""
 
-__version__ = "0.1.0"
-
+from spin_jax._version import __version__  # noqa: F401
 from spin_jax.classifier import ArtifactError, SpinClassifier  # noqa: E402
 from spin_jax.data import DataError, TextDataset, load_texts  # noqa: E402
+from spin_jax.errors import NotFittedError, SpinJaxError  # noqa: E402
 from spin_jax.extraction import DeviceFeatures, MemoryFeatures, extract  # noqa: E402
 from spin_jax.learner import SpinError, SpinOptions, fit_spin  # noqa: E402
 from spin_jax.model import (  # noqa: E402
@@ -30,10 +30,12 @@ __all__ = [
     "Features",
     "InputError",
     "MemoryFeatures",
+    "NotFittedError",
     "Model",
     "NeuronSelection",
     "SpinClassifier",
     "SpinError",
+    "SpinJaxError",
     "SpinOptions",
     "StoreError",
     "StoreMismatchError",

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax import __version__
-from spin_jax.data import TextDataset, check_classes, stratified_split, subset
+from spin_jax._version import __version__
+from spin_jax.data import TextDataset, check_classes, check_texts, stratified_split, subset
+from spin_jax.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from spin_jax.explain import split_logits
 from spin_jax.extraction import (
     TOKEN_BUDGET,
@@ -31,6 +32,7 @@ from spin_jax.extraction import (
     compiler_options,
     extract,
     plan_batches,
+    warn_truncated,
 )
 from spin_jax.learner import (
     SpinError,
@@ -61,8 +63,6 @@ META_FILE = "classifier.json"
 REPORT_FILE = "report.json"
 
 
-class ArtifactError(ValueError):
-    """A saved classifier that is damaged, tampered with, or for another model/version."""
 
 
 # ---- the device program of inference -----------------------------------------------------
@@ -177,13 +177,17 @@ class SpinClassifier:
         seed: int = 0,
         token_budget: int = TOKEN_BUDGET,
         progress: bool = False,
+        allow_empty: bool = False,
         work_dir=None,
         **options,
     ):
+        self.options = SpinOptions(**options)  # checked before the model loads
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+            raise SpinError(f"max_length {max_length!r}: pass a positive number of tokens.")
         self.model = model if isinstance(model, Model) else load_model(model)
-        self.options = SpinOptions(**options)
         self.feature_dtype, self.valid_fraction, self.seed = feature_dtype, valid_fraction, seed
         self.max_length = min(max_length or max_length_of(self.model), max_length_of(self.model))
+        self.allow_empty = allow_empty
         self.token_budget, self.progress, self.work_dir = token_budget, progress, work_dir
         self.head: SpinHead | None = None
         self.label_names: tuple[str, ...] | None = None
@@ -194,18 +198,24 @@ class SpinClassifier:
     def _dataset(self, texts, labels, names=None) -> TextDataset:
         from spin_jax.data import encode_labels
 
+        texts = self._texts(texts)
         if labels is not None and len(texts) != len(labels):
             raise SpinError(
                 f"{len(texts)} texts but {len(labels)} labels; pass one label per text."
             )
         y, names = (None, names) if labels is None else encode_labels(list(labels), names)
-        return TextDataset(
-            texts=[str(t) for t in texts], labels=y, label_names=names, source="<memory>"
-        )
+        return TextDataset(texts=texts, labels=y, label_names=names, source="<memory>")
+
+    def _texts(self, texts) -> list[str]:
+        """A list of texts, checked (a lone string and empty texts are refused)."""
+        check_texts(texts, "the given texts", allow_empty=self.allow_empty)
+        return [str(t) for t in texts]
 
     def fit(self, texts, labels, valid=None, test=None) -> SpinClassifier:
         """Fits on texts/labels; valid and test are (texts, labels) pairs or TextDatasets."""
         train = texts if isinstance(texts, TextDataset) else self._dataset(texts, labels)
+        if isinstance(texts, TextDataset):
+            check_texts(train.texts, train.source, allow_empty=self.allow_empty)
         check_classes(train.labels, train.label_names)
         names = train.label_names
         if valid is None:
@@ -223,6 +233,7 @@ class SpinClassifier:
 
     def _as_dataset(self, data, names) -> TextDataset:
         if isinstance(data, TextDataset):
+            check_texts(data.texts, data.source, allow_empty=self.allow_empty)
             return data
         return self._dataset(data[0], data[1], names)
 
@@ -249,7 +260,7 @@ class SpinClassifier:
         self.label_names = tuple(train.label_names) if train.label_names else None
         valid = align_labels(valid, self.label_names, "validation")
         test = None if test is None else align_labels(test, self.label_names, "test")
-        head_fn = _head_baseline(self.model) if self.model.head is not None else None
+        head_fn = _head_baseline(self.model, self.label_names) if self.model.head else None
         self.head, self.report = fit_spin(
             train,
             valid,
@@ -265,12 +276,16 @@ class SpinClassifier:
 
     def _check_fitted(self):
         if self.head is None:
-            raise SpinError("this classifier is not fitted; call fit() or load() first.")
+            raise NotFittedError(
+                "this SpinClassifier is not fitted yet; call fit(texts, labels) first, or "
+                "SpinClassifier.load(folder) for a saved one."
+            )
 
     def decision_function(self, X) -> np.ndarray:
         """Logits [N, K] of texts (running only the first k blocks and reading only kept
         neurons) or of a feature source (FeatureStore / MemoryFeatures / DeviceFeatures, full
         or selective)."""
+        self._check_fitted()
         if is_source(X):
             order = selection_order(self.head)  # the device program's column order
             x = jnp.asarray(self._source_features(X)[:, order])
@@ -284,6 +299,7 @@ class SpinClassifier:
         device, so a test split or new data costs what the classifier needs. From a feature
         source, the head's columns are read (in blocks of rows) and standardised.
         """
+        self._check_fitted()
         if is_source(X):
             return np.asarray(self._source_features(X))
         x = self._run(_kept_pooled, X, len(self.head.rep))
@@ -336,6 +352,7 @@ class SpinClassifier:
             "max_length": self.max_length,
             "token_budget": self.token_budget,
             "progress": self.progress,
+            "allow_empty": self.allow_empty,
             **options,
         }
         neurons, poolings = neurons_of(self.head), poolings_of(self.head)
@@ -345,11 +362,12 @@ class SpinClassifier:
         """program(config, k, params, sel, ids, mask) -> [B, width] over length buckets."""
         self._check_fitted()
         program = _program(program)
-        texts = [str(t) for t in texts]
+        texts = self._texts(texts)
         out = np.empty((len(texts), width), np.float32)
         if not texts:
             return out
-        ids, _ = encode(self.model.tokenizer, texts, self.max_length)
+        ids, truncated = encode(self.model.tokenizer, texts, self.max_length)
+        warn_truncated(truncated, len(texts), self.max_length)
         sel, k = selection(self.head), self.head.num_layers
         pad = int(getattr(self.model.tokenizer, "pad_token_id", None) or 0)
         lengths = np.array([len(i) for i in ids])
@@ -374,6 +392,7 @@ class SpinClassifier:
 
     def score(self, X, labels=None, metric: str = "accuracy") -> float:
         """`metric` on texts and labels, or on a feature source and (by default) its labels."""
+        self._check_fitted()
         if is_source(X):
             y = labels_of(X, self.label_names) if labels is None else self._labels(X, labels)
         else:
@@ -396,9 +415,12 @@ class SpinClassifier:
         [-z/2, z/2]), so softmax(bias + shares.sum(0)) is predict_proba([text])[0].
         """
         self._check_fitted()
-        ids, _ = encode(self.model.tokenizer, [str(text)], self.max_length)
-        if not len(ids[0]):
-            raise SpinError("explain: the text has no tokens; pass a non-empty text.")
+        if not isinstance(text, str):
+            raise TypeError(f"explain takes one text (a str), got {type(text).__name__}.")
+        if not text.strip():
+            raise DataError("explain: the text is empty; pass a text with words in it.")
+        ids, truncated = encode(self.model.tokenizer, [text], self.max_length)
+        warn_truncated(truncated, 1, self.max_length)
         b_ids, b_mask = pad_batch(ids, len(ids[0]))
         shares = _program(_token_shares)(
             self.model.config,
@@ -422,7 +444,7 @@ class SpinClassifier:
 
     def save(self, out) -> Path:
         """Writes classifier.safetensors + classifier.json (+ report.json) atomically."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         self._check_fitted()
         out = Path(out)
@@ -436,15 +458,18 @@ class SpinClassifier:
                 for k in ("mean", "std", "weights", "intercept")
             }
         )
-        with tempfile.NamedTemporaryFile(dir=out, suffix=".tmp", delete=False) as f:
-            tmp = f.name
-        save_file(arrays, tmp)
-        os.replace(tmp, out / WEIGHTS_FILE)
-        write_json_atomic(out / META_FILE, self._meta(sha256_file(out / WEIGHTS_FILE)))
+        tmp = out / f".{WEIGHTS_FILE}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:  # open(), not save_file: the umask's mode (save_file: 0600)
+            f.write(save(arrays))
+            f.flush()
+            os.fsync(f.fileno())
         write_json_atomic(out / REPORT_FILE, self.report)
+        meta = self._meta(sha256_file(tmp), sha256_file(out / REPORT_FILE))
+        os.replace(tmp, out / WEIGHTS_FILE)
+        write_json_atomic(out / META_FILE, {**meta, "meta_sha256": meta_sha256(meta)})
         return out
 
-    def _meta(self, weights_sha256: str) -> dict:
+    def _meta(self, weights_sha256: str, report_sha256: str) -> dict:
         m = self.model
         tok = m.tokenizer
         return {
@@ -472,19 +497,23 @@ class SpinClassifier:
             "chosen": self.report.get("chosen"),
             "weights_file": WEIGHTS_FILE,
             "weights_sha256": weights_sha256,
+            "report_sha256": report_sha256,
         }
 
     @classmethod
-    def load(cls, path, model: str | Model | None = None) -> SpinClassifier:
-        """Loads a saved classifier; checks format, version, weights hash and the model."""
+    def load(
+        cls, path, model: str | Model | None = None, *, allow_empty: bool = False
+    ) -> SpinClassifier:
+        """Loads a saved classifier; checks format, version, the sha256 of every file and
+        of classifier.json itself, the arrays against it, and the model."""
         path = Path(path)
         meta = read_meta(path)
         arrays = _read_weights(path, meta)
-        if model is None:
-            model = meta["model"]["source"]
-        model = model if isinstance(model, Model) else load_model(model)
+        check_arrays(arrays, meta, path)
+        report = _read_report(path, meta)
+        model = model if isinstance(model, Model) else _fitted_model(model, meta)
         check_model(meta, model)
-        clf = cls(model, max_length=meta["tokenizer"]["max_length"])
+        clf = cls(model, max_length=meta["tokenizer"]["max_length"], allow_empty=allow_empty)
         clf.head = SpinHead(
             arrays["rep"],
             arrays["pool"],
@@ -497,16 +526,73 @@ class SpinClassifier:
             int(meta["num_layers"]),
         )
         clf.label_names = tuple(meta["label_names"]) if meta["label_names"] else None
-        report = path / REPORT_FILE
-        clf.report = json.loads(report.read_text()) if report.exists() else {}
+        clf.report = report
         return clf
+
+
+def meta_sha256(meta: dict) -> str:
+    """sha256 of classifier.json's content without its own hash field (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _fitted_model(model: str | None, meta: dict) -> Model:
+    """The model given, else the one recorded at fit time, saying how to point elsewhere."""
+    if model is not None:
+        return load_model(model)
+    source = meta["model"]["source"]
+    try:
+        return load_model(source)
+    except ConfigError as e:
+        raise ConfigError(
+            f"this classifier was fitted on model {source!r}, which cannot be loaded now "
+            f"({e}). If the model moved, pass its new location as the model.",
+            cli_hint="--model PATH",
+        ) from None
+
+
+def _checked_file(path: Path, name: str, meta: dict, digest_key: str) -> Path:
+    """`path / name`, present and with the sha256 that classifier.json records for it."""
+    f = path / name
+    if not f.exists():
+        raise ArtifactError(f"{f} is missing; the classifier folder is incomplete.")
+    if sha256_file(f) != meta.get(digest_key):
+        raise ArtifactError(
+            f"{f} does not match the sha256 recorded in {META_FILE}: it was modified or "
+            "damaged. Restore the folder, or re-fit."
+        )
+    return f
+
+
+def _read_report(path: Path, meta: dict) -> dict:
+    return json.loads(_checked_file(path, REPORT_FILE, meta, "report_sha256").read_text())
+
+
+def check_arrays(arrays: dict, meta: dict, path: Path) -> None:
+    """The weights agree with classifier.json (both hashed; this catches a bug, or files of
+    two runs put together)."""
+    n, k = len(arrays["rep"]), int(meta["num_layers"])
+    names = meta["label_names"]
+    n_out = arrays["weights"].shape[1] if arrays["weights"].ndim == 2 else -1
+    if n != meta.get("n_neurons") or (n and int(arrays["layer"].max()) > k):
+        raise ArtifactError(f"{path}: the weights do not fit classifier.json's layers and neurons.")
+    if names is not None and n_out != (1 if len(names) == 2 else len(names)):
+        raise ArtifactError(f"{path}: the head has {n_out} outputs for {len(names)} labels.")
 
 
 def read_meta(path: Path) -> dict:
     f = path / META_FILE
+    if not path.is_dir():
+        raise ArtifactError(f"no classifier at {path}: the folder does not exist.")
+    if not f.exists() and (path / "features").is_dir():
+        raise ArtifactError(
+            f"the fit into {path} did not finish (no {META_FILE} yet, but its features "
+            "are there): re-run the same fit command to resume it."
+        )
     if not f.exists():
         raise ArtifactError(
-            f"{path} holds no {META_FILE}; pass the folder written by `spin-jax fit --out`."
+            f"{path} holds no {META_FILE}: it is not a classifier folder (those are written "
+            "by SpinClassifier.save or `spin-jax fit --out`)."
         )
     try:
         meta = json.loads(f.read_text())
@@ -526,6 +612,11 @@ def read_meta(path: Path) -> dict:
     missing = [k for k in ("model", "tokenizer", "num_layers", "label_names") if k not in meta]
     if missing:
         raise ArtifactError(f"{f} lacks {missing}: it is damaged; re-run `spin-jax fit`.")
+    if meta.get("meta_sha256") != meta_sha256(meta):
+        raise ArtifactError(
+            f"{f} does not match its own recorded sha256: it was edited or damaged. "
+            "Restore the folder, or re-fit."
+        )
     return meta
 
 
@@ -536,14 +627,7 @@ def _minor(version: str) -> str:
 def _read_weights(path: Path, meta: dict) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
-    f = path / meta.get("weights_file", WEIGHTS_FILE)
-    if not f.exists():
-        raise ArtifactError(f"{f} is missing; the classifier folder is incomplete.")
-    if sha256_file(f) != meta.get("weights_sha256"):
-        raise ArtifactError(
-            f"{f} does not match the sha256 recorded in {META_FILE}: the "
-            "weights were modified or damaged. Re-fit or restore the folder."
-        )
+    f = _checked_file(path, meta.get("weights_file", WEIGHTS_FILE), meta, "weights_sha256")
     try:
         arrays = load_file(str(f))
     except Exception as e:
@@ -665,18 +749,55 @@ def align_labels(src, names: tuple[str, ...] | None, what: str):
     return _Relabelled(src, remap[np.asarray(src.labels)], names)
 
 
-def _head_baseline(model: Model):
-    """The fine-tuned checkpoint's own classification head, scored like the others."""
+def head_label_order(model: Model, names: tuple[str, ...] | None) -> tuple[np.ndarray, str]:
+    """For each training class, the fine-tuned head's output that means it, and how matched.
+
+    The checkpoint's id2label names are matched to the data's label names (case and spaces
+    ignored). HF's default names LABEL_0.. say nothing, so then output j is class j, as
+    HF's own training would have numbered sorted labels. Names that do not match are an
+    ArtifactError naming both sides.
+    """
+    id2label = model.hf_config.get("id2label") or {}
+    heads = {int(j): str(n) for j, n in id2label.items()}
+    n_out = len(heads)
+    if names is None or not heads:
+        return np.arange(len(names or [])), "by position"
+    if all(heads[j] == f"LABEL_{j}" for j in heads):
+        if n_out != len(names):
+            raise ArtifactError(
+                f"the checkpoint's head has {n_out} outputs, the data {len(names)} classes."
+            )
+        return np.arange(n_out), "by position (the checkpoint's labels are LABEL_0..)"
+    key = {n.strip().lower(): j for j, n in heads.items()}
+    missing = [n for n in names if n.strip().lower() not in key]
+    if missing:
+        raise ArtifactError(
+            f"the checkpoint's labels {sorted(heads.values())} do not name the data's "
+            f"classes {missing}; rename the labels to match, or fix id2label in config.json."
+        )
+    return np.array([key[n.strip().lower()] for n in names]), "by name (id2label)"
+
+
+def _head_baseline(model: Model, names: tuple[str, ...] | None):
+    """The fine-tuned checkpoint's own classification head, scored like the others, its
+    outputs put in the data's class order (head_label_order); None with a warning if the
+    checkpoint's labels cannot be matched to the data's."""
+    try:
+        order, how = head_label_order(model, names)
+    except ArtifactError as e:
+        log.warning("the fine-tuned head is not scored as a baseline: %s", e)
+        return None
 
     def run(valid, test, yv, yt, n_classes, metric):
-        out = {}
+        out = {"label_match": how}
         for name, src, y in (("valid", valid, yv), ("test", test, yt)):
             if src is None:
                 out[name] = None
                 continue
             L = src.shape("hidden")[1] - 1
             x = src.read("hidden", layers=[L], poolings=[0])[:, 0, 0]
-            pred = np.argmax(np.asarray(head_logits(model, jnp.asarray(x))), axis=-1)
+            logits = np.asarray(head_logits(model, jnp.asarray(x)))[:, order]
+            pred = np.argmax(logits, axis=-1)
             out[name] = float(score(metric, y, jnp.asarray(pred), n_classes))
         return out
 

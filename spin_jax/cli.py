@@ -5,19 +5,60 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-
-USER_ERRORS = (
-    "ConfigError",
-    "WeightsError",
-    "InputError",
-    "DataError",
-    "StoreError",
-    "StoreMismatchError",
-    "SpinError",
-    "ArtifactError",
-)
+from pathlib import Path
 
 
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1; pass e.g. 0.2")
+    return value
+
+
+def eta_list(text: str) -> tuple[float, ...]:
+    """Comma-separated shares in (0, 1], e.g. 0.1,0.5,0.8."""
+    etas = []
+    for part in text.split(","):
+        try:
+            eta = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not a number; pass shares in (0, 1] like 0.1,0.5,0.8"
+            ) from None
+        if not 0.0 < eta <= 1.0:
+            raise argparse.ArgumentTypeError(f"eta {eta} is not in (0, 1]; pass e.g. 0.1,0.5")
+        etas.append(eta)
+    return tuple(etas)
+
+
+def check_out_file(path: str | None) -> None:
+    """Refuses, before any work, an output file that could not be written at the end."""
+    from spin_jax.errors import DataError
+
+    if path is None:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise DataError(f"output {path} is a folder; pass a file path such as {path}/out.csv.")
+    if not out.parent.is_dir():
+        raise DataError(
+            f"cannot write {path}: the folder {out.parent} does not exist; create it first."
+        )
+
+
+def check_out_folder(path: str) -> None:
+    """An --out folder: absent (it is created) or a folder, never an existing file."""
+    from spin_jax.errors import DataError
+
+    if Path(path).exists() and not Path(path).is_dir():
+        raise DataError(f"--out {path} is an existing file; pass a folder path.")
+
+
+ALLOW_EMPTY_HELP = "accept empty or whitespace-only texts (refused by default)"
 BUDGET_HELP = "tokens per batch, padding included (default: spin_jax.extraction.TOKEN_BUDGET)"
 
 
@@ -66,12 +107,14 @@ def cmd_extract(args):
     from spin_jax.extraction import extract
     from spin_jax.selection import load_neurons
 
+    check_out_folder(args.out)
     ds = load_texts(
         args.data,
         split=args.split,
         text_column=args.text_column,
         label_column=args.label_column,
         require_labels=False,
+        allow_empty=args.allow_empty,
     )
     model = spin_jax.load_model(args.model, dtype=args.model_dtype, revision=args.revision)
     options = dict(
@@ -114,7 +157,7 @@ def _extract_kept(args, model, ds, options):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spin-jax", description=__doc__)
+    parser = Parser(prog="spin-jax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -153,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int, default=None)
     p.add_argument("--token-budget", type=int, default=None, help=BUDGET_HELP)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--allow-empty", action="store_true", help=ALLOW_EMPTY_HELP)
     p.set_defaults(func=cmd_extract)
 
     from spin_jax import cli_learn
@@ -161,18 +205,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the problem, and where the usage is."""
+
+    def error(self, message):
+        self.exit(2, f"spin-jax: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _interrupted(args) -> str:
+    out = getattr(args, "out", None)
+    if args.command in ("fit", "extract") and out:
+        return (
+            f"interrupted; the finished chunks and probe groups are kept in {out}: "
+            "re-run the same command to resume."
+        )
+    return "interrupted; nothing was written."
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    from spin_jax.errors import SpinJaxError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad argument (Parser.error printed the line)
+        return int(e.code or 0)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
     try:
         args.func(args)
-    except Exception as e:  # user mistakes end with one clear line, bugs with a traceback
-        if type(e).__name__ in USER_ERRORS:
-            print(f"spin-jax: error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except SpinJaxError as e:  # user mistakes end with one clear line, bugs with a traceback
+        hint = f" ({e.cli_hint})" if e.cli_hint else ""
+        print(f"spin-jax: error: {e}{hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nspin-jax: {_interrupted(args)}", file=sys.stderr)
+        return 130
     return 0
 
 

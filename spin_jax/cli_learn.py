@@ -7,6 +7,7 @@ import contextlib
 import csv
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,19 +35,22 @@ def _read(path, args, *, label_names=None, require_labels=True):
         label_column=args.label_column,
         label_names=label_names,
         require_labels=require_labels,
+        allow_empty=getattr(args, "allow_empty", False),
     )
 
 
 def _options(args) -> dict:
     opts = {"metric": args.metric, "selection": args.selection, "lam_grid": args.lam_grid}
     if args.etas:
-        opts["etas"] = tuple(float(e) for e in args.etas.split(","))
+        opts["etas"] = args.etas
     return opts
 
 
 def cmd_fit(args):
     from spin_jax.classifier import SpinClassifier
 
+    cli.check_out_folder(args.out)
+    splits = None if _is_store(args.train) else _read_splits(args)  # data errors first
     clf = SpinClassifier(
         args.model,
         feature_dtype=args.feature_dtype,
@@ -55,18 +59,24 @@ def cmd_fit(args):
         seed=args.seed,
         token_budget=cli.token_budget(args),
         progress=not args.quiet,
+        allow_empty=args.allow_empty,
         work_dir=Path(args.out) / "features",
         **_options(args),
     )
-    if _is_store(args.train):
+    if splits is None:
         fit_from_stores(clf, args)
     else:
-        train = _read(args.train, args)
-        valid = _read(args.valid, args, label_names=train.label_names) if args.valid else None
-        test = _read(args.test, args, label_names=train.label_names) if args.test else None
+        train, valid, test = splits
         clf.fit(train, None, valid=valid, test=test)
     clf.save(args.out)
     print_summary(clf.report, out=args.out)
+
+
+def _read_splits(args):
+    train = _read(args.train, args)
+    valid = _read(args.valid, args, label_names=train.label_names) if args.valid else None
+    test = _read(args.test, args, label_names=train.label_names) if args.test else None
+    return train, valid, test
 
 
 def fit_from_stores(clf, args):
@@ -108,7 +118,7 @@ def cmd_evaluate(args):
     from spin_jax.classifier import SpinClassifier
     from spin_jax.probes import accuracy, macro_f1
 
-    clf = SpinClassifier.load(args.run, model=args.model)
+    clf = SpinClassifier.load(args.run, model=args.model, allow_empty=args.allow_empty)
     X, y = _labelled(clf, args)
     pred = np.argmax(clf.predict_proba(X), axis=-1)
     n_classes = len(clf.label_names)
@@ -146,7 +156,8 @@ def cmd_predict(args):
     from spin_jax.classifier import SpinClassifier
     from spin_jax.store import FeatureStore
 
-    clf = SpinClassifier.load(args.run, model=args.model)
+    cli.check_out_file(args.out)
+    clf = SpinClassifier.load(args.run, model=args.model, allow_empty=args.allow_empty)
     if _is_store(args.data):
         store = FeatureStore.open(args.data)
         first, keys = "row", range(store.n_rows)
@@ -156,12 +167,26 @@ def cmd_predict(args):
         first, keys = "text", ds.texts
         proba = clf.predict_proba(ds.texts)
     names = list(clf.label_names)
-    out = open(args.out, "w", newline="") if args.out else contextlib.nullcontext(sys.stdout)
-    with out as f:
+    with _output(args.out) as f:
         w = csv.writer(f)
         w.writerow([first, "prediction", *[f"p_{n}" for n in names]])
         for key, p in zip(keys, proba, strict=True):
             w.writerow([key, names[int(p.argmax())], *[f"{x:.6f}" for x in p]])
+
+
+@contextlib.contextmanager
+def _output(path):
+    """stdout, or a file written under a temporary name and renamed when complete."""
+    if path is None:
+        yield sys.stdout
+        return
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cmd_explain(args):
@@ -229,6 +254,7 @@ def _common(p, *, labels=True):
     if labels:
         p.add_argument("--label-column", default=None)
     p.add_argument("--split", default=None)
+    p.add_argument("--allow-empty", action="store_true", help=cli.ALLOW_EMPTY_HELP)
 
 
 def add_commands(sub) -> None:
@@ -242,10 +268,10 @@ def add_commands(sub) -> None:
     p.add_argument("--metric", default="auto", choices=["auto", "accuracy", "macro_f1"])
     p.add_argument("--selection", default="1se", choices=["1se", "exact"])
     p.add_argument("--lam-grid", default="auto", choices=["auto", "paper"])
-    p.add_argument("--etas", default=None, help="comma-separated eta grid")
+    p.add_argument("--etas", type=cli.eta_list, default=None, help="comma-separated eta grid")
     p.add_argument("--feature-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--valid-fraction", type=float, default=0.2)
+    p.add_argument("--valid-fraction", type=cli.fraction, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--token-budget", type=int, default=None, help=cli.BUDGET_HELP)
     p.add_argument("--quiet", action="store_true")

@@ -21,14 +21,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from spin_jax.errors import DataError
+
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
 LABEL_COLUMNS = ("label", "labels", "stars", "sentiment", "class")
 FILE_TYPES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _INT = re.compile(r"[+-]?\d+")
 
 
-class DataError(ValueError):
-    """A problem with the user's data; the message names the problem and the fix."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ def load_texts(
     label_column: str | None = None,
     label_names: Sequence[str] | None = None,
     require_labels: bool = True,
+    allow_empty: bool = False,
 ) -> TextDataset:
     """Reads texts and integer class ids.
 
@@ -64,6 +65,7 @@ def load_texts(
     lexicographically); with them (the names seen at fit time) a label outside them is an error.
     `split` picks a split of a DatasetDict; plain files have no splits and ignore it.
     With `require_labels=False` (predict) the label column may be absent, or all empty.
+    Empty or whitespace-only texts are refused unless `allow_empty`.
     """
     source = str(source)
     table = _read_table(source, split)
@@ -72,6 +74,7 @@ def load_texts(
     names = None if label_names is None else tuple(str(n) for n in label_names)
     text_col = _pick_column(table, text_column, TEXT_COLUMNS, "text", source, required=True)
     texts = _clean_texts(table.get(text_col), text_col, source)
+    check_texts(texts, source, allow_empty=allow_empty, column=text_col)
     label_col = _pick_column(table, label_column, LABEL_COLUMNS, "label", source, require_labels)
     if label_col is None:
         return TextDataset(texts, None, names, source)
@@ -85,14 +88,35 @@ def load_texts(
     missing = [i for i, v in enumerate(values) if _is_missing(v)]
     if missing and not require_labels and len(missing) == len(values):
         return TextDataset(texts, None, names, source)
-    if missing:
-        raise DataError(
-            f"label is missing in row {missing[0] + 1} of {source} (column {label_col!r}; "
-            f"{len(missing)} such rows in all, rows counted from 1 without the header); "
-            "fill the labels in or drop those rows."
-        )
     labels, names = _encode_labels(values, names, label_col, source)
     return TextDataset(texts, labels, names, source)
+
+
+def _rows(rows: list[int], limit: int = 5) -> str:
+    """Rows counted from 1: "3, 7 and 9", or "3, 7, 9, ... (12 rows)"."""
+    shown = ", ".join(str(r + 1) for r in rows[:limit])
+    return shown + (f", ... ({len(rows)} rows)" if len(rows) > limit else "")
+
+
+def check_texts(texts, source: str, *, allow_empty: bool = False, column: str | None = None):
+    """Refuses a lone string (a list of texts was meant) and, unless `allow_empty`, empty or
+    whitespace-only texts: a model reads them as its special tokens alone, and the
+    prediction means nothing."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            "expected a list of texts, got a single string; wrap it in a list: [text]."
+        )
+    if allow_empty:
+        return
+    empty = [i for i, t in enumerate(texts) if not str(t).strip()]
+    if empty:
+        where = f" (column {column!r})" if column else ""
+        raise DataError(
+            f"empty or whitespace-only text in row {_rows(empty)} of {source}{where}, rows "
+            "counted from 1; drop those rows, or allow empty texts (allow_empty=True) to "
+            "read them anyway.",
+            cli_hint="--allow-empty",
+        )
 
 
 def _pick_column(table, explicit, defaults, kind, source, required):
@@ -115,12 +139,21 @@ def _pick_column(table, explicit, defaults, kind, source, required):
     )
 
 
+# Cells that spreadsheets and pandas write for "no value"; never a class name.
+MISSING_LABELS = frozenset({"nan", "na", "n/a", "<na>", "none", "null"})
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
+# More distinct labels than this share of the rows (and than MAX_FREE_CLASSES) looks like
+# a regression target or an id column, not classes.
+CLASS_SHARE = 0.2
+MAX_FREE_CLASSES = 20
+
+
 def _is_missing(value: Any) -> bool:
     if value is None:
         return True
     if isinstance(value, float):
         return math.isnan(value)
-    return isinstance(value, str) and not value.strip()
+    return isinstance(value, str) and value.strip().lower() in MISSING_LABELS | {""}
 
 
 def _clean_texts(values: list, column: str, source: str) -> list[str]:
@@ -146,17 +179,51 @@ def _label_key(value: Any, row: int, column: str, source: str) -> int | str:
         return int(value)
     if isinstance(value, str):
         value = value.strip()
-        return int(value) if _INT.fullmatch(value) else value
+        if _INT.fullmatch(value):
+            return int(value)
+        if _FLOAT.fullmatch(value) and float(value).is_integer():
+            return int(float(value))  # "1.0" from a float column written as text
+        if _FLOAT.fullmatch(value):
+            raise DataError(_continuous(value, row, column, source))
+        return value
+    if isinstance(value, (float, np.floating)):
+        raise DataError(_continuous(value, row, column, source))
     raise DataError(
         f"label {value!r} in row {row + 1} of {source} (column {column!r}) is not an integer "
         "or a string; use class names or integer class ids."
     )
 
 
+def _continuous(value, row: int, column: str, source: str) -> str:
+    return (
+        f"label {value!r} in row {row + 1} of {source} (column {column!r}) is a fractional "
+        "number: this looks like a regression target, and SPIN fits classifiers. Pass a "
+        "column of class labels, or bin the values into classes first."
+    )
+
+
+def _check_class_count(n_classes: int, n_rows: int, column: str, source: str) -> None:
+    if n_classes > MAX_FREE_CLASSES and n_classes > CLASS_SHARE * n_rows:
+        raise DataError(
+            f"column {column!r} of {source} holds {n_classes} distinct labels in {n_rows} "
+            "rows: this looks like a regression target or an id column, not classes. Pass "
+            "the column of class labels.",
+            cli_hint="--label-column NAME",
+        )
+
+
 def _encode_labels(values, names, column, source) -> tuple[np.ndarray, tuple[str, ...]]:
+    missing = [i for i, v in enumerate(values) if _is_missing(v)]
+    if missing:
+        raise DataError(
+            f"label is missing in row {_rows(missing)} of {source} (column {column!r}, rows "
+            "counted from 1; empty, NaN, None and null are no labels); fill the labels in "
+            "or drop those rows."
+        )
     keys = [_label_key(v, i, column, source) for i, v in enumerate(values)]
     if names is None:
         distinct = set(keys)
+        _check_class_count(len(distinct), len(keys), column, source)
         if all(isinstance(k, int) for k in distinct):
             names = tuple(str(k) for k in sorted(distinct))
         else:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import time
 from collections import deque
@@ -29,14 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax import __version__
-from spin_jax.data import DataError, TextDataset
+from spin_jax._version import __version__
+from spin_jax.data import DataError, TextDataset, check_texts
 from spin_jax.model import Model
 from spin_jax.models import POOLINGS, InputError, _check_k, _forward
 from spin_jax.selection import COLUMNS, NeuronSelection, parse_neurons
 from spin_jax.store import DTYPES as STORE_DTYPES
-from spin_jax.store import FeatureStore, StoreError, _selection
-from spin_jax.text import encode, max_length_of, pad_batch
+from spin_jax.store import FeatureStore, StoreError, _selection, write_json_atomic
+from spin_jax.text import encode_rows, max_length_of, pad_batch
 
 log = logging.getLogger("spin_jax")
 # Tokens per batch (padding included). Measured on an H100 with GPT2-XL, 32768 is faster
@@ -403,11 +402,32 @@ class ExtractOptions:
     progress: bool = True
     neurons: NeuronSelection | None = None  # selective extraction, as `extract` validated it
     placement: str = "auto"  # without `out`: "host", "device" or "auto" (see placement_of)
+    allow_empty: bool = False  # accept empty or whitespace-only texts in a list of texts
+
+    def __post_init__(self):
+        if self.placement not in PLACEMENTS:
+            raise InputError(f"placement={self.placement!r}: choose one of {PLACEMENTS}.")
+        unknown = sorted(set(self.poolings) - set(POOLINGS))
+        if isinstance(self.poolings, str) or unknown or not self.poolings:
+            raise DataError(
+                f"poolings {self.poolings!r}: pass a tuple of some of {POOLINGS}."
+            )
+        if self.dtype not in STORE_DTYPES:
+            raise DataError(f"dtype {self.dtype!r}: choose one of {sorted(STORE_DTYPES)}.")
+        for name in ("token_budget", "max_length", "chunk_rows", "chunk_bytes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InputError(f"{name}={value!r}: pass a positive whole number.")
+        if self.num_layers is not None and (
+            not isinstance(self.num_layers, int) or self.num_layers < 0
+        ):
+            raise InputError(f"num_layers={self.num_layers!r}: pass a number of blocks >= 0.")
 
 
-def _as_dataset(data) -> TextDataset:
+def _as_dataset(data, allow_empty: bool) -> TextDataset:
     if isinstance(data, TextDataset):
-        return data
+        return data  # load_texts checked its texts
+    check_texts(data, "the given texts", allow_empty=allow_empty)
     texts = list(data)
     if not texts:
         raise DataError("no texts to extract: the dataset is empty.")
@@ -479,7 +499,7 @@ def extract(model: Model, data, out=None, *, neurons=None, **options):
     is one array "columns" [N, P, M]: the hidden pairs sorted, then the ffn pairs.
     """
     opts = ExtractOptions(**options)
-    ds = _as_dataset(data)
+    ds = _as_dataset(data, opts.allow_empty)
     _check_options(ds, opts, out)
     k = _check_k(model.config, opts.num_layers)  # before a store is made with a wrong shape
     if neurons is not None:
@@ -487,7 +507,9 @@ def extract(model: Model, data, out=None, *, neurons=None, **options):
         opts = dataclasses.replace(opts, neurons=sel)
         k = sel.num_layers if opts.num_layers is None else k
     max_length = min(opts.max_length or max_length_of(model), max_length_of(model))
-    ids, truncated = encode(model.tokenizer, ds.texts, max_length)
+    ids, truncated_rows = encode_rows(model.tokenizer, ds.texts, max_length)
+    truncated = int(truncated_rows.sum())
+    warn_truncated(truncated, len(ids), max_length)
     specs = _array_specs(model, k, opts)
     identity = _identity(model, ds, opts, k, max_length)
     if out is None:
@@ -508,15 +530,12 @@ def extract(model: Model, data, out=None, *, neurons=None, **options):
         labels=ds.labels,
         label_names=ds.label_names,
     )
-    runner.summary.truncated = truncated
-    runner.fill_store(store, ids, specs)
+    runner.fill_store(store, ids, truncated_rows, specs)
     _write_summary(store, runner.summary)
     return store
 
 
 def _check_options(ds: TextDataset, opts: ExtractOptions, out) -> None:
-    if opts.placement not in PLACEMENTS:
-        raise InputError(f"placement={opts.placement!r}: choose one of {PLACEMENTS}.")
     if out is not None and opts.placement == "device":
         raise InputError(
             "placement='device' keeps features in accelerator memory, but `out` writes them "
@@ -524,27 +543,34 @@ def _check_options(ds: TextDataset, opts: ExtractOptions, out) -> None:
         )
     if len(ds) == 0:
         raise DataError(f"{ds.source} has no rows to extract.")
-    unknown = set(opts.poolings) - set(POOLINGS)
-    if unknown:
-        raise DataError(f"unknown pooling(s) {sorted(unknown)}; choose from {POOLINGS}.")
-    if opts.dtype not in STORE_DTYPES:
-        raise DataError(f"dtype {opts.dtype!r}: choose one of {sorted(STORE_DTYPES)}.")
-    if opts.token_budget < 1:
-        raise InputError(f"token_budget={opts.token_budget}: pass a positive number of tokens.")
-    if opts.max_length is not None and opts.max_length < 1:
-        raise InputError(f"max_length={opts.max_length}: pass a positive number of tokens.")
 
 
-def _write_summary(store, summary: Summary):
-    if jax.process_index() == 0:
-        log.info("extracted into %s: %s", store.path, summary)
-        path = store.path / "summary.json"
-        path.write_text(
-            json.dumps(
-                {**dataclasses.asdict(summary), "padding_fraction": summary.padding_fraction},
-                indent=2,
-            )
+def warn_truncated(n_truncated: int, n_texts: int, max_length: int) -> None:
+    """One warning line for texts cut to max_length tokens (their tail is not read)."""
+    if n_truncated:
+        log.warning(
+            "%d of %d texts are longer than %d tokens: each is read up to its first %d.",
+            n_truncated,
+            n_texts,
+            max_length,
+            max_length,
         )
+
+
+def _write_summary(store, summary: Summary) -> None:
+    """summary.json over the whole store: each chunk's stats summed, whichever run wrote it
+    (a resumed run computes only the chunks that were missing); chunks_done and
+    chunks_skipped say what this run did."""
+    if jax.process_index() != 0:
+        return
+    log.info("extracted into %s: %s", store.path, summary)
+    whole = dataclasses.replace(summary, rows=0, tokens=0, padded_tokens=0, seconds=0.0)
+    whole.truncated = 0
+    for stats in store.chunk_stats():
+        for key in ("rows", "tokens", "padded_tokens", "truncated", "seconds"):
+            setattr(whole, key, getattr(whole, key) + stats.get(key, 0))
+    record = {**dataclasses.asdict(whole), "padding_fraction": whole.padding_fraction}
+    write_json_atomic(store.path / "summary.json", record)
 
 
 class _Runner:
@@ -620,6 +646,8 @@ class _Runner:
     def _collect(self, item, out):
         local, results = item  # the program's outputs, in the order of `out` (its specs)
         n = len(local)
+        if self.opts.dtype == "float16":
+            _check_float16(results, local, self.on_device)
         if self.on_device:
             self._scatter(local, results, out)
         else:
@@ -643,19 +671,52 @@ class _Runner:
                 x = jax.device_put(x, first.sharding)  # device to device, onto the first
             out[name] = scatter(out[name], rows, x)
 
-    def fill_store(self, store: FeatureStore, ids, specs):
+    def fill_store(self, store: FeatureStore, ids, truncated_rows, specs):
         missing = store.missing_chunks()
         self.summary.chunks_skipped = store.n_chunks - len(missing)
         total = sum(np.subtract(*store.chunk_rows_range(i)[::-1]) for i in missing)
         self.bar = _progress(total, self.opts.progress and jax.process_index() == 0)
         for i in missing:
             start, stop = store.chunk_rows_range(i)
+            before = dataclasses.replace(self.summary)
             arrays = self.run_rows(ids, np.arange(start, stop), specs)
+            self.summary.truncated += int(truncated_rows[start:stop].sum())
             if jax.process_index() == 0:
-                store.write_chunk(i, arrays)
+                store.write_chunk(i, arrays, stats=self._chunk_stats(before))
             self.summary.chunks_done += 1
         if self.bar is not None:
             self.bar.close()
+
+
+    def _chunk_stats(self, before: Summary) -> dict:
+        """What the last chunk cost: the summary's growth since `before`."""
+        now = self.summary
+        return {
+            "rows": now.rows - before.rows,
+            "tokens": now.tokens - before.tokens,
+            "padded_tokens": now.padded_tokens - before.padded_tokens,
+            "truncated": now.truncated - before.truncated,
+            "seconds": round(now.seconds - before.seconds, 6),
+        }
+
+
+@jax.jit
+def _any_inf(x):
+    return jnp.isinf(x).any()
+
+
+def _check_float16(results, rows, on_device: bool) -> None:
+    """float16 tops out at 65504: a larger activation would be stored as inf, silently.
+    Checked where the batch is (results on their way to the host are read there)."""
+    has_inf = _any_inf if on_device else (lambda x: np.isinf(np.asarray(x)).any())
+    if any(bool(has_inf(x)) for x in results):
+        raise StoreError(
+            f"a feature of the batch holding rows {int(np.min(rows)) + 1}..{int(np.max(rows)) + 1}"
+            " overflows float16 (|value| > 65504): this model's activations need a wider "
+            "dtype. Extract with dtype='bfloat16' or 'float32', into a new folder (a store "
+            "keeps the dtype it was started with).",
+            cli_hint="--dtype / --feature-dtype bfloat16",
+        )
 
 
 def _progress(total: int, enabled: bool):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spin_jax import probes
+from spin_jax.errors import SpinError
 from spin_jax.models import POOLINGS
 from spin_jax.selection import is_selective
 
@@ -35,8 +36,6 @@ REPS = ("hidden", "ffn")
 ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.8)
 
 
-class SpinError(ValueError):
-    """A fit that cannot run on the given data (one class, mismatched labels, ...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +56,41 @@ class SpinOptions:
     # (half the bytes of its memory-bound products; see probes.py) and float32 on CPU.
     solver_dtype: str = "auto"
     memory_bytes: int = 2 << 30  # device memory for one chunk of probe features
+
+    def __post_init__(self):
+        """Every option checked here, before any probe runs."""
+        _one_of("metric", self.metric, ("auto", "accuracy", "macro_f1"))
+        _one_of("selection", self.selection, ("1se", "exact"))
+        _one_of("lam_grid", self.lam_grid, ("auto", "paper"))
+        _one_of("solver_dtype", self.solver_dtype, ("auto", "float32", "bfloat16", "float16"))
+        _some_of("representations", self.representations, (*REPS, "both"))
+        _some_of("poolings", self.poolings, (*POOLINGS, "all"))
+        if isinstance(self.etas, (str, float, int)) or not self.etas:
+            raise SpinError(f"etas {self.etas!r}: pass a tuple of shares, e.g. (0.1, 0.5).")
+        bad = [e for e in self.etas if not isinstance(e, (int, float)) or not 0 < e <= 1]
+        if bad:
+            raise SpinError(f"etas {bad}: each eta is a share of weight in (0, 1].")
+        for name in ("n_lams", "max_iter", "memory_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpinError(f"{name}={value!r}: pass a positive whole number.")
+        if not 0 < self.lam_ratio < 1:
+            raise SpinError(f"lam_ratio={self.lam_ratio!r}: pass a number in (0, 1).")
+        if not self.tol > 0:
+            raise SpinError(f"tol={self.tol!r}: pass a positive number.")
+
+
+def _one_of(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise SpinError(f"{name} {value!r}: choose one of {', '.join(choices)}.")
+
+
+def _some_of(name: str, values, choices: tuple) -> None:
+    if isinstance(values, str) or not values:
+        raise SpinError(f"{name}={values!r}: pass a tuple of some of {', '.join(choices)}.")
+    bad = [v for v in values if v not in choices]
+    if bad:
+        raise SpinError(f"{name} {bad}: choose from {', '.join(choices)}.")
 
 
 # ---- metrics -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax import __version__
+from spin_jax._version import __version__
 from spin_jax.models import config_from_hf, forward_params
 from spin_jax.models.layers import ConfigError, Features, Params, WeightsError, cast_params
 
@@ -103,16 +103,29 @@ def _resolve(name_or_path: str, revision: str | None) -> Path:
         if not path.is_dir():
             raise ConfigError(f"{path} is a file; pass the model folder that holds config.json.")
         return path
+    if not _looks_like_hub_id(str(name_or_path)):
+        raise ConfigError(
+            f"no such model folder: {name_or_path} does not exist. Check the path (a model "
+            "folder holds config.json), or pass a Hugging Face hub id such as gpt2."
+        )
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(name_or_path, revision=revision, allow_patterns=_HUB_FILES))
     except Exception as e:
         raise ConfigError(
-            f"cannot fetch model {name_or_path!r} from the HF hub ({type(e).__name__}: {e}). "
-            "Offline? Pass a local model folder (save_pretrained output), or unset "
-            "HF_HUB_OFFLINE with network access."
+            f"{name_or_path!r} is not a local folder, and fetching it from the HF hub failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Pass a local "
+            "model folder (save_pretrained output), or, with network access, unset "
+            "HF_HUB_OFFLINE."
         ) from None
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """"gpt2" or "owner/name": at most one slash, no path-like start, hub characters only."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
+        return False
+    return all(c.isalnum() or c in "-_./" for c in name) and not name.endswith("/")
 
 
 def load_tokenizer(folder: Path, model_type: str):

@@ -31,6 +31,9 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from spin_jax._version import __version__
+from spin_jax.errors import StoreError, StoreMismatchError
+
 FORMAT = "spin_jax.feature_store"
 FORMAT_VERSION = 1
 DTYPES = {
@@ -59,12 +62,8 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _FRESH = "Choose another --out folder, or delete this one to start over."
 
 
-class StoreError(ValueError):
-    """A feature store that is missing, damaged, incomplete or used wrongly."""
 
 
-class StoreMismatchError(StoreError):
-    """A folder holding a store made with a different model, config or data."""
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -111,14 +110,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _spin_jax_version() -> str:
-    try:
-        from spin_jax import __version__
-    except ImportError:  # the package __init__ may not define it
-        return "0.0.0"
-    return str(__version__)
-
-
 def _jsonable(obj: Any, what: str) -> Any:
     """`obj` as it reads back from JSON (tuples become lists), so old and new compare equal."""
     try:
@@ -153,6 +144,7 @@ class FeatureStore:
         self.path = path
         self.manifest = manifest
         self._progress = progress
+        self._verified: set[str] = set()  # files whose sha256 was checked since open
 
     # ------------------------------------------------------------------------- create / open
 
@@ -251,9 +243,16 @@ class FeatureStore:
 
     @property
     def labels(self) -> np.ndarray | None:
-        if self.manifest.get("labels_sha256") is None:
+        digest = self.manifest.get("labels_sha256")
+        if digest is None:
             return None
-        return np.load(self.path / "labels.npy", allow_pickle=False)
+        labels = np.load(self.path / "labels.npy", allow_pickle=False)
+        if hashlib.sha256(labels.tobytes()).hexdigest() != digest:
+            raise StoreError(
+                f"{self.path / 'labels.npy'} does not match the sha256 in manifest.json: it "
+                "was modified or corrupted. Re-extract into a new folder."
+            )
+        return labels
 
     @property
     def complete(self) -> bool:
@@ -279,8 +278,11 @@ class FeatureStore:
 
     # ------------------------------------------------------------------------- writing
 
-    def write_chunk(self, i: int, arrays: Mapping[str, np.ndarray]) -> None:
-        """Writes chunk `i` (every declared array) atomically, then records it as done."""
+    def write_chunk(
+        self, i: int, arrays: Mapping[str, np.ndarray], *, stats: Mapping | None = None
+    ) -> None:
+        """Writes chunk `i` (every declared array) atomically, then records it as done,
+        with `stats` (JSON numbers about how it was made) beside it."""
         start, stop = self.chunk_rows_range(i)
         expected = set(self.manifest["arrays"])
         if set(arrays) != expected:
@@ -297,8 +299,12 @@ class FeatureStore:
             file = self.path / _chunk_file(name, i)
             _save_npy(file, array.view(STORAGE[self._spec(name)[1]]))
             files[file.name] = sha256_file(file)
+            self._verified.add(file.name)  # hashed as written
         _fsync_dir(self.path)
-        self._progress["chunks"][str(i)] = {"rows": [start, stop], "files": files}
+        entry = {"rows": [start, stop], "files": files}
+        if stats is not None:
+            entry["stats"] = _jsonable(dict(stats), "chunk stats")
+        self._progress["chunks"][str(i)] = entry
         write_json_atomic(self.path / "progress.json", self._progress)
 
     def _check_array(self, name: str, array: Any, rows: int) -> np.ndarray:
@@ -317,6 +323,10 @@ class FeatureStore:
             )
         return np.ascontiguousarray(array)
 
+    def chunk_stats(self) -> list[dict]:
+        """The `stats` recorded with each written chunk (chunks written without: {})."""
+        return [entry.get("stats", {}) for entry in self._progress["chunks"].values()]
+
     def _remove_temp_files(self) -> None:
         for tmp in self.path.glob(".*.tmp-*"):
             tmp.unlink(missing_ok=True)
@@ -326,13 +336,21 @@ class FeatureStore:
     def verify(self) -> None:
         """Recomputes every file's sha256 against progress.json."""
         for i, entry in sorted(self._progress["chunks"].items(), key=lambda kv: int(kv[0])):
-            for file, digest in entry["files"].items():
-                if sha256_file(self.path / file) != digest:
-                    raise StoreError(
-                        f"{self.path / file} (chunk {i}) does not match its recorded sha256: "
-                        "it was modified or corrupted. Delete that file and re-run the same "
-                        "extract command to rewrite the chunk."
-                    )
+            for file in entry["files"]:
+                self._verify_file(file, int(i))
+
+    def _verify_file(self, file: str, i: int) -> None:
+        """Checks a chunk file's sha256 once per open store: reading a chunk hashes it first
+        (about 1 GB/s, small next to the forward that made it)."""
+        if file in self._verified:
+            return
+        if sha256_file(self.path / file) != self._progress["chunks"][str(i)]["files"][file]:
+            raise StoreError(
+                f"{self.path / file} (chunk {i}) does not match its recorded sha256: "
+                "it was modified or corrupted. Delete that file and re-run the same "
+                "extract command to rewrite the chunk."
+            )
+        self._verified.add(file)
 
     def read(
         self,
@@ -366,6 +384,8 @@ class FeatureStore:
         file = self.path / _chunk_file(name, i)
         start, stop = self.chunk_rows_range(i)
         shape, dtype = self._spec(name)
+        if str(i) in self._progress["chunks"]:  # a chunk being written is not read
+            self._verify_file(file.name, i)
         try:
             mm = np.load(file, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as e:
@@ -504,7 +524,7 @@ def _new_manifest(identity, n_rows, chunk_rows, arrays, labels, label_names) -> 
             )
     meta = {
         "format": FORMAT,
-        "spin_jax_version": _spin_jax_version(),
+        "spin_jax_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "n_chunks": math.ceil(n_rows / chunk_rows),
         "identity_keys": sorted(identity),

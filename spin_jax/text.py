@@ -30,17 +30,25 @@ def encode(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[np.nd
     Returns (ids, n_truncated). An empty text still gets one token (GPT-2 gives it none),
     so every row has a valid, non-NaN feature.
     """
+    ids, truncated = encode_rows(tokenizer, texts, max_length)
+    return ids, int(truncated.sum())
+
+
+def encode_rows(tokenizer, texts: Sequence[str], max_length: int):
+    """encode's ids, and a bool per text: was it truncated."""
     if tokenizer is None:
         raise ValueError(
             "this model folder has no tokenizer files; copy the tokenizer of its base model "
             "into the folder (tokenizer.save_pretrained(folder))."
         )
-    enc = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-    out, truncated = [], 0
+    # verbose=False: HF's own "longer than the maximum" warning would repeat ours
+    # (extraction.warn_truncated) with a count of one text.
+    enc = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+    out, truncated = [], np.zeros(len(texts), bool)
     fallback = _fallback_id(tokenizer)
-    for ids in enc:
+    for row, ids in enumerate(enc["input_ids"]):
         if len(ids) > max_length:
-            truncated += 1
+            truncated[row] = True
             ids = _truncate(tokenizer, ids, max_length)
         out.append(np.asarray(ids if len(ids) else [fallback], np.int32))
     return out, truncated

@@ -77,13 +77,36 @@ def bert(kind="bert", seed=0, **kw):
     return tf.BertModel(tf.BertConfig(**cfg)).eval()
 
 
-def hf_features(model, ids, mask, **kw):
-    """HF hidden states and FFN activations (forward hooks on the activation modules)."""
+def reference(model, dtype="float64"):
+    """A copy of an HF torch model in `dtype`: float64 is the true reference for parity, so
+    a test's verdict does not depend on the rounding of one torch release's fp32 kernels."""
+    import copy
+
     import torch
 
+    return copy.deepcopy(model).to(getattr(torch, dtype)).eval()
+
+
+def logits(model, ids, mask, dtype="float64"):
+    """An HF sequence-classification model's logits, computed in `dtype`."""
+    import torch
+
+    with torch.no_grad():
+        out = reference(model, dtype)(
+            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)
+        )
+    return out.logits.numpy()
+
+
+def hf_features(model, ids, mask, dtype="float64", **kw):
+    """HF hidden states and FFN activations (forward hooks on the activation modules),
+    computed by a `dtype` copy of the model (float64 by default: see `reference`)."""
+    import torch
+
+    model = reference(model, dtype)
     acts = []
     hooks = [
-        m.register_forward_hook(lambda mod, i, o: acts.append(o.detach().float().numpy()))
+        m.register_forward_hook(lambda mod, i, o: acts.append(o.detach().numpy()))
         for m in activation_modules(model)
     ]
     with torch.no_grad():
@@ -95,7 +118,7 @@ def hf_features(model, ids, mask, **kw):
         )
     for h in hooks:
         h.remove()
-    hidden = [h.float().numpy() for h in out.hidden_states]
+    hidden = [h.numpy() for h in out.hidden_states]
     return np.stack(hidden), np.stack(acts)
 
 

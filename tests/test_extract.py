@@ -35,6 +35,8 @@ pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 MAX_LENGTH = 24  # < the model's 67 positions, so --max-length is what truncates
+# extract's options of most tests; the texts hold an empty one on purpose
+FP32 = dict(max_length=MAX_LENGTH, dtype="float32", progress=False, allow_empty=True)
 NEURONS = {"hidden": {0: [3], 1: [0, 39]}, "ffn": {2: [7, 55]}}  # a selective extraction
 WORDS = (
     "the movie was good bad long short film actor plot scene music story end "
@@ -72,8 +74,9 @@ def csv_file(tmp_path_factory, texts):
 
 
 def extract_args(folder, csv_file, out, *extra):
-    return [
+    return [  # the texts hold an empty one on purpose
         "extract",
+        "--allow-empty",
         "--model",
         str(folder),
         "--data",
@@ -153,9 +156,7 @@ def test_summary(store_dir, model, texts):
 
 
 def test_memory_features_equal_store(store_dir, model, texts):
-    mem = extract(
-        model, texts, max_length=MAX_LENGTH, dtype="float32", progress=False, placement="host"
-    )
+    mem = extract(model, texts, **FP32, placement="host")
     store = FeatureStore.open(store_dir)
     assert isinstance(mem, MemoryFeatures) and mem.n_rows == len(texts)
     for name in ("hidden", "ffn"):
@@ -172,7 +173,9 @@ def test_memory_features_equal_store(store_dir, model, texts):
 @pytest.mark.parametrize("neurons", [None, NEURONS])
 def test_device_placement_equals_host(model, texts, neurons):
     """Rows of a shuffled length mix, assembled on the device in their original order."""
-    kw = dict(max_length=MAX_LENGTH, dtype="float32", progress=False, neurons=neurons)
+    kw = dict(
+        max_length=MAX_LENGTH, dtype="float32", progress=False, allow_empty=True, neurons=neurons
+    )
     host = extract(model, texts, placement="host", **kw)
     dev = extract(model, texts, placement="device", **kw)
     assert type(host) is MemoryFeatures and type(dev) is DeviceFeatures
@@ -228,7 +231,9 @@ def test_memory_read_follows_the_store_rules():
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto placement on CPU")
 def test_auto_placement_on_cpu_keeps_features_on_the_host(model):
-    feats = extract(model, ["a film", "the end"], max_length=MAX_LENGTH, progress=False)
+    feats = extract(
+        model, ["a film", "the end"], max_length=MAX_LENGTH, progress=False, allow_empty=True
+    )
     assert type(feats) is MemoryFeatures
 
 
@@ -266,7 +271,7 @@ def test_auto_placement_rule(monkeypatch, backend, stats, want):
 
 
 def test_bad_placements_are_refused(tmp_path, model):
-    kw = dict(max_length=MAX_LENGTH, progress=False)
+    kw = dict(max_length=MAX_LENGTH, progress=False, allow_empty=True)
     with pytest.raises(InputError, match=r"placement='gpu': choose one of \('auto'"):
         extract(model, ["a film"], placement="gpu", **kw)
     with pytest.raises(InputError, match="placement='device'.*drop `out`"):
@@ -299,11 +304,11 @@ def test_resume_after_crash_gives_identical_files(tmp_path, folder, csv_file, mo
     real_write, real_run = FeatureStore.write_chunk, extract_mod._Runner.run_rows
     writes, runs = [], []
 
-    def crashing_write(self, i, arrays):
+    def crashing_write(self, i, arrays, **kw):
         if len(writes) == 2:
             raise Crash("power cut")
         writes.append(i)
-        real_write(self, i, arrays)
+        real_write(self, i, arrays, **kw)
 
     def counting_run(self, ids, rows, specs):
         runs.append((int(rows[0]), len(rows)))
@@ -344,7 +349,8 @@ def test_rerun_with_another_model_is_refused(store_dir, model, csv_file):
     other = dataclasses.replace(model, params=jax.tree.map(lambda x: x * 1.01, model.params))
     assert other.fingerprint != model.fingerprint
     before = chunk_digests(store_dir)
-    ds = load_texts(csv_file, require_labels=False)  # as the CLI read it: only the model differs
+    # as the CLI read it: only the model differs
+    ds = load_texts(csv_file, require_labels=False, allow_empty=True)
     with pytest.raises(StoreMismatchError, match="params_fingerprint") as e:
         extract(
             other,
@@ -354,6 +360,7 @@ def test_rerun_with_another_model_is_refused(store_dir, model, csv_file):
             dtype="float32",
             chunk_rows=7,
             progress=False,
+            allow_empty=True,
         )
     assert "max_length" not in str(e.value) and "texts_sha256" not in str(e.value)
     assert chunk_digests(store_dir) == before
@@ -461,7 +468,13 @@ def test_compiles_once_per_shape(model):
     program = extract_mod.pooled_program(None, extract_mod.default_mesh())
     program.clear_cache()
     feats = extract(
-        model, texts, max_length=64, dtype="float32", token_budget=budget, progress=False
+        model,
+        texts,
+        max_length=64,
+        dtype="float32",
+        token_budget=budget,
+        progress=False,
+        allow_empty=True,
     )
     assert feats.n_rows == 200
     assert 1 <= program._cache_size() <= len(shapes)
@@ -500,16 +513,16 @@ assert jax.device_count() == 8, jax.devices()
 mesh = default_mesh()
 assert mesh is not None and mesh.size == 8, mesh
 feats = extract(spin_jax.load_model(folder), texts, max_length=max_length, dtype="float32",
-                progress=False)
+                progress=False, allow_empty=True)
 np.save(out + "/hidden.npy", feats.read("hidden"))
 np.save(out + "/ffn.npy", feats.read("ffn"))
 sel = extract(spin_jax.load_model(folder), texts, max_length=max_length, dtype="float32",
-              progress=False, neurons=NEURONS)
+              progress=False, allow_empty=True, neurons=NEURONS)
 np.save(out + "/columns.npy", sel.read("columns"))
 # On the device: 20 rows on the first device, 16 split by rows over the 8 devices.
 for n, sharded in ((20, False), (16, True)):
     dev = extract(spin_jax.load_model(folder), texts[:n], max_length=max_length,
-                  dtype="float32", progress=False, placement="device")
+                  dtype="float32", progress=False, allow_empty=True, placement="device")
     for name, x in dev.arrays.items():
         assert len(x.sharding.device_set) == (8 if sharded else 1), x.sharding
         assert x.sharding.is_fully_replicated != sharded, x.sharding
@@ -547,15 +560,13 @@ def test_eight_devices_equal_one(tmp_path, folder, model):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert extract_mod.default_mesh() is None  # this process has one device
-    kw = dict(max_length=MAX_LENGTH, dtype="float32", progress=False)
+    kw = dict(max_length=MAX_LENGTH, dtype="float32", progress=False, allow_empty=True)
     one = extract(model, texts, **kw)
     for name in ("hidden", "ffn"):
         np.testing.assert_allclose(
             np.load(tmp_path / f"{name}.npy"), one.read(name), atol=TOL, rtol=0, err_msg=name
         )
-    sel = extract(
-        model, texts, max_length=MAX_LENGTH, dtype="float32", progress=False, neurons=NEURONS
-    )
+    sel = extract(model, texts, **FP32, neurons=NEURONS)
     np.testing.assert_allclose(np.load(tmp_path / "columns.npy"), sel.read("columns"), atol=TOL)
     for n in (20, 16):
         rows = one if n == len(texts) else extract(model, texts[:n], **kw)

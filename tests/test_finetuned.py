@@ -69,10 +69,7 @@ def test_t5_sequence_classification_head_matches_hf():
     hf = hf_t5("T5ForSequenceClassification", num_labels=3, eos_token_id=1, pad_token_id=0)
     ids, mask = hf_tiny.padded_batch(97, (3, 9, 5), pad_id=0)
     ids[np.arange(3), mask.sum(1) - 1] = 1  # every text ends in </s>, as T5's tokenizer does
-    with torch.no_grad():
-        want = hf(
-            input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)
-        ).logits.numpy()
+    want = hf_tiny.logits(hf, ids, mask)
     model = spin_jax.from_transformers(hf)
     feats = spin_jax.forward(model, ids, mask)
     got = spin_jax.head_logits(model, feats.hidden[-1, :, 0])  # last real decoder position

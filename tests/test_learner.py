@@ -305,9 +305,11 @@ def test_save_load_gives_identical_probabilities(clf, saved, data):
     assert loaded.report["chosen"] == clf.report["chosen"]
 
 
-def test_early_exit_equals_full_extraction(clf, model, data):
+def test_early_exit_equals_full_extraction(clf, model, data, monkeypatch):
     texts = data["test"][0] + ["", "good " * 40]  # an empty and an over-long text too
-    full = extract(model, texts, dtype="float32", max_length=clf.max_length, progress=False)
+    monkeypatch.setattr(clf, "allow_empty", True)
+    kw = dict(dtype="float32", max_length=clf.max_length, progress=False, allow_empty=True)
+    full = extract(model, texts, **kw)
     assert full.shape("ffn")[1] == model.config.num_layers  # every block ran
     head = clf.head
     assert head.num_layers < model.config.num_layers  # so the exit is early

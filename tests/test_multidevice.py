@@ -42,22 +42,27 @@ def fit_and_dump(path: str) -> None:
     Path(path + ".json").write_text(json.dumps(report["chosen"]))
 
 
-def test_eight_devices_give_the_same_classifier(tmp_path):
-    out = str(tmp_path / "multi.npz")
+def fit_on_cpu(path: str, devices: int) -> None:
+    """fit_and_dump in a fresh process on `devices` simulated CPU devices. Both sides run on
+    CPU so that only the device count differs (on a GPU the solver reads bf16 features)."""
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(ROOT),
     )
     code = (
-        "import jax; assert jax.device_count() == 8, jax.devices()\n"
+        f"import jax; assert jax.device_count() == {devices}, jax.devices()\n"
         "jax.config.update('jax_default_matmul_precision', 'highest')\n"
-        f"from tests.test_multidevice import fit_and_dump; fit_and_dump({out!r})"
+        f"from tests.test_multidevice import fit_and_dump; fit_and_dump({path!r})"
     )
     subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=ROOT)
-    single = str(tmp_path / "single.npz")
-    fit_and_dump(single)
+
+
+def test_eight_devices_give_the_same_classifier(tmp_path):
+    out, single = str(tmp_path / "multi.npz"), str(tmp_path / "single.npz")
+    fit_on_cpu(out, 8)
+    fit_on_cpu(single, 1)
     a, b = np.load(out), np.load(single)
     for key in ("rep", "pool", "layer", "neuron"):
         np.testing.assert_array_equal(a[key], b[key])

@@ -43,7 +43,16 @@ def texts():
 
 
 def run(model, texts, out=None, **kw):
-    return extract(model, texts, out, max_length=MAX_LENGTH, dtype="float32", progress=False, **kw)
+    return extract(
+        model,
+        texts,
+        out,
+        max_length=MAX_LENGTH,
+        dtype="float32",
+        progress=False,
+        allow_empty=True,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +109,11 @@ def test_resume_after_crash_gives_identical_files(tmp_path, model, texts, monkey
     assert len(whole) == 6  # 23 rows in chunks of 4, one array
     real_write, writes = FeatureStore.write_chunk, []
 
-    def crashing_write(self, i, arrays):
+    def crashing_write(self, i, arrays, **kw):
         if len(writes) == 2:
             raise Crash("power cut")
         writes.append(i)
-        real_write(self, i, arrays)
+        real_write(self, i, arrays, **kw)
 
     monkeypatch.setattr(FeatureStore, "write_chunk", crashing_write)
     with pytest.raises(Crash):
@@ -196,7 +205,7 @@ def clf(model):
         np.array([0.1], np.float32),
         2,
     )
-    c = SpinClassifier(model, max_length=MAX_LENGTH)
+    c = SpinClassifier(model, max_length=MAX_LENGTH, allow_empty=True)  # texts hold ""
     c.head, c.label_names = head, ("negative", "positive")
     return c
 
@@ -267,7 +276,8 @@ def cli_files(tmp_path_factory, clf):
 
 
 def cli_extract(folder, files, *extra):
-    args = ["extract", "--model", str(folder), "--data", str(files["csv"]), "--quiet"]
+    args = ["extract", "--allow-empty", "--model", str(folder), "--data", str(files["csv"])]
+    args.append("--quiet")
     return main([*args, *extra])
 
 

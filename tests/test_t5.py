@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from spin_jax.models import config_from_hf, forward_params, param_shapes  # noqa: E402
 from spin_jax.models import t5 as t5_model  # noqa: E402
 from spin_jax.models.layers import ConfigError, WeightsError  # noqa: E402
-from tests.hf_tiny import padded_batch  # noqa: E402
+from tests.hf_tiny import padded_batch, reference  # noqa: E402
 from weights_convert import convert, convert_state_dict, read_state_dict  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -78,9 +78,11 @@ def shifted(mask):
     return np.concatenate([np.ones_like(mask[:, :1]), mask[:, :-1]], axis=1)
 
 
-def hf_features(model, ids, mask, dec_mask=None, ffn="gate"):
+def hf_features(model, ids, mask, dec_mask=None, ffn="gate", dtype="float64"):
     """Per-token hidden states [L+1,B,T,D] and FFN activations [L,B,T,F] as our layers are
-    ordered; `ffn="product"` reads the gated product at wo's input."""
+    ordered, from a `dtype` copy of the model (float64: the true reference);
+    `ffn="product"` reads the gated product at wo's input."""
+    model = reference(model, dtype)
     acts = []
 
     def keep(_, args, out=None):
@@ -207,8 +209,22 @@ def tiny_gated():
     return c, params, ids, mask
 
 
+def on_cpu():
+    """These tests claim bit-equal (or 1e-6) results of two programs that compute the same
+    thing. That holds on CPU; on a GPU XLA fuses the k-block and the full program (or the
+    scan and the loop) differently, and the reductions then round differently (measured on
+    an H200: up to 2e-6 absolute, 6e-5 relative, at "highest" precision). Parity with HF
+    on any device is test_parity_*'s job; this pins the platform, not the tolerance."""
+    return jax.default_device(jax.devices("cpu")[0])
+
+
 @pytest.mark.parametrize("k", [0, 1, LE, LE + 1, LE + LD])
 def test_early_exit(tiny_gated, k):
+    with on_cpu():
+        _early_exit(tiny_gated, k)
+
+
+def _early_exit(tiny_gated, k):
     c, params, ids, mask = tiny_gated
     full = forward_params(c, params, ids, mask, pooled=False)
     # the Python loop compiles slowly: only where each stack is cut short or empty
@@ -221,8 +237,9 @@ def test_early_exit(tiny_gated, k):
 @pytest.mark.parametrize("pooled", [True, False])
 def test_scan_equals_loop(tiny_gated, pooled):
     c, params, ids, mask = tiny_gated
-    a = forward_params(c, params, ids, mask, pooled=pooled, use_scan=True)
-    b = forward_params(c, params, ids, mask, pooled=pooled, use_scan=False)
+    with on_cpu():
+        a = forward_params(c, params, ids, mask, pooled=pooled, use_scan=True)
+        b = forward_params(c, params, ids, mask, pooled=pooled, use_scan=False)
     np.testing.assert_allclose(a.hidden, b.hidden, atol=1e-6)
     np.testing.assert_allclose(a.ffn, b.ffn, atol=1e-6)
 

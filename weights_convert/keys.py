@@ -42,16 +42,24 @@ class KeyTracker:
         return x
 
     def stack(self, template: str, n: int, shape=None, transpose=False) -> np.ndarray:
-        """Stacks `template.format(i)` over layers, optionally transposing (out,in)->(in,out)."""
-        ts = [self.take(template.format(i)) for i in range(n)]
-        ts = [t.T if transpose else t for t in ts]
-        out = np.stack(ts)
-        if shape is not None and tuple(out.shape[1:]) != tuple(shape):
-            raise WeightsError(
-                f"weights {template.format('*')!r} have shape {tuple(out.shape[1:])}, "
-                f"the config implies {tuple(shape)}."
-            )
-        return out
+        """Stacks `template.format(i)` over layers, optionally transposing (out,in)->(in,out).
+
+        Each layer's tensor is checked on its own, so a mis-shaped one is named by its key."""
+        want = None if shape is None else tuple(shape)
+        ts = []
+        for i in range(n):
+            t = self.take(template.format(i))
+            t = t.T if transpose else t
+            want = tuple(t.shape) if want is None else want
+            if tuple(t.shape) != want:
+                stored = t.T.shape if transpose else t.shape
+                raise WeightsError(
+                    f"weight {self.prefix + template.format(i)!r} has shape {tuple(stored)}, "
+                    f"the config implies {want[::-1] if transpose else want}: the checkpoint "
+                    "does not match its config.json (or was damaged); re-save it."
+                )
+            ts.append(t)
+        return np.stack(ts)
 
     def finish(self, ignore: tuple[str, ...] = ()) -> list[str]:
         """Raises on any tensor neither used nor matching an ignore regex; returns ignored."""

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spin_jax.errors import ConfigError, InputError, WeightsError  # noqa: F401
 from spin_jax.models import pooling
 
 Array = jax.Array
@@ -28,16 +29,10 @@ Params = dict[str, Any]
 POOLINGS = ("token", "mean", "max")
 
 
-class ConfigError(ValueError):
-    """An HF config we cannot run faithfully (unknown model_type, unsupported option)."""
 
 
-class WeightsError(ValueError):
-    """A checkpoint whose tensors do not match what the config asks for."""
 
 
-class InputError(ValueError):
-    """Token ids or masks that the model cannot take (ids out of range, too long)."""
 
 
 @flax.struct.dataclass
