@@ -30,6 +30,15 @@ import numpy as np
 
 from spin_jax._version import __version__
 from spin_jax.data import DataError, TextDataset, check_texts
+from spin_jax.devices import (  # noqa: F401 - re-exported: tests and benchmarks use them
+    default_mesh,
+    device_memory_free,
+    device_sharding,
+    host_sharding,
+    mesh_put,
+    replicate,
+    round_up,
+)
 from spin_jax.model import Model
 from spin_jax.models import POOLINGS, InputError, _check_k, _forward
 from spin_jax.selection import COLUMNS, NeuronSelection, parse_neurons
@@ -179,9 +188,9 @@ def plan_batches(lengths: np.ndarray, max_length: int, token_budget: int, multip
                 # Too few rows of this length to fill a batch, and the next rows are less
                 # than half as long: a power-of-two batch of its own, rather than pad many
                 # short rows out to this length.
-                size = min(size, _round_up(_next_pow2(n), multiple))
+                size = min(size, round_up(_next_pow2(n), multiple))
             elif left < size:  # the last batch: a power of two, few shapes to compile
-                size = min(size, _round_up(_next_pow2(left), multiple))
+                size = min(size, round_up(_next_pow2(left), multiple))
             sizes[blen] = size
         rows = order[start : start + sizes[blen]]
         plan.append((rows, blen, sizes[blen]))
@@ -191,10 +200,6 @@ def plan_batches(lengths: np.ndarray, max_length: int, token_budget: int, multip
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n - 1).bit_length())
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 # ---- the device program ------------------------------------------------------------------
@@ -244,24 +249,6 @@ def _data_parallel(mesh):
         )(params, ids, mask, cols)
 
     return run
-
-
-def host_sharding(mesh):
-    """Pinned host memory, split like the batch, where extraction's results go (GPU, TPU).
-
-    A copy into pinned memory is a DMA; through pageable memory an H100 copied GPT2-XL's
-    pooled features at ~1.4 GB/s (benchmarks/RESULTS.md). None on CPU or where the
-    backend has no pinned host memory.
-    """
-    if jax.default_backend() == "cpu":
-        return None
-    device = jax.devices()[0]
-    if "pinned_host" not in {m.kind for m in device.addressable_memories()}:
-        return None
-    if mesh is None:
-        return jax.sharding.SingleDeviceSharding(device, memory_kind="pinned_host")
-    spec = jax.sharding.PartitionSpec("data")
-    return jax.sharding.NamedSharding(mesh, spec, memory_kind="pinned_host")
 
 
 def compiler_options() -> dict | None:
@@ -318,26 +305,6 @@ def pooled_dispatcher(mesh=None, host_copy: str = "put"):
     return dispatch
 
 
-def _mesh_put(mesh, x):
-    if mesh is None:
-        return jnp.asarray(x)
-    spec = jax.sharding.PartitionSpec("data", *([None] * (x.ndim - 1)))
-    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
-
-
-def default_mesh():
-    devices = jax.devices()
-    if len(devices) == 1:
-        return None
-    return jax.sharding.Mesh(np.array(devices), ("data",))
-
-
-def replicate(mesh, params):
-    if mesh is None:
-        return params
-    return jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-
 # ---- where features in memory are kept ---------------------------------------------------
 
 PLACEMENTS = ("auto", "host", "device")
@@ -356,22 +323,6 @@ def placement_of(placement: str, specs, n_rows: int) -> str:
     mesh = default_mesh()
     share = total / mesh.size if mesh is not None and n_rows % mesh.size == 0 else total
     return "device" if free is not None and share < free / 4 else "host"
-
-
-def device_memory_free() -> int | None:
-    """Bytes the first local device has left, or None where it reports no statistics."""
-    stats = jax.local_devices()[0].memory_stats()
-    if not stats or "bytes_limit" not in stats:
-        return None
-    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-
-
-def device_sharding(mesh, n_rows: int):
-    """Where DeviceFeatures' arrays live: split by rows over the mesh's "data" axis when the
-    rows divide evenly among its devices, else (and with one device) on the first device."""
-    if mesh is not None and n_rows % mesh.size == 0:
-        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
 @functools.cache
@@ -605,8 +556,8 @@ class _Runner:
             jnp.dtype(STORE_DTYPES[self.opts.dtype]),
             (),
             self.params,
-            _mesh_put(self.mesh, ids),
-            _mesh_put(self.mesh, mask),
+            mesh_put(self.mesh, ids),
+            mesh_put(self.mesh, mask),
             self.cols,
         )
 

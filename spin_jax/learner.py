@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spin_jax import probes
+from spin_jax.devices import n_devices, round_up, shard_problems
 from spin_jax.errors import SpinError
 from spin_jax.models import POOLINGS
 from spin_jax.selection import is_selective
@@ -169,7 +170,7 @@ def fit_probe_table(
 ) -> ProbeTable:
     F = train.shape(rep)[-1]
     chunk = max(1, opts.memory_bytes // max(1, 12 * train.n_rows * F))
-    chunk = _round_up(chunk, n_devices())  # whole problems per device
+    chunk = round_up(chunk, n_devices())  # whole problems per device
     parts = []
     for start in range(1, n_layers + 1, chunk):
         layers = np.arange(start, min(start + chunk, n_layers + 1))
@@ -181,28 +182,9 @@ def fit_probe_table(
     )
 
 
-def n_devices() -> int:
-    return jax.device_count()
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
-def shard_problems(x: jax.Array) -> jax.Array:
-    """Spreads independent problems (axis 0) over all devices; one device: unchanged."""
-    from spin_jax.extraction import default_mesh
-
-    mesh = default_mesh()
-    if mesh is None or x.shape[0] % mesh.size:
-        return x
-    spec = jax.sharding.PartitionSpec("data", *([None] * (x.ndim - 1)))
-    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
-
-
 def _pad_layers(layers: np.ndarray) -> np.ndarray:
     """Repeats the last layer so every device gets whole problems; results are cut back."""
-    return np.pad(layers, (0, _round_up(len(layers), n_devices()) - len(layers)), mode="edge")
+    return np.pad(layers, (0, round_up(len(layers), n_devices()) - len(layers)), mode="edge")
 
 
 def _probe_chunk(train, valid, test, rep, pool, layers, y, yv, yt, n_classes, metric, opts):
@@ -390,7 +372,7 @@ def integrate(Xtr, Xv, cand: Candidates, n_layers, y, yv, n_classes, metric, opt
     E = len(opts.etas)
     masks = integration_masks(cand, E, n_layers).reshape(E * n_layers, -1)
     G = len(masks)
-    masks = np.pad(masks, ((0, _round_up(G, n_devices()) - G), (0, 0)), mode="edge")
+    masks = np.pad(masks, ((0, round_up(G, n_devices()) - G), (0, 0)), mode="edge")
     masks = shard_problems(jnp.asarray(masks, jnp.float32))
     Xtr = jnp.asarray(_pad_cols(Xtr), solver_dtype(opts))
     Xv = jnp.asarray(_pad_cols(Xv))
