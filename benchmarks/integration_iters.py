@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from spin_jax import learner
+from spin_jax import integration
 from spin_jax.extraction import MemoryFeatures
 from spin_jax.learner import SpinOptions, fit_spin
 
@@ -40,14 +40,14 @@ def main():
     p.add_argument(
         "--batch-elements",
         default=None,
-        help="comma-separated learner.LANE_BATCH_ELEMENTS values to compare (e.g. 2**26,2**30)",
+        help="comma-separated integration.LANE_BATCH_ELEMENTS values to compare (e.g. 2**26,2**30)",
     )
     p.add_argument("--solver-dtype", default="auto", help="SpinOptions.solver_dtype")
     args = p.parse_args()
     for value in (args.batch_elements or "").split(",") if args.batch_elements else [None]:
         if value is not None:
             base, _, exp = value.partition("**")
-            learner.LANE_BATCH_ELEMENTS = int(base) ** int(exp or 1)
+            integration.LANE_BATCH_ELEMENTS = int(base) ** int(exp or 1)
             print(f"\nLANE_BATCH_ELEMENTS = {value}")
         run(args)
 
@@ -57,22 +57,22 @@ def run(args):
         raise SystemExit("--layers must be at least 19 (the planted signal sits in layer 18)")
     train = synthetic(args.rows, args.layers, args.width, 4 * args.width, 0)
     valid = synthetic(args.rows // 3, args.layers, args.width, 4 * args.width, 1)
-    rows, integrate = [], learner.integrate
+    rows, integrate = [], integration.integrate
 
-    def timed(Xtr, Xv, cand, *rest):
+    def timed(data, Xtr, Xv, cand):
         t = time.perf_counter()
-        scores, fit, lams = integrate(Xtr, Xv, cand, *rest)
+        scores, fit, lams = integrate(data, Xtr, Xv, cand)
         n_iter = np.asarray(fit.n_iter)  # [E, L, R]; waits for the solve
         rows.append((len(cand), time.perf_counter() - t, n_iter))
         return scores, fit, lams
 
-    learner.integrate = timed
+    integration.integrate = timed
     try:
         t = time.perf_counter()
         _, report = fit_spin(train, valid, opts=SpinOptions(solver_dtype=args.solver_dtype))
         total = time.perf_counter() - t
     finally:
-        learner.integrate = integrate
+        integration.integrate = integrate
     kind = jax.devices()[0].device_kind
     print(f"{kind}; {args.layers} layers, {args.rows} rows; fit {total:.1f}s")
     print(f"times: {report['times']}")

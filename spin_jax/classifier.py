@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from spin_jax._version import __version__
+from spin_jax.columns import reciprocal, standardize_columns
 from spin_jax.data import TextDataset, check_classes, check_texts, stratified_split, subset
-from spin_jax.errors import ArtifactError, ConfigError, DataError, NotFittedError
+from spin_jax.errors import ArtifactError, ConfigError, DataError, NotFittedError, SpinError
 from spin_jax.explain import split_logits
 from spin_jax.extraction import (
     TOKEN_BUDGET,
@@ -34,18 +35,11 @@ from spin_jax.extraction import (
     plan_batches,
     warn_truncated,
 )
-from spin_jax.learner import (
-    SpinError,
-    SpinHead,
-    SpinOptions,
-    fit_spin,
-    reciprocal,
-    require_full,
-    score,
-    standardize_columns,
-)
+from spin_jax.head import SpinHead
+from spin_jax.learner import fit_spin
 from spin_jax.model import Model, head_logits, load_model
 from spin_jax.models import POOLINGS, _forward
+from spin_jax.options import SpinOptions, require_full, score
 from spin_jax.selection import (
     is_selective,
     missing_columns,

@@ -1,0 +1,121 @@
+"""Kept columns: which (representation, pooling, layer, neuron) a classifier reads, and
+reading them from a feature source, standardised.
+
+Layer j (1..L) means block j for both representations: hidden[j] (the block's output) and
+ffn[j-1] (its FFN activation), so columns of layers 1..k need only the first k blocks; hidden
+layer 0 is the embedding output. `store_layer` is that rule, written once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPS = ("hidden", "ffn")  # the codes 0 and 1 of Columns.rep
+
+
+def store_layer(rep: str, layers):
+    """Index into Features.hidden [L+1, ...] / Features.ffn [L, ...] of block layers:
+    hidden[j], ffn[j-1]."""
+    return layers if rep == "hidden" else layers - 1
+
+
+@dataclasses.dataclass
+class Columns:
+    """Columns of a classifier or an integration problem: each (rep, pooling, layer, neuron)."""
+
+    rep: np.ndarray  # [M] index into REPS
+    pool: np.ndarray  # [M] index into POOLINGS
+    layer: np.ndarray  # [M] block layer 1..L (hidden 0 = the embeddings)
+    neuron: np.ndarray  # [M]
+    eta_rank: np.ndarray  # [M] the smallest eta index that keeps the neuron (integration)
+
+    def __len__(self):
+        return len(self.rep)
+
+    @classmethod
+    def empty(cls) -> Columns:
+        return cls(*(np.zeros(0, np.int64) for _ in range(5)))
+
+    def device_order(self) -> np.ndarray:
+        """Columns in the order programs gather them: hidden ones first, then ffn ones."""
+        return np.concatenate([np.nonzero(self.rep == 0)[0], np.nonzero(self.rep == 1)[0]])
+
+    def device_index(self) -> dict[str, jax.Array]:
+        """Gather indices into Features (store_layer applied), in `device_order`."""
+        h, f = self.rep == 0, self.rep == 1
+        return {
+            "h_layer": jnp.asarray(store_layer("hidden", self.layer[h])),
+            "h_pool": jnp.asarray(self.pool[h]),
+            "h_neuron": jnp.asarray(self.neuron[h]),
+            "f_layer": jnp.asarray(store_layer("ffn", self.layer[f])),
+            "f_pool": jnp.asarray(self.pool[f]),
+            "f_neuron": jnp.asarray(self.neuron[f]),
+        }
+
+
+def take(hidden, ffn, index, pools=None):
+    """The indexed neurons of [L+1, B, X, D] hidden and [L, B, X, F] ffn, inside a program:
+    [B, X, M] with X every pooling (or token) when `pools` is None, else [B, M] at each
+    column's own pooling; hidden columns first, then ffn ones (Columns.device_order)."""
+    if pools is None:
+        h = hidden[index["h_layer"], :, :, index["h_neuron"]]
+        a = ffn[index["f_layer"], :, :, index["f_neuron"]]
+    else:
+        h = hidden[index["h_layer"], :, index["h_pool"], index["h_neuron"]]
+        a = ffn[index["f_layer"], :, index["f_pool"], index["f_neuron"]]
+    # Advanced indices split by a slice go first: [M, B, ...].
+    return jnp.moveaxis(jnp.concatenate([h, a], axis=0), 0, -1)
+
+
+def standardize_columns(x, mean: np.ndarray, std: np.ndarray):
+    """(x - mean) / std for numpy or jax x, as a product with the reciprocal of std taken in
+    numpy: XLA's division can differ from numpy's in the last bit, its product cannot, so
+    features read on the host and on a device standardise to the same bits."""
+    return (x - mean) * reciprocal(std)
+
+
+def reciprocal(std) -> np.ndarray:
+    """1 / std in numpy fp32, for `standardize_columns` and the classifier's programs."""
+    return np.float32(1.0) / np.asarray(std, np.float32)
+
+
+def gather(src, cols: Columns, mean, std, rows=None):
+    """[N, M] standardised features of the columns, read group by group.
+
+    numpy; from a source on the device (DeviceFeatures), a jax Array built there.
+    """
+    if hasattr(src, "read_columns"):
+        return _gather_on_device(src, cols, mean, std, rows)
+    out = np.empty((src.n_rows if rows is None else len(rows), len(cols)), np.float32)
+    keys = np.stack([cols.rep, cols.pool, cols.layer], axis=1)
+    for r, p, j in np.unique(keys, axis=0) if len(cols) else []:
+        at = np.nonzero((keys == (r, p, j)).all(axis=1))[0]
+        rep = REPS[r]
+        x = src.read(
+            rep,
+            rows=rows,
+            layers=store_layer(rep, np.array([j])),
+            poolings=[p],
+            neurons=cols.neuron[at],
+        )[:, 0, 0]
+        out[:, at] = standardize_columns(x, mean[at], std[at])
+    return out
+
+
+def _gather_on_device(src, cols: Columns, mean, std, rows=None) -> jax.Array:
+    """gather from a DeviceFeatures: one gather program per representation, not per layer."""
+    parts, where = [], []
+    for r, rep in enumerate(REPS):
+        at = np.nonzero(cols.rep == r)[0]
+        if len(at):
+            layers = store_layer(rep, cols.layer[at])
+            x = src.read_columns(rep, layers, cols.pool[at], cols.neuron[at], rows=rows)
+            parts.append(standardize_columns(x, mean[at], std[at]))
+            where.append(at)
+    if not parts:
+        return jnp.zeros((src.n_rows if rows is None else len(rows), 0), jnp.float32)
+    return jnp.concatenate(parts, axis=1)[:, np.argsort(np.concatenate(where))]

@@ -1,0 +1,194 @@
+"""Stages 2 and 3: keep each layer's neurons that hold a share eta of its probe's squared
+weight, then fit the aggregated classifier on the kept neurons of layers 1..k, for every
+(eta, k) and lam at once, as lanes of one solver (probes.fit_masks)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spin_jax import probes
+from spin_jax.columns import REPS, Columns, gather
+from spin_jax.devices import n_devices, round_up, shard_problems
+from spin_jax.head import Choice
+from spin_jax.options import FitData, solver_dtype
+
+# Integration on one device: the (mask, lam) lanes stepped together hold about this many
+# fp32 elements of per-lane work (logits and residuals [N, K], FISTA state [M, K]).
+LANE_BATCH_ELEMENTS = 1 << 28
+# When converged lanes leave the batch (probes.fit_masks `shrink`). On an H100 a round of
+# 1296 lanes took ~0.01 s and each new batch size ~1.4 s to compile, so there the batch
+# shrinks rarely; on a CPU the steps dominate and it halves (benchmarks/RESULTS.md).
+LANE_SHRINK = {"cpu": 2}
+LANE_SHRINK_ACCELERATOR = 16
+
+
+def kept_neurons(importance: np.ndarray, eta: float) -> np.ndarray:
+    """Smallest set of neurons whose share of the layer's squared weight reaches eta."""
+    total = importance.sum()
+    if total <= 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(-importance, kind="stable")
+    share = np.cumsum(importance[order]) / total
+    n = int(np.searchsorted(share, eta - 1e-12)) + 1
+    return np.sort(order[: min(n, len(order))])
+
+
+def candidates(tables: dict, reps, pools, etas) -> Columns:
+    """The columns kept at the largest eta, each ranked by the smallest eta that keeps it."""
+    cols = []
+    for r in reps:
+        for p in pools:
+            t = tables[r, p]
+            for j in range(len(t.importance)):
+                rank = np.full(t.importance.shape[1], len(etas), np.int64)
+                for e in reversed(range(len(etas))):  # kept sets grow with eta
+                    rank[kept_neurons(t.importance[j], etas[e])] = e
+                idx = np.nonzero(rank < len(etas))[0]
+                n = len(idx)
+                cols.append(
+                    (np.full(n, REPS.index(r)), np.full(n, p), np.full(n, j + 1), idx, rank[idx])
+                )
+    if not cols:
+        return Columns.empty()
+    return Columns(*(np.concatenate([c[i] for c in cols]) for i in range(5)))
+
+
+def column_stats(cand: Columns, tables) -> tuple[np.ndarray, np.ndarray]:
+    """Training mean and std [M] of each candidate column."""
+    mean, std = np.empty(len(cand), np.float32), np.empty(len(cand), np.float32)
+    for (rep, p), t in tables.items():
+        cols = np.nonzero((cand.rep == REPS.index(rep)) & (cand.pool == p))[0]
+        mean[cols] = t.mean[cand.layer[cols] - 1, cand.neuron[cols]]
+        std[cols] = t.std[cand.layer[cols] - 1, cand.neuron[cols]]
+    return mean, std
+
+
+def _pad_cols(X):
+    """Pads columns to a power of two (zeros, masked out) so shapes repeat across runs."""
+    M = X.shape[1]
+    target = max(128, 1 << int(M - 1).bit_length())
+    pad = jnp.pad if isinstance(X, jax.Array) else np.pad  # a device array stays there
+    return pad(X, ((0, 0), (0, target - M)))
+
+
+def integration_masks(cand: Columns, n_etas: int, n_layers: int) -> np.ndarray:
+    """featmask [E, L, Mpad]: columns kept at eta e from layers 1..k (padding masked)."""
+    M = len(cand)
+    Mpad = _pad_cols(np.zeros((1, M))).shape[1]
+    layer = np.pad(cand.layer, (0, Mpad - M), constant_values=n_layers + 1)
+    rank = np.pad(cand.eta_rank, (0, Mpad - M), constant_values=n_etas)
+    in_k = layer[None, None] <= np.arange(1, n_layers + 1)[None, :, None]
+    at_eta = rank[None, None] <= np.arange(n_etas)[:, None, None]
+    return in_k & at_eta
+
+
+def integrate(data: FitData, Xtr, Xv, cand: Columns):
+    """Aggregated probes over layers 1..k for every eta and k, at every lam, in one program.
+
+    Returns valid scores [E, L, R], fit (weights [E, L, R, Mpad, K]) and lams [R].
+    """
+    opts, L = data.opts, data.n_layers
+    E = len(opts.etas)
+    masks = integration_masks(cand, E, L).reshape(E * L, -1)
+    G = len(masks)
+    masks = np.pad(masks, ((0, round_up(G, n_devices()) - G), (0, 0)), mode="edge")
+    masks = shard_problems(jnp.asarray(masks, jnp.float32))
+    Xtr = jnp.asarray(_pad_cols(Xtr), solver_dtype(opts))
+    Xv = jnp.asarray(_pad_cols(Xv))
+    if opts.lam_grid == "paper":
+        lams = probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0])
+    else:
+        lams = probes.default_lams(
+            Xtr, data.y, data.n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=masks[-1]
+        )
+    fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts.max_iter, opts.tol)
+    fit = jax.tree.map(lambda a: a[:G], fit)
+    pred = _predict_masks(Xv, fit.weights, fit.intercept)
+    scores = data.score(data.yv, pred).reshape(E, L, -1)
+    fit = jax.tree.map(lambda a: a.reshape(E, L, *a.shape[1:]), fit)
+    return np.asarray(scores), fit, np.asarray(lams)
+
+
+@jax.jit
+def _predict_masks(X, weights, intercept):
+    return jax.vmap(probes.predict, in_axes=(None, 0, 0))(X, weights, intercept)
+
+
+def _fit_masks(X, y, n_classes, lams, masks, max_iter, tol):
+    """fit_path for each feature mask [G, M] on shared X.
+
+    One device: `probes.fit_masks`, whose converged lanes leave the batch between rounds.
+    Several: all problems at once, split over the devices by the masks' sharding.
+    """
+    if n_devices() > 1:
+        return _fit_masks_sharded(X, y, n_classes, lams, masks, max_iter, tol)
+    N, M = X.shape
+    K = probes.n_columns(n_classes)
+    max_lanes = max(1, LANE_BATCH_ELEMENTS // ((3 * N + 8 * (M + 1)) * K))
+    shrink = LANE_SHRINK.get(jax.default_backend(), LANE_SHRINK_ACCELERATOR)
+    return probes.fit_masks(
+        X,
+        y,
+        n_classes,
+        lams,
+        masks,
+        max_iter=max_iter,
+        tol=tol,
+        max_lanes=max_lanes,
+        shrink=shrink,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("n_classes", "max_iter"))
+def _fit_masks_sharded(X, y, n_classes, lams, masks, max_iter, tol):
+    def one(m):
+        return probes._fit_path(X, y, n_classes, lams, None, m, max_iter, tol)
+
+    return jax.vmap(one)(masks)
+
+
+def integrate_combo(data: FitData, tables, rep_set, pool_set) -> list[Choice]:
+    """Every (eta, k) candidate of one (representation, pooling) set, at its best lam.
+
+    rep_set and pool_set are (name, members) pairs (options.rep_sets, options.pool_sets)."""
+    (rname, reps), (pname, pools) = rep_set, pool_set
+    etas, L = data.opts.etas, data.n_layers
+    cand = candidates(tables, reps, pools, etas)
+    if len(cand) == 0:
+        return []  # every probe of this combination is all-zero
+    mean, std = column_stats(cand, tables)
+    Xtr, Xv = gather(data.train, cand, mean, std), gather(data.valid, cand, mean, std)
+    scores, fit, lams = integrate(data, Xtr, Xv, cand)
+    r_best = np.argmax(scores, axis=2)  # [E, L]; ties -> larger lam
+    ks = np.arange(L)
+    out = []
+    for e, eta in enumerate(etas):
+        if not np.any(cand.eta_rank <= e):
+            continue
+        W = np.asarray(fit.weights[e, ks, r_best[e]])[:, : len(cand)]  # [L, M, K]
+        b = np.asarray(fit.intercept[e, ks, r_best[e]])
+        per_k = [float(x) for x in scores[e].max(axis=1)]
+        for k in range(1, L + 1):
+            r = r_best[e, k - 1]
+            out.append(
+                Choice(
+                    valid=float(scores[e, k - 1, r]),
+                    k=k,
+                    n_neurons=int(np.count_nonzero(np.any(W[k - 1] != 0, axis=1))),
+                    rep=rname,
+                    pooling=pname,
+                    eta=eta,
+                    lam=float(lams[r]),
+                    weights=W[k - 1],
+                    intercept=b[k - 1],
+                    cand=cand,
+                    mean=mean,
+                    std=std,
+                    per_k_valid=per_k,
+                )
+            )
+    return out

@@ -1,0 +1,180 @@
+"""What a fit is asked to do (SpinOptions, checked when built) and what it fits on (FitData,
+built once from the sources and handed to every stage), with the metrics it scores by."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spin_jax import probes
+from spin_jax.columns import REPS
+from spin_jax.errors import SpinError
+from spin_jax.models import POOLINGS
+from spin_jax.selection import is_selective
+
+ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.8)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpinOptions:
+    etas: tuple[float, ...] = ETAS
+    representations: tuple[str, ...] = ("hidden", "ffn", "both")
+    poolings: tuple[str, ...] = ("token", "mean", "max", "all")
+    n_lams: int = 6
+    lam_ratio: float = 1e-2
+    lam_grid: str = "auto"  # or "paper": scikit-learn C in probes.PAPER_C_GRID
+    metric: str = "auto"  # "accuracy", "macro_f1", or auto: macro-F1 if classes imbalanced
+    # "1se": the simplest candidate (fewest layers, then neurons) within one standard error
+    # of the best validation score; "exact": the best score, ties broken the same way.
+    selection: str = "1se"
+    max_iter: int = 1000
+    tol: float = 1e-4
+    # dtype of the standardised features the solver reads: "auto" is bfloat16 on GPU/TPU
+    # (half the bytes of its memory-bound products; see probes.py) and float32 on CPU.
+    solver_dtype: str = "auto"
+    memory_bytes: int = 2 << 30  # device memory for one chunk of probe features
+
+    def __post_init__(self):
+        """Every option checked here, before any probe runs."""
+        _one_of("metric", self.metric, ("auto", "accuracy", "macro_f1"))
+        _one_of("selection", self.selection, ("1se", "exact"))
+        _one_of("lam_grid", self.lam_grid, ("auto", "paper"))
+        _one_of("solver_dtype", self.solver_dtype, ("auto", "float32", "bfloat16", "float16"))
+        _some_of("representations", self.representations, (*REPS, "both"))
+        _some_of("poolings", self.poolings, (*POOLINGS, "all"))
+        if isinstance(self.etas, (str, float, int)) or not self.etas:
+            raise SpinError(f"etas {self.etas!r}: pass a tuple of shares, e.g. (0.1, 0.5).")
+        bad = [e for e in self.etas if not isinstance(e, (int, float)) or not 0 < e <= 1]
+        if bad:
+            raise SpinError(f"etas {bad}: each eta is a share of weight in (0, 1].")
+        for name in ("n_lams", "max_iter", "memory_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpinError(f"{name}={value!r}: pass a positive whole number.")
+        if not 0 < self.lam_ratio < 1:
+            raise SpinError(f"lam_ratio={self.lam_ratio!r}: pass a number in (0, 1).")
+        if not self.tol > 0:
+            raise SpinError(f"tol={self.tol!r}: pass a positive number.")
+
+
+def _one_of(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise SpinError(f"{name} {value!r}: choose one of {', '.join(choices)}.")
+
+
+def _some_of(name: str, values, choices: tuple) -> None:
+    if isinstance(values, str) or not values:
+        raise SpinError(f"{name}={values!r}: pass a tuple of some of {', '.join(choices)}.")
+    bad = [v for v in values if v not in choices]
+    if bad:
+        raise SpinError(f"{name} {bad}: choose from {', '.join(choices)}.")
+
+
+# ---- metrics -----------------------------------------------------------------------------
+
+
+def choose_metric(metric: str, labels: np.ndarray, n_classes: int) -> str:
+    if metric != "auto":
+        _one_of("metric", metric, ("accuracy", "macro_f1"))
+        return metric
+    counts = np.bincount(labels, minlength=n_classes)
+    return "macro_f1" if counts.max() > 1.5 * max(counts.min(), 1) else "accuracy"
+
+
+def score(metric: str, y, pred, n_classes: int):
+    if metric == "accuracy":
+        return probes.accuracy(y, pred)
+    return probes.macro_f1(y, pred, n_classes)
+
+
+def solver_dtype(opts: SpinOptions):
+    """The dtype of the standardised features the solvers read."""
+    if opts.solver_dtype == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return jnp.dtype(opts.solver_dtype)
+
+
+def rep_sets(opts: SpinOptions) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, representations) of each representation option: "both" is hidden and ffn."""
+    return [(r, REPS if r == "both" else (r,)) for r in opts.representations]
+
+
+def pool_sets(opts: SpinOptions) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, pooling indices) of each pooling option: "all" is every pooling."""
+    every = tuple(range(len(POOLINGS)))
+    return [(p, every if p == "all" else (POOLINGS.index(p),)) for p in opts.poolings]
+
+
+# ---- the data of a fit -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FitData:
+    """The sources of a fit and what every stage reads of them, built once (`fit_data`)."""
+
+    train: Any
+    valid: Any
+    test: Any | None
+    y: jax.Array  # [N] int32 train labels
+    yv: jax.Array
+    yt: jax.Array | None
+    n_classes: int
+    metric: str  # "accuracy" or "macro_f1"
+    n_layers: int  # blocks of the model: candidate layers are 1..n_layers
+    opts: SpinOptions
+
+    def scored(self):
+        """(name, source, labels) of the splits scored: valid, then test if given."""
+        out = [("valid", self.valid, self.yv)]
+        return out + ([("test", self.test, self.yt)] if self.test is not None else [])
+
+    def score(self, y, pred):
+        return score(self.metric, y, pred, self.n_classes)
+
+
+def fit_data(train, valid, test, opts: SpinOptions, n_layers: int | None = None) -> FitData:
+    """Checks the sources (full features, labels, at least two classes) and builds FitData."""
+    for src, what in ((train, "train"), (valid, "validation"), (test, "test")):
+        if src is not None:
+            require_full(src, what)
+    y, yv = _labels(train, "train"), _labels(valid, "validation")
+    yt = _labels(test, "test") if test is not None else None
+    n_classes = len(train.label_names) if train.label_names else int(y.max()) + 1
+    check_labels(np.asarray(y), np.asarray(yv))
+    metric = choose_metric(opts.metric, np.asarray(y), n_classes)
+    L = n_layers or train.shape("ffn")[1]
+    return FitData(train, valid, test, y, yv, yt, n_classes, metric, L, opts)
+
+
+def require_full(src, what: str) -> None:
+    """Refuses a selective feature source (only some neurons) where every neuron is needed."""
+    if is_selective(src):
+        raise SpinError(
+            f"the {what} features hold only selected neurons (an extraction with --neurons or "
+            "--classifier); fitting needs every neuron of every layer. Extract the training "
+            "and validation splits without a selection."
+        )
+
+
+def _labels(src, what):
+    if src.labels is None:
+        raise SpinError(f"the {what} split has no labels; pass a label column.")
+    return jnp.asarray(np.asarray(src.labels, np.int32))
+
+
+def check_labels(y: np.ndarray, yv: np.ndarray) -> None:
+    present = np.unique(y)
+    if len(present) < 2:
+        raise SpinError(
+            f"the training labels hold only one class ({present.tolist()}); a "
+            "classifier needs at least two."
+        )
+    unseen = np.setdiff1d(np.unique(yv), present)
+    if len(unseen):
+        raise SpinError(
+            f"validation labels {unseen.tolist()} never occur in training; use a stratified split."
+        )
