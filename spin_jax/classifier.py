@@ -8,12 +8,8 @@ full one, or a selective one holding the classifier's columns (`extract_kept`, `
 
 from __future__ import annotations
 
-import datetime
 import functools
-import hashlib
-import json
 import logging
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,42 +17,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax._version import __version__
+from spin_jax import artifact
+from spin_jax.artifact import WEIGHTS_FILE, meta_sha256  # noqa: F401 - re-exported
 from spin_jax.columns import reciprocal, standardize_columns
 from spin_jax.data import TextDataset, check_classes, check_texts, stratified_split, subset
-from spin_jax.errors import ArtifactError, ConfigError, DataError, NotFittedError, SpinError
+from spin_jax.errors import ArtifactError, DataError, NotFittedError, SpinError  # noqa: F401
 from spin_jax.explain import split_logits
 from spin_jax.extraction import (
     TOKEN_BUDGET,
-    DeviceFeatures,
-    MemoryFeatures,
     compiler_options,
     extract,
     plan_batches,
     warn_truncated,
 )
+from spin_jax.finetuned import head_baseline, head_label_order  # noqa: F401
 from spin_jax.head import SpinHead
 from spin_jax.learner import fit_spin
-from spin_jax.model import Model, head_logits, load_model
-from spin_jax.models import POOLINGS, _forward
-from spin_jax.options import SpinOptions, require_full, score
+from spin_jax.model import Model, load_model
+from spin_jax.models import _forward
+from spin_jax.options import SpinOptions, score
 from spin_jax.selection import (
     is_selective,
-    missing_columns,
     neurons_of,
     poolings_of,
     read_head_columns,
 )
-from spin_jax.store import FeatureStore, sha256_file, write_json_atomic
+from spin_jax.sources import align_labels, check_features, check_source, is_source, labels_of
 from spin_jax.text import encode, max_length_of, pad_batch
 
 log = logging.getLogger("spin_jax")
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "classifier.safetensors"
-META_FILE = "classifier.json"
-REPORT_FILE = "report.json"
-
-
 
 
 # ---- the device program of inference -----------------------------------------------------
@@ -254,7 +243,7 @@ class SpinClassifier:
         self.label_names = tuple(train.label_names) if train.label_names else None
         valid = align_labels(valid, self.label_names, "validation")
         test = None if test is None else align_labels(test, self.label_names, "test")
-        head_fn = _head_baseline(self.model, self.label_names) if self.model.head else None
+        head_fn = head_baseline(self.model, self.label_names) if self.model.head else None
         self.head, self.report = fit_spin(
             train,
             valid,
@@ -437,62 +426,16 @@ class SpinClassifier:
     # -- persistence
 
     def save(self, out) -> Path:
-        """Writes classifier.safetensors + classifier.json (+ report.json) atomically."""
-        from safetensors.numpy import save
-
+        """Writes classifier.safetensors + classifier.json + report.json (spin_jax/artifact.py)."""
         self._check_fitted()
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        h = self.head
-        arrays = {"rep": h.rep, "pool": h.pool, "layer": h.layer, "neuron": h.neuron}
-        arrays = {k: np.ascontiguousarray(v, np.int32) for k, v in arrays.items()}
-        arrays.update(
-            {
-                k: np.ascontiguousarray(getattr(h, k), np.float32)
-                for k in ("mean", "std", "weights", "intercept")
-            }
+        return artifact.write(
+            out,
+            head=self.head,
+            label_names=self.label_names,
+            report=self.report,
+            model=self.model,
+            max_length=self.max_length,
         )
-        tmp = out / f".{WEIGHTS_FILE}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:  # open(), not save_file: the umask's mode (save_file: 0600)
-            f.write(save(arrays))
-            f.flush()
-            os.fsync(f.fileno())
-        write_json_atomic(out / REPORT_FILE, self.report)
-        meta = self._meta(sha256_file(tmp), sha256_file(out / REPORT_FILE))
-        os.replace(tmp, out / WEIGHTS_FILE)
-        write_json_atomic(out / META_FILE, {**meta, "meta_sha256": meta_sha256(meta)})
-        return out
-
-    def _meta(self, weights_sha256: str, report_sha256: str) -> dict:
-        m = self.model
-        tok = m.tokenizer
-        return {
-            "format": "spin_jax.classifier",
-            "format_version": FORMAT_VERSION,
-            "spin_jax_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "model": {
-                "source": m.source,
-                "revision": m.revision,
-                "model_type": m.config.model_type,
-                "config_hash": m.config_hash,
-                "params_fingerprint": m.fingerprint,
-                "dtype": m.dtype,
-            },
-            "tokenizer": {
-                "class": type(tok).__name__,
-                "name": getattr(tok, "name_or_path", ""),
-                "max_length": self.max_length,
-            },
-            "num_layers": self.head.num_layers,
-            "n_neurons": int(len(self.head.rep)),
-            "label_names": list(self.label_names) if self.label_names else None,
-            "metric": self.report.get("metric"),
-            "chosen": self.report.get("chosen"),
-            "weights_file": WEIGHTS_FILE,
-            "weights_sha256": weights_sha256,
-            "report_sha256": report_sha256,
-        }
 
     @classmethod
     def load(
@@ -500,299 +443,10 @@ class SpinClassifier:
     ) -> SpinClassifier:
         """Loads a saved classifier; checks format, version, the sha256 of every file and
         of classifier.json itself, the arrays against it, and the model."""
-        path = Path(path)
-        meta = read_meta(path)
-        arrays = _read_weights(path, meta)
-        check_arrays(arrays, meta, path)
-        report = _read_report(path, meta)
-        model = model if isinstance(model, Model) else _fitted_model(model, meta)
-        check_model(meta, model)
+        meta, head, report, model = artifact.read(path, model)
         clf = cls(model, max_length=meta["tokenizer"]["max_length"], allow_empty=allow_empty)
-        clf.head = SpinHead(
-            arrays["rep"],
-            arrays["pool"],
-            arrays["layer"],
-            arrays["neuron"],
-            arrays["mean"],
-            arrays["std"],
-            arrays["weights"],
-            arrays["intercept"],
-            int(meta["num_layers"]),
-        )
+        clf.head, clf.report = head, report
         clf.label_names = tuple(meta["label_names"]) if meta["label_names"] else None
-        clf.report = report
         return clf
 
 
-def meta_sha256(meta: dict) -> str:
-    """sha256 of classifier.json's content without its own hash field (canonical JSON)."""
-    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _fitted_model(model: str | None, meta: dict) -> Model:
-    """The model given, else the one recorded at fit time, saying how to point elsewhere."""
-    if model is not None:
-        return load_model(model)
-    source = meta["model"]["source"]
-    try:
-        return load_model(source)
-    except ConfigError as e:
-        raise ConfigError(
-            f"this classifier was fitted on model {source!r}, which cannot be loaded now "
-            f"({e}). If the model moved, pass its new location as the model.",
-            cli_hint="--model PATH",
-        ) from None
-
-
-def _checked_file(path: Path, name: str, meta: dict, digest_key: str) -> Path:
-    """`path / name`, present and with the sha256 that classifier.json records for it."""
-    f = path / name
-    if not f.exists():
-        raise ArtifactError(f"{f} is missing; the classifier folder is incomplete.")
-    if sha256_file(f) != meta.get(digest_key):
-        raise ArtifactError(
-            f"{f} does not match the sha256 recorded in {META_FILE}: it was modified or "
-            "damaged. Restore the folder, or re-fit."
-        )
-    return f
-
-
-def _read_report(path: Path, meta: dict) -> dict:
-    return json.loads(_checked_file(path, REPORT_FILE, meta, "report_sha256").read_text())
-
-
-def check_arrays(arrays: dict, meta: dict, path: Path) -> None:
-    """The weights agree with classifier.json (both hashed; this catches a bug, or files of
-    two runs put together)."""
-    n, k = len(arrays["rep"]), int(meta["num_layers"])
-    names = meta["label_names"]
-    n_out = arrays["weights"].shape[1] if arrays["weights"].ndim == 2 else -1
-    if n != meta.get("n_neurons") or (n and int(arrays["layer"].max()) > k):
-        raise ArtifactError(f"{path}: the weights do not fit classifier.json's layers and neurons.")
-    if names is not None and n_out != (1 if len(names) == 2 else len(names)):
-        raise ArtifactError(f"{path}: the head has {n_out} outputs for {len(names)} labels.")
-
-
-def read_meta(path: Path) -> dict:
-    f = path / META_FILE
-    if not path.is_dir():
-        raise ArtifactError(f"no classifier at {path}: the folder does not exist.")
-    if not f.exists() and (path / "features").is_dir():
-        raise ArtifactError(
-            f"the fit into {path} did not finish (no {META_FILE} yet, but its features "
-            "are there): re-run the same fit command to resume it."
-        )
-    if not f.exists():
-        raise ArtifactError(
-            f"{path} holds no {META_FILE}: it is not a classifier folder (those are written "
-            "by SpinClassifier.save or `spin-jax fit --out`)."
-        )
-    try:
-        meta = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{f} is corrupted ({e}); re-run `spin-jax fit`.") from None
-    if not isinstance(meta, dict) or meta.get("format") != "spin_jax.classifier":
-        raise ArtifactError(f"{f} is not a spin_jax classifier.")
-    if meta.get("format_version") != FORMAT_VERSION or _minor(
-        meta.get("spin_jax_version", "")
-    ) != _minor(__version__):
-        raise ArtifactError(
-            f"{path} was saved by spin_jax {meta.get('spin_jax_version')} (format "
-            f"{meta.get('format_version')}); this is spin_jax {__version__} (format "
-            f"{FORMAT_VERSION}). Re-fit it with this version, or install spin_jax=="
-            f"{meta.get('spin_jax_version')}."
-        )
-    missing = [k for k in ("model", "tokenizer", "num_layers", "label_names") if k not in meta]
-    if missing:
-        raise ArtifactError(f"{f} lacks {missing}: it is damaged; re-run `spin-jax fit`.")
-    if meta.get("meta_sha256") != meta_sha256(meta):
-        raise ArtifactError(
-            f"{f} does not match its own recorded sha256: it was edited or damaged. "
-            "Restore the folder, or re-fit."
-        )
-    return meta
-
-
-def _minor(version: str) -> str:
-    return ".".join(str(version).split(".")[:2])
-
-
-def _read_weights(path: Path, meta: dict) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    f = _checked_file(path, meta.get("weights_file", WEIGHTS_FILE), meta, "weights_sha256")
-    try:
-        arrays = load_file(str(f))
-    except Exception as e:
-        raise ArtifactError(f"{f} cannot be read ({e}).") from None
-    need = {"rep", "pool", "layer", "neuron", "mean", "std", "weights", "intercept"}
-    if need - set(arrays):
-        raise ArtifactError(f"{f} lacks arrays {sorted(need - set(arrays))}.")
-    return arrays
-
-
-def check_model(meta: dict, model: Model) -> None:
-    want = meta["model"]
-    got = {"config_hash": model.config_hash, "params_fingerprint": model.fingerprint}
-    for key, value in got.items():
-        if want.get(key) != value:
-            raise ArtifactError(
-                f"this classifier was trained on model {want.get('source')!r} "
-                f"({key} {want.get(key)}), but the model given has {key} {value}. Pass the "
-                "same model with --model."
-            )
-
-
-def is_source(x) -> bool:
-    """A feature source (FeatureStore, Memory/DeviceFeatures or a relabelled one), not texts."""
-    return isinstance(x, (FeatureStore, MemoryFeatures, DeviceFeatures, _Relabelled))
-
-
-def labels_of(src, names) -> np.ndarray:
-    """A source's labels as ids into the classifier's label `names`."""
-    if src.labels is None:
-        raise SpinError(
-            "the features hold no labels: extract the data with its label column to score it."
-        )
-    return np.asarray(align_labels(src, names, "scored").labels)
-
-
-def _check_model_of(src, model: Model) -> None:
-    m = src.manifest
-    for key, want in (
-        ("params_fingerprint", model.fingerprint),
-        ("config_hash", model.config_hash),
-    ):
-        if m.get(key, want) != want:
-            raise SpinError(
-                f"features were extracted with another model ({key} "
-                f"{m.get(key)} != {want}); extract them with this model."
-            )
-
-
-def check_source(src, model: Model, head: SpinHead) -> None:
-    """A feature source to apply `head` to: this model, every pooling, layer and column the
-    head reads."""
-    _check_model_of(src, model)
-    have = src.manifest.get("poolings", list(POOLINGS))
-    lack = [p for p in poolings_of(head) if p not in have]
-    if lack:
-        raise SpinError(
-            f"features hold poolings {have}; this classifier also reads {lack}. Extract "
-            "them with `spin-jax extract --classifier RUN` (or SpinClassifier.extract_kept)."
-        )
-    if is_selective(src):
-        missing = missing_columns(src, head)
-        if missing:
-            rep, j, n = missing[0]
-            raise SpinError(
-                f"features lack {len(missing)} of the classifier's neurons (e.g. {rep} layer "
-                f"{j} neuron {n}). Extract them with `spin-jax extract --classifier RUN` (or "
-                "SpinClassifier.extract_kept)."
-            )
-        return
-    need = int(head.layer.max()) if len(head.layer) else 0
-    k = src.manifest.get("num_layers", src.shape("ffn")[1])
-    if k < need:
-        raise SpinError(
-            f"features were extracted with early exit at {k} layers; this classifier reads "
-            f"layer {need}. Re-extract with --num-layers {need} or more (or --classifier)."
-        )
-
-
-def check_features(src, model: Model) -> None:
-    """Feature stores to fit on: from this model, with every pooling, layer and neuron."""
-    require_full(src, "given")
-    m = src.manifest
-    if m.get("poolings", list(POOLINGS)) != list(POOLINGS):
-        raise SpinError(
-            f"features hold poolings {m.get('poolings')}; fitting needs all of "
-            f"{list(POOLINGS)}. Re-extract without --poolings."
-        )
-    _check_model_of(src, model)
-    if m.get("num_layers", model.config.num_layers) != model.config.num_layers:
-        raise SpinError(
-            "features were extracted with early exit (--num-layers); fitting needs every layer."
-        )
-
-
-class _Relabelled:
-    """A feature source whose labels are re-numbered; everything else is the source's."""
-
-    def __init__(self, src, labels: np.ndarray, label_names: tuple[str, ...]):
-        self._src, self.labels, self.label_names = src, labels, label_names
-
-    def __getattr__(self, name):
-        return getattr(self._src, name)
-
-
-def align_labels(src, names: tuple[str, ...] | None, what: str):
-    """Class ids of `src` as ids into the training `names`: each store numbers the labels it
-    holds (a validation split lacking a class numbers the others differently)."""
-    theirs = tuple(src.label_names) if src.label_names else None
-    if names is None or theirs is None or theirs == names or src.labels is None:
-        return src
-    unseen = [n for n in theirs if n not in names]
-    if unseen:
-        raise SpinError(
-            f"{what} labels {unseen} never occur in training (training labels: "
-            f"{list(names)}); use a stratified split."
-        )
-    remap = np.array([names.index(n) for n in theirs], np.int64)
-    return _Relabelled(src, remap[np.asarray(src.labels)], names)
-
-
-def head_label_order(model: Model, names: tuple[str, ...] | None) -> tuple[np.ndarray, str]:
-    """For each training class, the fine-tuned head's output that means it, and how matched.
-
-    The checkpoint's id2label names are matched to the data's label names (case and spaces
-    ignored). HF's default names LABEL_0.. say nothing, so then output j is class j, as
-    HF's own training would have numbered sorted labels. Names that do not match are an
-    ArtifactError naming both sides.
-    """
-    id2label = model.hf_config.get("id2label") or {}
-    heads = {int(j): str(n) for j, n in id2label.items()}
-    n_out = len(heads)
-    if names is None or not heads:
-        return np.arange(len(names or [])), "by position"
-    if all(heads[j] == f"LABEL_{j}" for j in heads):
-        if n_out != len(names):
-            raise ArtifactError(
-                f"the checkpoint's head has {n_out} outputs, the data {len(names)} classes."
-            )
-        return np.arange(n_out), "by position (the checkpoint's labels are LABEL_0..)"
-    key = {n.strip().lower(): j for j, n in heads.items()}
-    missing = [n for n in names if n.strip().lower() not in key]
-    if missing:
-        raise ArtifactError(
-            f"the checkpoint's labels {sorted(heads.values())} do not name the data's "
-            f"classes {missing}; rename the labels to match, or fix id2label in config.json."
-        )
-    return np.array([key[n.strip().lower()] for n in names]), "by name (id2label)"
-
-
-def _head_baseline(model: Model, names: tuple[str, ...] | None):
-    """The fine-tuned checkpoint's own classification head, scored like the others, its
-    outputs put in the data's class order (head_label_order); None with a warning if the
-    checkpoint's labels cannot be matched to the data's."""
-    try:
-        order, how = head_label_order(model, names)
-    except ArtifactError as e:
-        log.warning("the fine-tuned head is not scored as a baseline: %s", e)
-        return None
-
-    def run(valid, test, yv, yt, n_classes, metric):
-        out = {"label_match": how}
-        for name, src, y in (("valid", valid, yv), ("test", test, yt)):
-            if src is None:
-                out[name] = None
-                continue
-            L = src.shape("hidden")[1] - 1
-            x = src.read("hidden", layers=[L], poolings=[0])[:, 0, 0]
-            logits = np.asarray(head_logits(model, jnp.asarray(x)))[:, order]
-            pred = np.argmax(logits, axis=-1)
-            out[name] = float(score(metric, y, jnp.asarray(pred), n_classes))
-        return out
-
-    return run
