@@ -19,7 +19,7 @@ import numpy as np
 
 from spin_jax import artifact
 from spin_jax.artifact import WEIGHTS_FILE, meta_sha256  # noqa: F401 - re-exported
-from spin_jax.columns import reciprocal, standardize_columns
+from spin_jax.columns import reciprocal, standardize_columns, take
 from spin_jax.data import TextDataset, check_classes, check_texts, stratified_split, subset
 from spin_jax.errors import ArtifactError, DataError, NotFittedError, SpinError  # noqa: F401
 from spin_jax.explain import split_logits
@@ -66,13 +66,9 @@ def _head_logits(config, k, params, sel, ids, mask):
 def _kept_features(config, k, params, sel, ids, mask, *, pooled):
     """Kept neurons [B, M] (pooled) or [B, T, M] (per token), standardised."""
     f = _forward(config, k, pooled, True, (), params, ids, mask)
-    # hidden [k+1, B, P or T, D]; per token, every pooling of a neuron is the token's value.
-    h = f.hidden[sel["h_layer"], :, sel["h_pool"] if pooled else slice(None), sel["h_neuron"]]
-    a = f.ffn[sel["f_layer"], :, sel["f_pool"] if pooled else slice(None), sel["f_neuron"]]
-    # Advanced indices split by a slice go first: [M, B] pooled, [M, B, T] per token.
-    x = jnp.concatenate([h, a], axis=0).astype(jnp.float32)  # [M, B] or [M, B, T]
-    x = jnp.moveaxis(x, 0, -1)
-    return (x - sel["mean"]) * sel["inv_std"]  # as learner.standardize_columns
+    # Per token, every pooling of a neuron is the token's value: [B, T, M]; pooled [B, M].
+    x = take(f.hidden, f.ffn, sel, by_pool=pooled).astype(jnp.float32)
+    return (x - sel["mean"]) * sel["inv_std"]  # as columns.standardize_columns
 
 
 def _kept_pooled(config, k, params, sel, ids, mask):
@@ -94,20 +90,15 @@ def _token_shares(config, k, params, sel, ids, mask):
 
 def selection_order(head: SpinHead) -> np.ndarray:
     """Head columns in device order: hidden neurons first, then FFN neurons."""
-    return np.concatenate([np.nonzero(head.rep == 0)[0], np.nonzero(head.rep == 1)[0]])
+    return head.columns().device_order()
 
 
 def selection(head: SpinHead) -> dict[str, jax.Array]:
-    """Device arrays that index the kept neurons; columns ordered hidden first, then ffn."""
-    h, f = head.rep == 0, head.rep == 1
+    """Device arrays that index the kept neurons (Columns.device_index), and the head's
+    statistics and weights in that column order."""
     order = selection_order(head)
     return {
-        "h_layer": jnp.asarray(head.layer[h]),
-        "h_pool": jnp.asarray(head.pool[h]),
-        "h_neuron": jnp.asarray(head.neuron[h]),
-        "f_layer": jnp.asarray(head.layer[f] - 1),
-        "f_pool": jnp.asarray(head.pool[f]),
-        "f_neuron": jnp.asarray(head.neuron[f]),
+        **head.columns().device_index(),
         "mean": jnp.asarray(head.mean[order]),
         "inv_std": jnp.asarray(reciprocal(head.std[order])),
         "weights": jnp.asarray(head.weights[order], jnp.float32),

@@ -57,16 +57,16 @@ class Columns:
         }
 
 
-def take(hidden, ffn, index, pools=None):
-    """The indexed neurons of [L+1, B, X, D] hidden and [L, B, X, F] ffn, inside a program:
-    [B, X, M] with X every pooling (or token) when `pools` is None, else [B, M] at each
-    column's own pooling; hidden columns first, then ffn ones (Columns.device_order)."""
-    if pools is None:
-        h = hidden[index["h_layer"], :, :, index["h_neuron"]]
-        a = ffn[index["f_layer"], :, :, index["f_neuron"]]
-    else:
+def take(hidden, ffn, index, *, by_pool: bool = False):
+    """The indexed neurons of hidden [L+1, B, X, D] and ffn [L, B, X, F], inside a program:
+    [B, X, M] (every pooling, or every token), or with `by_pool` [B, M], each column at its
+    own pooling; hidden columns first, then ffn ones (Columns.device_order)."""
+    if by_pool:
         h = hidden[index["h_layer"], :, index["h_pool"], index["h_neuron"]]
         a = ffn[index["f_layer"], :, index["f_pool"], index["f_neuron"]]
+    else:
+        h = hidden[index["h_layer"], :, :, index["h_neuron"]]
+        a = ffn[index["f_layer"], :, :, index["f_neuron"]]
     # Advanced indices split by a slice go first: [M, B, ...].
     return jnp.moveaxis(jnp.concatenate([h, a], axis=0), 0, -1)
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from spin_jax.models import POOLINGS, t5
+from spin_jax.columns import store_layer
+from spin_jax.models import POOLINGS, decoder_of, single_token_index
 from spin_jax.models.layers import last_token_index
 
 TOKEN, MEAN, MAX = (POOLINGS.index(p) for p in ("token", "mean", "max"))
@@ -34,12 +35,19 @@ def split_logits(config, k, sel, x, mask):
     """
     pool = jnp.concatenate([sel["h_pool"], sel["f_pool"]])
     m = mask.astype(bool)
-    share = _shares(x, pool, m, _token_index(config, m))
-    decoder = _decoder_columns(config, k, sel)
-    if decoder is not None:
-        dm = t5.decoder_mask(config, m)
+    share = _shares(x, pool, m, single_token_index(config, m))
+    decoder = decoder_of(config)
+    if decoder is not None and k >= decoder[0]:
+        first, decoder_mask = decoder
+        dm = decoder_mask(m)
         on_decoder = _read_positions(_shares(x, pool, dm, last_token_index(dm)))
-        share = jnp.where(decoder, on_decoder, share)
+        from_decoder = jnp.concatenate(  # sel holds store indices (columns.store_layer)
+            [
+                sel["h_layer"] >= store_layer("hidden", first),
+                sel["f_layer"] >= store_layer("ffn", first),
+            ]
+        )
+        share = jnp.where(from_decoder, on_decoder, share)
     return jnp.einsum("btm,mk->btk", share, sel["weights"])
 
 
@@ -53,22 +61,6 @@ def _shares(centred, pool, mask, token_index):
     at_max = jnp.where(pos == top, centred, 0.0)
     at_token = jnp.where(pos == token_index[:, None, None], centred, 0.0)
     return jnp.where(pool == TOKEN, at_token, jnp.where(pool == MEAN, mean, at_max))
-
-
-def _token_index(config, mask):
-    """The single-token pooling's position, as the forward pools it."""
-    if config.causal:
-        return last_token_index(mask)
-    return jnp.zeros(mask.shape[0], jnp.int32)
-
-
-def _decoder_columns(config, k, sel):
-    """[M] bool: the kept columns from T5 decoder layers (None for other models)."""
-    n_enc = getattr(config, "encoder_layers", None)
-    if n_enc is None or k <= n_enc:
-        return None
-    # hidden layer 0 is the embeddings, 1..n_enc the encoder; FFN index 0..n_enc-1 the encoder
-    return jnp.concatenate([sel["h_layer"] > n_enc, sel["f_layer"] >= n_enc])
 
 
 def _read_positions(share):

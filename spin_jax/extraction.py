@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spin_jax._version import __version__
+from spin_jax.columns import take
 from spin_jax.data import DataError, TextDataset, check_texts
 from spin_jax.devices import (  # noqa: F401 - re-exported: tests and benchmarks use them
     default_mesh,
@@ -215,16 +216,8 @@ def _pooled_fn(config, k, poolings, out_dtype, options, params, ids, mask, cols=
     sel = jnp.asarray(poolings)
     hidden, ffn = f.hidden[:, :, sel], f.ffn[:, :, sel]  # [L+1, B, P, D], [L, B, P, F]
     if cols is not None:
-        return (_gather_columns(hidden, ffn, cols).astype(out_dtype),)
+        return (take(hidden, ffn, cols).astype(out_dtype),)
     return jnp.moveaxis(hidden, 1, 0).astype(out_dtype), jnp.moveaxis(ffn, 1, 0).astype(out_dtype)
-
-
-def _gather_columns(hidden, ffn, cols):
-    """[B, P, M]: the selected hidden neurons, then the selected FFN neurons."""
-    # Advanced indices split by slices go first: [M, B, P].
-    h = hidden[cols["h_layer"], :, :, cols["h_neuron"]]
-    a = ffn[cols["f_layer"], :, :, cols["f_neuron"]]
-    return jnp.moveaxis(jnp.concatenate([h, a], axis=0), 0, -1)
 
 
 _pooled_rows = jax.jit(_pooled_fn, static_argnums=(0, 1, 2, 3, 4))

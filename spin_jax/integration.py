@@ -62,8 +62,9 @@ def column_stats(cand: Columns, tables) -> tuple[np.ndarray, np.ndarray]:
     mean, std = np.empty(len(cand), np.float32), np.empty(len(cand), np.float32)
     for (rep, p), t in tables.items():
         cols = np.nonzero((cand.rep == REPS.index(rep)) & (cand.pool == p))[0]
-        mean[cols] = t.mean[cand.layer[cols] - 1, cand.neuron[cols]]
-        std[cols] = t.std[cand.layer[cols] - 1, cand.neuron[cols]]
+        row = cand.layer[cols] - 1  # table rows are block layers 1..L
+        mean[cols] = t.mean[row, cand.neuron[cols]]
+        std[cols] = t.std[row, cand.neuron[cols]]
     return mean, std
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from spin_jax.columns import REPS, store_layer
 from spin_jax.models import POOLINGS, InputError
 
-REPS = ("hidden", "ffn")  # SpinHead.rep codes 0 and 1
 COLUMNS = "columns"  # the array of a selective store
 FIRST_LAYER = {"hidden": 0, "ffn": 1}
 EXAMPLE = '{"hidden": {"0": [3, 7]}, "ffn": {"2": [10, 11]}}'
@@ -59,7 +59,7 @@ class NeuronSelection:
         return {
             "h_layer": h[:, 0],
             "h_neuron": h[:, 1],
-            "f_layer": f[:, 0] - 1,  # ffn layer j is Features.ffn[j - 1]
+            "f_layer": store_layer("ffn", f[:, 0]),
             "f_neuron": f[:, 1],
         }
 

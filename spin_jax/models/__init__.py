@@ -17,6 +17,7 @@ from spin_jax.models.layers import (
     InputError,
     WeightsError,
     check_inputs,
+    token_index,
 )
 
 # HF model_type -> module implementing it (config class, param_shapes, forward).
@@ -69,6 +70,18 @@ def _forward(config, k, pooled, use_scan, options, params, input_ids, attention_
     )
 
 
+def single_token_index(config, mask):
+    """[B] the position the "token" pooling reads in the model's first stack."""
+    return token_index(mask, config.causal)
+
+
+def decoder_of(config):
+    """(first decoder block layer, mask -> the decoder layers' mask) for an encoder-decoder
+    family whose config runs decoder blocks, else None."""
+    readout = getattr(family_of(config.model_type), "decoder_of", None)
+    return None if readout is None else readout(config)
+
+
 def _check_k(config, num_layers):
     if num_layers is None:
         return config.num_layers
@@ -109,7 +122,9 @@ __all__ = [
     "InputError",
     "WeightsError",
     "config_from_hf",
+    "decoder_of",
     "family_of",
     "forward_params",
     "param_shapes",
+    "single_token_index",
 ]

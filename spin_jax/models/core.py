@@ -62,8 +62,7 @@ def stack_forward(
     as HF's `output_hidden_states` does.
     """
     mask = attention_mask.astype(bool)
-    token_index = L.last_token_index(mask) if causal else jnp.zeros(mask.shape[0], jnp.int32)
-    reduce = reducer(mask, token_index, pooled)
+    reduce = reducer(mask, L.token_index(mask, causal), pooled)
     x = embed(params, input_ids, mask)
     layers = L.take_layers(params["layers"], k)
     h, (hidden, ffn) = run_stack(block, x, mask, layers, reduce, use_scan=use_scan)

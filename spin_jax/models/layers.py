@@ -228,6 +228,14 @@ def last_token_index(mask: Array) -> Array:
     return jnp.maximum(mask.sum(-1) - 1, 0).astype(jnp.int32)
 
 
+def token_index(mask: Array, causal: bool) -> Array:
+    """The "token" pooling's position per row: the last real token of a causal stack (it
+    has read the whole text), the first ([CLS], <s>) of a bidirectional one."""
+    if causal:
+        return last_token_index(mask)
+    return jnp.zeros(mask.shape[0], jnp.int32)
+
+
 def scan_layers(body, carry, layers: Params, use_scan: bool = True):
     """lax.scan over stacked layer params, or an equivalent Python loop (for tests)."""
     if use_scan:

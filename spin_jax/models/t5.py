@@ -280,6 +280,14 @@ def decoder_mask(c: T5Config, mask: jax.Array) -> jax.Array:
     return mask
 
 
+def decoder_of(c: T5Config):
+    """(first decoder block layer, the decoder layers' mask from the input mask), or None
+    in encoder mode: how a decoder layer's positions relate to the input's (explain)."""
+    if c.num_layers <= c.encoder_layers:
+        return None
+    return c.encoder_layers + 1, functools.partial(decoder_mask, c)
+
+
 def forward(c: T5Config, params, input_ids, attention_mask, *, k, pooled, use_scan, **options):
     """Features of the first k layers (encoder blocks, then decoder blocks).
 
