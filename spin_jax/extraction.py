@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spin_jax._version import __version__
+from spin_jax.batching import BUCKETS, TOKEN_BUDGET, bucket_length, plan_batches  # noqa: F401
 from spin_jax.columns import take
 from spin_jax.data import DataError, TextDataset, check_texts
 from spin_jax.devices import (  # noqa: F401 - re-exported: tests and benchmarks use them
@@ -40,19 +41,15 @@ from spin_jax.devices import (  # noqa: F401 - re-exported: tests and benchmarks
     replicate,
     round_up,
 )
+from spin_jax.features import DeviceFeatures, MemoryFeatures  # noqa: F401 - re-exported
 from spin_jax.model import Model
 from spin_jax.models import POOLINGS, InputError, _check_k, _forward
 from spin_jax.selection import COLUMNS, NeuronSelection, parse_neurons
 from spin_jax.store import DTYPES as STORE_DTYPES
-from spin_jax.store import FeatureStore, StoreError, _selection, write_json_atomic
+from spin_jax.store import FeatureStore, StoreError, write_json_atomic
 from spin_jax.text import encode_rows, max_length_of, pad_batch
 
 log = logging.getLogger("spin_jax")
-# Tokens per batch (padding included). Measured on an H100 with GPT2-XL, 32768 is faster
-# than 16384 (fewer calls, so fewer per-layer weight copies: benchmarks/RESULTS.md) and costs
-# ~0.4 GB of FFN activation per layer in bf16; lower it on small devices.
-TOKEN_BUDGET = 32768
-BUCKETS = (16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 REPRESENTATIONS = ("hidden", "ffn")
 
 
@@ -78,129 +75,6 @@ class Summary:
             f"{self.rows / max(self.seconds, 1e-9):,.1f} rows/s; chunks written "
             f"{self.chunks_done}, already done {self.chunks_skipped}"
         )
-
-
-class _ArrayFeatures:
-    """Extracted features held in memory, read like a FeatureStore.
-
-    `read` selects on axes 1, 2, 3 in turn: of "hidden" / "ffn" [N, L, P, F] the layers,
-    poolings and neurons; a selective extraction's "columns" [N, P, M] has only two.
-    """
-
-    def __init__(self, arrays, labels, label_names, manifest):
-        self.arrays, self.labels, self.label_names = arrays, labels, label_names
-        self.manifest = manifest
-        self.n_rows = len(next(iter(arrays.values())))
-
-    def shape(self, name: str):
-        return self.arrays[name].shape
-
-
-class MemoryFeatures(_ArrayFeatures):
-    """Features in host memory: numpy arrays; `read` returns numpy arrays."""
-
-    def read(self, name, *, rows=None, layers=None, poolings=None, neurons=None, dtype=np.float32):
-        """As FeatureStore.read: the same index rules (negatives, boolean masks, empty lists)
-        and the same errors for a missing array, an index out of range or a missing axis."""
-        if name not in self.arrays:
-            raise StoreError(f"no array {name!r} in these features; they hold {list(self.arrays)}.")
-        x = self.arrays[name]
-        row_idx, axes = _selection(name, x.shape, rows, (layers, poolings, neurons))
-        x = x[np.ix_(row_idx, *axes)]
-        return x if dtype is None else x.astype(dtype)
-
-
-class DeviceFeatures(_ArrayFeatures):
-    """Features on the accelerator: jax Arrays (`extract(..., placement="device")`).
-
-    `read` returns jax Arrays on the same devices, selected and cast in one jitted program,
-    so the learner's probes read them without a copy through the host. Labels stay numpy.
-    """
-
-    def read(self, name, *, rows=None, layers=None, poolings=None, neurons=None, dtype=np.float32):
-        x = self.arrays[name]
-        sels = (rows, layers, poolings, neurons)
-        index = tuple(None if s is None else _bounded(s, x.shape[a]) for a, s in enumerate(sels))
-        return _take(x, index, None if dtype is None else jnp.dtype(dtype))
-
-    def read_columns(self, name, layers, poolings, neurons, *, rows=None, dtype=np.float32):
-        """[N, M]: column m is x[:, layers[m], poolings[m], neurons[m]] of "hidden" / "ffn"
-        [N, L, P, F], read in one gather (the learner's candidate columns)."""
-        x = self.arrays[name]
-        rows = None if rows is None else _bounded(rows, x.shape[0])
-        cols = tuple(
-            _bounded(i, n) for i, n in zip((layers, poolings, neurons), x.shape[1:], strict=True)
-        )
-        return _take_columns(x, rows, cols, jnp.dtype(dtype))
-
-
-def _bounded(sel, n: int) -> np.ndarray:
-    """Indices in [0, n) as np.take reads `sel`: negatives count from the end, one out of
-    range is an IndexError."""
-    return np.arange(n, dtype=np.int32)[np.asarray(sel, np.int64)]
-
-
-@functools.partial(jax.jit, static_argnames="dtype")
-def _take_columns(x, rows, cols, dtype):
-    x = x if rows is None else jnp.take(x, rows, axis=0, mode="clip")  # in range: _bounded
-    return x[:, cols[0], cols[1], cols[2]].astype(dtype)
-
-
-@functools.partial(jax.jit, static_argnames="dtype")
-def _take(x, index, dtype=None):
-    for axis, idx in enumerate(index):
-        if idx is not None:
-            x = jnp.take(x, idx, axis=axis, mode="clip")  # in range: _bounded
-    return x if dtype is None else x.astype(dtype)
-
-
-# ---- batching ----------------------------------------------------------------------------
-
-
-def bucket_length(n: int, max_length: int) -> int:
-    for b in BUCKETS:
-        if n <= b:
-            return min(b, max_length)
-    return max_length
-
-
-def plan_batches(lengths: np.ndarray, max_length: int, token_budget: int, multiple: int = 1):
-    """[(row indices, padded length, batch size)] covering every row once.
-
-    Rows are taken longest first. A batch is padded to the bucket of its longest row and
-    holds token_budget // that length rows (rounded down to a multiple of `multiple`, the
-    device count), so each bucket length has one batch size and shapes repeat. A batch is
-    filled with the next shorter rows even where they belong to a lower bucket: padding a
-    short row costs less than an empty row. Only the last batch can hold empty rows, and
-    it, like a bucket too small to fill a batch before much shorter rows, gets a
-    power-of-two size.
-    """
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    buckets = np.array([bucket_length(int(n), max_length) for n in lengths[order]], int)
-    sizes: dict[int, int] = {}
-    plan, start = [], 0
-    while start < len(order):
-        blen = int(buckets[start])
-        if blen not in sizes:
-            size = max(multiple, (token_budget // blen) // multiple * multiple)
-            n = int(np.count_nonzero(buckets[start:] == blen))
-            left = len(order) - start
-            if n < min(size, left) and 2 * buckets[start + n] <= blen:
-                # Too few rows of this length to fill a batch, and the next rows are less
-                # than half as long: a power-of-two batch of its own, rather than pad many
-                # short rows out to this length.
-                size = min(size, round_up(_next_pow2(n), multiple))
-            elif left < size:  # the last batch: a power of two, few shapes to compile
-                size = min(size, round_up(_next_pow2(left), multiple))
-            sizes[blen] = size
-        rows = order[start : start + sizes[blen]]
-        plan.append((rows, blen, sizes[blen]))
-        start += len(rows)
-    return plan
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n - 1).bit_length())
 
 
 # ---- the device program ------------------------------------------------------------------
