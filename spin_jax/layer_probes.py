@@ -82,7 +82,7 @@ def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> Prob
     fit = probes.fit_many(Xs, data.y, data.n_classes, lams, max_iter=opts.max_iter, tol=opts.tol)
     del X, Xs
     scores = {
-        name: _scores(data, src, y, rep, pool, layers, mean, std, fit)
+        name: _scores(data, src, y, rep=rep, pool=pool, layers=layers, mean=mean, std=std, fit=fit)
         for name, src, y in data.scored()
     }
     best = jnp.argmax(scores["valid"], axis=-1)  # lams largest first: ties -> the sparser
@@ -110,7 +110,7 @@ def _standardize_many(X, mean, std, dtype=jnp.float32):
     return ((X.astype(jnp.float32) - mean[:, None]) / std[:, None]).astype(dtype)
 
 
-def _scores(data: FitData, src, y, rep, pool, layers, mean, std, fit):
+def _scores(data: FitData, src, y, *, rep, pool, layers, mean, std, fit):
     """Metric [g, R] of every layer's probe at every lam on `src`."""
     Xs = _standardize_many(jnp.asarray(read_layers(src, rep, pool, layers)), mean, std)
     pred = jax.vmap(probes.predict)(Xs, fit.weights, fit.intercept)  # [g, R, N]

@@ -326,6 +326,7 @@ def fit_path(
     y: Array,
     n_classes: int,
     lams: Array,
+    *,
     rowmask: Array | None = None,
     featmask: Array | None = None,
     max_iter: int = 2000,
@@ -352,6 +353,7 @@ def fit_many(
     y: Array,
     n_classes: int,
     lams: Array,
+    *,
     rowmask: Array | None = None,
     featmask: Array | None = None,
     max_iter: int = 2000,
@@ -378,6 +380,7 @@ def fit_many_standardized(
     y: Array,
     n_classes: int,
     lams: Array,
+    *,
     rowmask: Array | None = None,
     featmask: Array | None = None,
     max_iter: int = 2000,
@@ -392,7 +395,17 @@ def fit_many_standardized(
     """
     mean, std = jax.vmap(standardize_stats, in_axes=(0, _axis(rowmask, 1)))(X, rowmask)
     Xs = jax.vmap(standardize)(X, mean, std)
-    fit = fit_many(Xs, y, n_classes, lams, rowmask, featmask, max_iter, tol, warm_start)
+    fit = fit_many(
+        Xs,
+        y,
+        n_classes,
+        lams,
+        rowmask=rowmask,
+        featmask=featmask,
+        max_iter=max_iter,
+        tol=tol,
+        warm_start=warm_start,
+    )
     return fit, mean, std
 
 
