@@ -1,6 +1,6 @@
 """The SPIN learner and classifier: eta sparsification, planted signal recovered, multiclass,
 metric choice, early exit == full extraction, artifacts refused when tampered, bad input,
-the fit / evaluate / predict CLI, per-token explanations.
+per-token explanations. (The CLI's tests are in test_cli.py.)
 
 Synthetic features share one shape (L=4 blocks, D=12, F=20, 600/300/300 rows) so the probe
 and integration programs compile once per class count. The text tests use one tiny random
@@ -21,7 +21,6 @@ import pytest
 import spin_jax
 from spin_jax import probes
 from spin_jax.classifier import WEIGHTS_FILE, ArtifactError, SpinClassifier
-from spin_jax.cli import main
 from spin_jax.data import DataError
 from spin_jax.extraction import DeviceFeatures, MemoryFeatures, extract
 from spin_jax.learner import (
@@ -413,7 +412,7 @@ def test_mismatched_counts_are_refused(model):
         SpinClassifier(model, **FAST).fit(["a b", "c d", "e f"], ["x", "y"])
 
 
-# ---- the CLI -------------------------------------------------------------------------------
+# ---- helpers shared with the CLI and error tests ------------------------------------------
 
 
 def write_csv(path, texts, labels=None):
@@ -424,173 +423,3 @@ def write_csv(path, texts, labels=None):
         else:
             w.writerows([["text", "label"], *zip(texts, labels, strict=True)])
     return path
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory, data):
-    d = tmp_path_factory.mktemp("csv")
-    out = {name: write_csv(d / f"{name}.csv", *data[name]) for name in data}
-    out["new"] = write_csv(d / "new.csv", reviews(7, 3)[0])
-    texts, labels = data["test"]
-    out["unseen"] = write_csv(d / "unseen.csv", texts[:3], ["positive", "neutral", "negative"])
-    return out
-
-
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory, folder, files):
-    run = tmp_path_factory.mktemp("cli") / "run"
-    code = main(
-        [
-            "fit",
-            "--model",
-            str(folder),
-            "--train",
-            str(files["train"]),
-            "--test",
-            str(files["test"]),
-            "--out",
-            str(run),
-            "--quiet",
-            "--feature-dtype",
-            "float32",
-            "--etas",
-            "0.1,0.5,0.8",
-        ]
-    )
-    assert code == 0
-    return run
-
-
-def test_cli_fit_writes_a_loadable_classifier(cli_run, data):
-    report = json.loads((cli_run / "report.json").read_text())
-    assert report["n_test"] == len(data["test"][0])
-    assert report["spin"]["test"] is not None
-    assert (cli_run / "classifier.json").exists() and (cli_run / WEIGHTS_FILE).exists()
-
-
-def test_cli_explain_json(cli_run, capsys):
-    capsys.readouterr()
-    assert main(["explain", str(cli_run), "a great film", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["prediction"] == max(out["proba"], key=out["proba"].get)
-    assert [r["token"] for r in out["tokens"]] == ["[CLS]", "a", "great", "film", "[SEP]"]
-    z = {n: out["bias"][n] + sum(r[n] for r in out["tokens"]) for n in ("negative", "positive")}
-    p_pos = 1 / (1 + np.exp(z["negative"] - z["positive"]))
-    assert out["proba"]["positive"] == pytest.approx(p_pos, abs=1e-6)
-    assert main(["explain", str(cli_run), "a great film"]) == 0
-    assert capsys.readouterr().out.startswith(f"prediction: {out['prediction']}")
-
-
-def test_cli_evaluate_json(cli_run, files, data, capsys):
-    capsys.readouterr()
-    assert main(["evaluate", str(cli_run), "--data", str(files["test"]), "--json"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1
-    result = json.loads(lines[0])
-    assert result["n"] == len(data["test"][0])
-    assert 0.7 <= result["accuracy"] <= 1 and 0 <= result["macro_f1"] <= 1
-    assert 1 <= result["num_layers"] <= 3
-    assert result["label_names"] == ["negative", "positive"]
-
-
-def test_cli_predict_writes_one_row_per_text(cli_run, files, tmp_path):
-    out = tmp_path / "preds.csv"
-    assert main(["predict", str(cli_run), "--data", str(files["new"]), "--out", str(out)]) == 0
-    with open(out, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["text"] for r in rows] == reviews(7, 3)[0]
-    assert {r["prediction"] for r in rows} <= {"negative", "positive"}
-    for r in rows:
-        assert abs(float(r["p_negative"]) + float(r["p_positive"]) - 1) < 1e-5
-
-
-def test_cli_evaluate_unseen_label_exits_2(cli_run, files, capsys):
-    capsys.readouterr()
-    assert main(["evaluate", str(cli_run), "--data", str(files["unseen"])]) == 2
-    err = capsys.readouterr().err
-    assert "'neutral'" in err and "not seen at fit time" in err
-
-
-def test_cli_fit_from_feature_stores(tmp_path, folder, files, data):
-    stores = {}
-    for name in ("train", "valid"):
-        stores[name] = tmp_path / f"store_{name}"
-        assert (
-            main(
-                [
-                    "extract",
-                    "--model",
-                    str(folder),
-                    "--data",
-                    str(files[name]),
-                    "--out",
-                    str(stores[name]),
-                    "--dtype",
-                    "float32",
-                    "--quiet",
-                ]
-            )
-            == 0
-        )
-    run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "fit",
-                "--model",
-                str(folder),
-                "--train",
-                str(stores["train"]),
-                "--valid",
-                str(stores["valid"]),
-                "--out",
-                str(run),
-                "--quiet",
-                "--etas",
-                "0.1,0.5,0.8",
-            ]
-        )
-        == 0
-    )
-    loaded = SpinClassifier.load(run)
-    assert loaded.report["n_train"] == 60 and loaded.report["n_valid"] == 20
-    texts, labels = data["test"]
-    assert loaded.score(texts, labels) >= 0.7
-
-
-def test_cli_fit_from_a_store_needs_valid(tmp_path, folder, files, capsys):
-    store = tmp_path / "store"
-    assert (
-        main(
-            [
-                "extract",
-                "--model",
-                str(folder),
-                "--data",
-                str(files["valid"]),
-                "--out",
-                str(store),
-                "--dtype",
-                "float32",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
-    assert (
-        main(
-            [
-                "fit",
-                "--model",
-                str(folder),
-                "--train",
-                str(store),
-                "--out",
-                str(tmp_path / "run"),
-                "--quiet",
-            ]
-        )
-        == 2
-    )
-    assert "--valid" in capsys.readouterr().err

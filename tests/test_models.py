@@ -14,7 +14,6 @@ from spin_jax.models import config_from_hf, param_shapes
 from spin_jax.models.layers import ConfigError, InputError, WeightsError
 from tests import hf_tiny
 
-torch = pytest.importorskip("torch")
 FAMILIES = ["gpt2", "bert", "roberta", "distilbert"]
 TOL = 1e-5
 
@@ -112,6 +111,7 @@ def test_real_minilm_matches_hf():
 
 
 def seq_cls(kind, tmp_path):
+    import torch
     import transformers as tf
 
     torch.manual_seed(1)

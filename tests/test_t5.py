@@ -9,17 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import transformers  # noqa: E402 - a dependency; torch is not, and is imported where used
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+try:
+    import torch
+except ImportError:  # the tests marked torch skip (conftest)
+    torch = None
 
 from spin_jax.models import config_from_hf, forward_params, param_shapes  # noqa: E402
 from spin_jax.models import t5 as t5_model  # noqa: E402
 from spin_jax.models.layers import ConfigError, WeightsError  # noqa: E402
 from tests.hf_tiny import padded_batch, reference  # noqa: E402
 from weights_convert import convert, convert_state_dict, read_state_dict  # noqa: E402
-
-pytestmark = pytest.mark.torch
 
 LE, LD = 2, 3
 TOL = 1e-5
@@ -150,6 +151,7 @@ def assert_close(got, want, where):
 @pytest.mark.parametrize(
     "proj, decoder_mask", [("relu", "shifted"), ("gated-gelu", "shifted"), ("gated-gelu", "same")]
 )
+@pytest.mark.torch
 def test_parity_encoder_decoder(proj, decoder_mask):
     model = hf_t5(feed_forward_proj=proj)
     c, params = ours(model, decoder_mask=decoder_mask)
@@ -166,6 +168,7 @@ def test_parity_encoder_decoder(proj, decoder_mask):
     np.testing.assert_allclose(p.ffn, pool_layers(ffn, mask, dec_mask, LE), atol=TOL)
 
 
+@pytest.mark.torch
 def test_parity_encoder_model():
     # inner width N*H = 35 != d_model, and another gated activation
     model = hf_t5("T5EncoderModel", feed_forward_proj="gated-silu", d_kv=7)
@@ -178,6 +181,7 @@ def test_parity_encoder_model():
     assert_close(f.ffn, ffn, layer_masks(mask, mask, LE, 0))
 
 
+@pytest.mark.torch
 def test_encoder_mode_of_full_checkpoint():
     model = hf_t5(feed_forward_proj="gated-gelu")
     c, params = ours(model)
@@ -189,6 +193,7 @@ def test_encoder_mode_of_full_checkpoint():
     np.testing.assert_array_equal(enc.ffn, full.ffn[:LE])
 
 
+@pytest.mark.torch
 def test_ffn_output_product():
     model = hf_t5(feed_forward_proj="gated-gelu")
     c, params = ours(model, ffn_output="product")
@@ -218,6 +223,7 @@ def on_cpu():
     return jax.default_device(jax.devices("cpu")[0])
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("k", [0, 1, LE, LE + 1, LE + LD])
 def test_early_exit(tiny_gated, k):
     with on_cpu():
@@ -234,6 +240,7 @@ def _early_exit(tiny_gated, k):
         np.testing.assert_allclose(f.ffn, full.ffn[:k], atol=0, rtol=0)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("pooled", [True, False])
 def test_scan_equals_loop(tiny_gated, pooled):
     c, params, ids, mask = tiny_gated
@@ -244,6 +251,7 @@ def test_scan_equals_loop(tiny_gated, pooled):
     np.testing.assert_allclose(a.ffn, b.ffn, atol=1e-6)
 
 
+@pytest.mark.torch
 def test_relative_buckets_match_hf():
     bucket = transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket
     rel = np.arange(-700, 701)
@@ -270,6 +278,7 @@ def test_bad_config_options():
     assert c.activation == "gelu_new" and c.gated
 
 
+@pytest.mark.torch
 def test_missing_decoder_weights():
     model = hf_t5("T5EncoderModel")
     c = config_from_hf({**model.config.to_dict(), "is_encoder_decoder": True})
@@ -277,6 +286,7 @@ def test_missing_decoder_weights():
         convert(c, model)
 
 
+@pytest.mark.torch
 def test_unexpected_weight_and_head():
     model = hf_t5("T5ForSequenceClassification", num_labels=3)
     c = config_from_hf(model.config.to_dict())
@@ -310,6 +320,7 @@ def test_flan_t5_xl_shapes(mode):
         assert n == 2_849_757_184 - 32128 * 2048
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("decoder_mask", ["shifted", "same"])
 def test_pooling_unchanged_by_extra_padding(tiny_gated, decoder_mask):
     c, params, ids, mask = tiny_gated

@@ -1,0 +1,189 @@
+"""The fit / evaluate / predict / explain CLI on a tiny random BERT (the session's `folder`)
+and short synthetic reviews: what each command writes and prints."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from spin_jax.classifier import WEIGHTS_FILE, SpinClassifier
+from spin_jax.cli import main
+from tests.test_learner import reviews, write_csv
+
+
+@pytest.fixture(scope="module")
+def data():
+    return {"train": reviews(60, 0), "valid": reviews(20, 1), "test": reviews(40, 2)}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, data):
+    d = tmp_path_factory.mktemp("csv")
+    out = {name: write_csv(d / f"{name}.csv", *data[name]) for name in data}
+    out["new"] = write_csv(d / "new.csv", reviews(7, 3)[0])
+    texts, labels = data["test"]
+    out["unseen"] = write_csv(d / "unseen.csv", texts[:3], ["positive", "neutral", "negative"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, folder, files):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    code = main(
+        [
+            "fit",
+            "--model",
+            str(folder),
+            "--train",
+            str(files["train"]),
+            "--test",
+            str(files["test"]),
+            "--out",
+            str(run),
+            "--quiet",
+            "--feature-dtype",
+            "float32",
+            "--etas",
+            "0.1,0.5,0.8",
+        ]
+    )
+    assert code == 0
+    return run
+
+
+def test_cli_fit_writes_a_loadable_classifier(cli_run, data):
+    report = json.loads((cli_run / "report.json").read_text())
+    assert report["n_test"] == len(data["test"][0])
+    assert report["spin"]["test"] is not None
+    assert (cli_run / "classifier.json").exists() and (cli_run / WEIGHTS_FILE).exists()
+
+
+def test_cli_explain_json(cli_run, capsys):
+    capsys.readouterr()
+    assert main(["explain", str(cli_run), "a great film", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prediction"] == max(out["proba"], key=out["proba"].get)
+    assert [r["token"] for r in out["tokens"]] == ["[CLS]", "a", "great", "film", "[SEP]"]
+    z = {n: out["bias"][n] + sum(r[n] for r in out["tokens"]) for n in ("negative", "positive")}
+    p_pos = 1 / (1 + np.exp(z["negative"] - z["positive"]))
+    assert out["proba"]["positive"] == pytest.approx(p_pos, abs=1e-6)
+    assert main(["explain", str(cli_run), "a great film"]) == 0
+    assert capsys.readouterr().out.startswith(f"prediction: {out['prediction']}")
+
+
+def test_cli_evaluate_json(cli_run, files, data, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(cli_run), "--data", str(files["test"]), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["n"] == len(data["test"][0])
+    assert 0.7 <= result["accuracy"] <= 1 and 0 <= result["macro_f1"] <= 1
+    assert 1 <= result["num_layers"] <= 3
+    assert result["label_names"] == ["negative", "positive"]
+
+
+def test_cli_predict_writes_one_row_per_text(cli_run, files, tmp_path):
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(cli_run), "--data", str(files["new"]), "--out", str(out)]) == 0
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["text"] for r in rows] == reviews(7, 3)[0]
+    assert {r["prediction"] for r in rows} <= {"negative", "positive"}
+    for r in rows:
+        assert abs(float(r["p_negative"]) + float(r["p_positive"]) - 1) < 1e-5
+
+
+def test_cli_evaluate_unseen_label_exits_2(cli_run, files, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(cli_run), "--data", str(files["unseen"])]) == 2
+    err = capsys.readouterr().err
+    assert "'neutral'" in err and "not seen at fit time" in err
+
+
+def test_cli_fit_from_feature_stores(tmp_path, folder, files, data):
+    stores = {}
+    for name in ("train", "valid"):
+        stores[name] = tmp_path / f"store_{name}"
+        assert (
+            main(
+                [
+                    "extract",
+                    "--model",
+                    str(folder),
+                    "--data",
+                    str(files[name]),
+                    "--out",
+                    str(stores[name]),
+                    "--dtype",
+                    "float32",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "fit",
+                "--model",
+                str(folder),
+                "--train",
+                str(stores["train"]),
+                "--valid",
+                str(stores["valid"]),
+                "--out",
+                str(run),
+                "--quiet",
+                "--etas",
+                "0.1,0.5,0.8",
+            ]
+        )
+        == 0
+    )
+    loaded = SpinClassifier.load(run)
+    assert loaded.report["n_train"] == 60 and loaded.report["n_valid"] == 20
+    texts, labels = data["test"]
+    assert loaded.score(texts, labels) >= 0.7
+
+
+def test_cli_fit_from_a_store_needs_valid(tmp_path, folder, files, capsys):
+    store = tmp_path / "store"
+    assert (
+        main(
+            [
+                "extract",
+                "--model",
+                str(folder),
+                "--data",
+                str(files["valid"]),
+                "--out",
+                str(store),
+                "--dtype",
+                "float32",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "fit",
+                "--model",
+                str(folder),
+                "--train",
+                str(store),
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "--valid" in capsys.readouterr().err
