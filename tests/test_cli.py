@@ -104,47 +104,23 @@ def test_cli_evaluate_unseen_label_exits_2(cli_run, files, capsys):
     assert "'neutral'" in err and "not seen at fit time" in err
 
 
+def extract_store(folder, data_file, out):
+    args = ["extract", "--model", str(folder), "--data", str(data_file), "--out", str(out)]
+    return main([*args, "--dtype", "float32", "--quiet"])
+
+
+def fit_args(folder, train, out, *extra):
+    args = ["fit", "--model", str(folder), "--train", str(train), "--out", str(out), "--quiet"]
+    return [*args, *extra]
+
+
 def test_cli_fit_from_feature_stores(tmp_path, folder, files, data):
-    stores = {}
-    for name in ("train", "valid"):
-        stores[name] = tmp_path / f"store_{name}"
-        assert (
-            main(
-                [
-                    "extract",
-                    "--model",
-                    str(folder),
-                    "--data",
-                    str(files[name]),
-                    "--out",
-                    str(stores[name]),
-                    "--dtype",
-                    "float32",
-                    "--quiet",
-                ]
-            )
-            == 0
-        )
+    stores = {name: tmp_path / f"store_{name}" for name in ("train", "valid")}
+    for name, store in stores.items():
+        assert extract_store(folder, files[name], store) == 0
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "fit",
-                "--model",
-                str(folder),
-                "--train",
-                str(stores["train"]),
-                "--valid",
-                str(stores["valid"]),
-                "--out",
-                str(run),
-                "--quiet",
-                "--etas",
-                "0.1,0.5,0.8",
-            ]
-        )
-        == 0
-    )
+    extra = ("--valid", str(stores["valid"]), "--etas", "0.1,0.5,0.8")
+    assert main(fit_args(folder, stores["train"], run, *extra)) == 0
     loaded = SpinClassifier.load(run)
     assert loaded.report["n_train"] == 60 and loaded.report["n_valid"] == 20
     texts, labels = data["test"]
@@ -153,37 +129,7 @@ def test_cli_fit_from_feature_stores(tmp_path, folder, files, data):
 
 def test_cli_fit_from_a_store_needs_valid(tmp_path, folder, files, capsys):
     store = tmp_path / "store"
-    assert (
-        main(
-            [
-                "extract",
-                "--model",
-                str(folder),
-                "--data",
-                str(files["valid"]),
-                "--out",
-                str(store),
-                "--dtype",
-                "float32",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert extract_store(folder, files["valid"], store) == 0
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "fit",
-                "--model",
-                str(folder),
-                "--train",
-                str(store),
-                "--out",
-                str(tmp_path / "run"),
-                "--quiet",
-            ]
-        )
-        == 2
-    )
+    assert main(fit_args(folder, store, tmp_path / "run")) == 2
     assert "--valid" in capsys.readouterr().err
