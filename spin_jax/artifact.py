@@ -18,9 +18,9 @@ import numpy as np
 
 from spin_jax._version import __version__
 from spin_jax.errors import ArtifactError, ConfigError
+from spin_jax.files import sha256_file, write_json_atomic
 from spin_jax.head import SpinHead
 from spin_jax.model import Model, load_model
-from spin_jax.store import sha256_file, write_json_atomic
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "classifier.safetensors"

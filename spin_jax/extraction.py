@@ -42,11 +42,12 @@ from spin_jax.devices import (  # noqa: F401 - re-exported: tests and benchmarks
     round_up,
 )
 from spin_jax.features import DeviceFeatures, MemoryFeatures  # noqa: F401 - re-exported
+from spin_jax.files import write_json_atomic
 from spin_jax.model import Model
 from spin_jax.models import POOLINGS, InputError, _check_k, _forward
 from spin_jax.selection import COLUMNS, NeuronSelection, parse_neurons
 from spin_jax.store import DTYPES as STORE_DTYPES
-from spin_jax.store import FeatureStore, StoreError, write_json_atomic
+from spin_jax.store import FeatureStore, StoreError
 from spin_jax.text import encode_rows, max_length_of, pad_batch
 
 log = logging.getLogger("spin_jax")

@@ -33,6 +33,12 @@ import numpy as np
 
 from spin_jax._version import __version__
 from spin_jax.errors import StoreError, StoreMismatchError
+from spin_jax.files import (  # noqa: F401 - write_json_atomic, sha256_file: re-exported
+    _fsync_dir,
+    _save_npy,
+    sha256_file,
+    write_json_atomic,
+)
 
 FORMAT = "spin_jax.feature_store"
 FORMAT_VERSION = 1
@@ -60,54 +66,6 @@ META_KEYS = ("format", "spin_jax_version", "created", "n_chunks", "identity_keys
 AXES = ("layers", "poolings", "neurons")  # what `read` selects on axes 1, 2, 3
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _FRESH = "Choose another --out folder, or delete this one to start over."
-
-
-
-
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON to a temporary file, fsyncs it and renames it over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while data := f.read(block):
-            digest.update(data)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename itself is durable only once the directory entry is flushed (POSIX).
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _jsonable(obj: Any, what: str) -> Any:
