@@ -19,6 +19,7 @@ import numpy as np
 
 from spin_jax import artifact
 from spin_jax.artifact import WEIGHTS_FILE, meta_sha256  # noqa: F401 - re-exported
+from spin_jax.cache import enable_compilation_cache
 from spin_jax.columns import reciprocal, standardize_columns, take
 from spin_jax.data import TextDataset, check_classes, check_texts, stratified_split, subset
 from spin_jax.errors import ArtifactError, DataError, NotFittedError, SpinError  # noqa: F401
@@ -153,8 +154,11 @@ class SpinClassifier:
         progress: bool = False,
         allow_empty: bool = False,
         work_dir=None,
+        compilation_cache: bool = True,
         **options,
     ):
+        if compilation_cache:
+            enable_compilation_cache()  # spin_jax/cache.py; before the model's first compile
         self.options = SpinOptions(**options)  # checked before the model loads
         if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
             raise SpinError(f"max_length {max_length!r}: pass a positive number of tokens.")
@@ -430,12 +434,24 @@ class SpinClassifier:
 
     @classmethod
     def load(
-        cls, path, model: str | Model | None = None, *, allow_empty: bool = False
+        cls,
+        path,
+        model: str | Model | None = None,
+        *,
+        allow_empty: bool = False,
+        compilation_cache: bool = True,
     ) -> SpinClassifier:
         """Loads a saved classifier; checks format, version, the sha256 of every file and
         of classifier.json itself, the arrays against it, and the model."""
+        if compilation_cache:
+            enable_compilation_cache()  # before the model's first compile
         meta, head, report, model = artifact.read(path, model)
-        clf = cls(model, max_length=meta["tokenizer"]["max_length"], allow_empty=allow_empty)
+        clf = cls(
+            model,
+            max_length=meta["tokenizer"]["max_length"],
+            allow_empty=allow_empty,
+            compilation_cache=compilation_cache,
+        )
         clf.head, clf.report = head, report
         clf.label_names = tuple(meta["label_names"]) if meta["label_names"] else None
         return clf

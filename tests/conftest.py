@@ -5,6 +5,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Tests write no compiled programs into the user cache (test_cli turns it on in a subprocess).
+os.environ.setdefault("SPIN_JAX_NO_COMPILATION_CACHE", "1")
 
 import importlib.util  # noqa: E402
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -143,3 +146,33 @@ def test_demo_data_ships_with_the_package():
     from spin_jax.data import load_texts
 
     assert DEMO_DATA.is_file() and len(load_texts(str(DEMO_DATA))) == 600
+
+
+def test_a_second_process_reads_compiled_programs_from_the_cache(cli_run, tmp_path):
+    """The CLI turns JAX's persistent compilation cache on (spin_jax/cache.py): the same
+    command in a new process compiles nothing; --no-compilation-cache writes nothing."""
+    code = (
+        "import jax, sys\n"
+        "events = []\n"
+        "jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))\n"
+        "from spin_jax.cli import main\n"
+        f"args = ['explain', {str(cli_run)!r}, 'a great film', '--json']\n"
+        "assert main([*sys.argv[1:], *args]) == 0\n"
+        "print('misses', events.count('/jax/compilation_cache/cache_misses'))\n"
+        "print('hits', events.count('/jax/compilation_cache/cache_hits'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SPIN_JAX_NO_COMPILATION_CACHE"}
+    env.update(SPIN_JAX_CACHE_DIR=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+
+    def run(*flags):
+        out = subprocess.run(
+            [sys.executable, "-c", code, *flags], env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        counts = dict(line.split() for line in out.stdout.splitlines() if line[:4] in "misshits")
+        return int(counts["misses"]), int(counts["hits"])
+
+    assert run("--no-compilation-cache") == (0, 0) and not (tmp_path / "cache").exists()
+    first = run()
+    assert first[0] > 0 and any((tmp_path / "cache").iterdir())
+    assert run() == (0, first[0])  # every program the first run compiled, read back

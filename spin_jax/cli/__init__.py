@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from spin_jax.cli import extract, learn
@@ -20,6 +21,11 @@ from spin_jax.cli import extract, learn
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="spin-jax", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not read or write compiled programs in the cache folder (spin_jax/cache.py)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     extract.add_commands(sub)
     learn.add_commands(sub)
@@ -53,6 +59,11 @@ def main(argv=None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
+    from spin_jax import cache
+
+    if args.no_compilation_cache:
+        os.environ[cache.ENV_OFF] = "1"  # for SpinClassifier too, in this process
+    cache.enable_compilation_cache()
     try:
         args.func(args)
     except SpinJaxError as e:  # user mistakes end with one clear line, bugs with a traceback
