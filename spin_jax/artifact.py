@@ -159,7 +159,7 @@ def read_meta(path: Path) -> dict:
     if not f.exists():
         raise ArtifactError(
             f"{path} holds no {META_FILE}: it is not a classifier folder (those are written "
-            "by SpinClassifier.save or `spin-jax fit --out`)."
+            "by SpinClassifier.save, or by a fit into that folder)."
         )
     try:
         meta = json.loads(f.read_text())
@@ -213,7 +213,8 @@ def check_model(meta: dict, model: Model) -> None:
             raise ArtifactError(
                 f"this classifier was trained on model {want.get('source')!r} "
                 f"({key} {want.get(key)}), but the model given has {key} {value}. Pass the "
-                "same model with --model."
+                "same model.",
+                cli_hint="--model PATH",
             )
 
 

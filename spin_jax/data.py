@@ -121,12 +121,14 @@ def check_texts(texts, source: str, *, allow_empty: bool = False, column: str | 
 
 def _pick_column(table, explicit, defaults, kind, source, required):
     available = ", ".join(map(str, table.columns)) or "(none)"
-    fix = f"Pass --{kind}-column with one of them."
+    fix = f"Pass {kind}_column= with one of them."
+    hint = f"--{kind}-column NAME"
     if explicit is not None:
         if explicit in table.columns:
             return explicit
         raise DataError(
-            f"column {explicit!r} not found in {source}; available columns: {available}. {fix}"
+            f"column {explicit!r} not found in {source}; available columns: {available}. {fix}",
+            cli_hint=hint,
         )
     for name in defaults:
         if name in table.columns:
@@ -135,7 +137,8 @@ def _pick_column(table, explicit, defaults, kind, source, required):
         return None
     raise DataError(
         f"no {kind} column found in {source} (looked for {', '.join(defaults)}); "
-        f"available columns: {available}. {fix}"
+        f"available columns: {available}. {fix}",
+        cli_hint=hint,
     )
 
 
@@ -396,7 +399,8 @@ def _pick_split(datasets, ds, split: str | None, source: str):
         what = "holds several splits" if split is None else f"has no split {split!r}"
         raise DataError(
             f"{source} {what}; available splits: {', '.join(splits)}. "
-            "Pass --split with one of them."
+            "Pass split= with one of them.",
+            cli_hint="--split NAME",
         )
     return ds[split]
 
@@ -507,5 +511,6 @@ def check_classes(labels: np.ndarray, label_names: Sequence[str] | None = None) 
     only = label_names[distinct[0]] if label_names is not None else str(distinct[0])
     raise DataError(
         f"only one class {only!r} in the training labels; a classifier needs at "
-        "least two. Check --label-column, or add examples of other classes."
+        "least two. Check the label column, or add examples of other classes.",
+        cli_hint="--label-column NAME",
     )

@@ -154,9 +154,10 @@ def require_full(src, what: str) -> None:
     """Refuses a selective feature source (only some neurons) where every neuron is needed."""
     if is_selective(src):
         raise SpinError(
-            f"the {what} features hold only selected neurons (an extraction with --neurons or "
-            "--classifier); fitting needs every neuron of every layer. Extract the training "
-            "and validation splits without a selection."
+            f"the {what} features hold only selected neurons (a selective extraction); "
+            "fitting needs every neuron of every layer. Extract the training and validation "
+            "splits without a selection.",
+            cli_hint="extract without --neurons or --classifier",
         )
 
 

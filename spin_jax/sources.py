@@ -68,7 +68,8 @@ def check_source(src, model: Model, head: SpinHead) -> None:
     if lack:
         raise SpinError(
             f"features hold poolings {have}; this classifier also reads {lack}. Extract "
-            "them with `spin-jax extract --classifier RUN` (or SpinClassifier.extract_kept)."
+            "them with SpinClassifier.extract_kept.",
+            cli_hint="spin-jax extract --classifier RUN",
         )
     if is_selective(src):
         missing = missing_columns(src, head)
@@ -76,8 +77,8 @@ def check_source(src, model: Model, head: SpinHead) -> None:
             rep, j, n = missing[0]
             raise SpinError(
                 f"features lack {len(missing)} of the classifier's neurons (e.g. {rep} layer "
-                f"{j} neuron {n}). Extract them with `spin-jax extract --classifier RUN` (or "
-                "SpinClassifier.extract_kept)."
+                f"{j} neuron {n}). Extract them with SpinClassifier.extract_kept.",
+                cli_hint="spin-jax extract --classifier RUN",
             )
         return
     need = int(head.layer.max()) if len(head.layer) else 0
@@ -85,7 +86,9 @@ def check_source(src, model: Model, head: SpinHead) -> None:
     if k < need:
         raise SpinError(
             f"features were extracted with early exit at {k} layers; this classifier reads "
-            f"layer {need}. Re-extract with --num-layers {need} or more (or --classifier)."
+            f"layer {need}. Re-extract with num_layers={need} or more, or only the "
+            "classifier's columns (SpinClassifier.extract_kept).",
+            cli_hint=f"--num-layers {need}, or --classifier RUN",
         )
 
 
@@ -96,12 +99,14 @@ def check_features(src, model: Model) -> None:
     if m.get("poolings", list(POOLINGS)) != list(POOLINGS):
         raise SpinError(
             f"features hold poolings {m.get('poolings')}; fitting needs all of "
-            f"{list(POOLINGS)}. Re-extract without --poolings."
+            f"{list(POOLINGS)}. Re-extract with every pooling.",
+            cli_hint="without --poolings",
         )
     _check_model_of(src, model)
     if m.get("num_layers", model.config.num_layers) != model.config.num_layers:
         raise SpinError(
-            "features were extracted with early exit (--num-layers); fitting needs every layer."
+            "features were extracted with early exit; fitting needs every layer.",
+            cli_hint="extract without --num-layers",
         )
 
 

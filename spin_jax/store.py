@@ -65,7 +65,7 @@ STRUCTURE_KEYS = (
 META_KEYS = ("format", "spin_jax_version", "created", "n_chunks", "identity_keys")
 AXES = ("layers", "poolings", "neurons")  # what `read` selects on axes 1, 2, 3
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_FRESH = "Choose another --out folder, or delete this one to start over."
+_FRESH = "Choose another output folder, or delete this one to start over."
 
 
 def _jsonable(obj: Any, what: str) -> Any:
@@ -151,7 +151,7 @@ class FeatureStore:
         if not (path / "manifest.json").exists():
             raise StoreError(
                 f"{path} is not a feature store: it has no manifest.json. Run the "
-                "extract command with --out pointing there, or check the path."
+                "extraction with its output there, or check the path."
             )
         manifest = _read_json(path / "manifest.json", "store manifest")
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:

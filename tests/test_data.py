@@ -73,7 +73,7 @@ def test_save_to_disk_folder_and_splits(tmp_path):
     datasets.DatasetDict({"train": train, "test": test}).save_to_disk(tmp_path / "dict")
     assert_expected(load_texts(tmp_path / "dict", split="train", allow_empty=True))
     assert load_texts(tmp_path / "dict", split="test").texts == ["meh"]
-    with pytest.raises(DataError, match="several splits.*train, test.*--split"):
+    with pytest.raises(DataError, match="several splits.*train, test.*split="):
         load_texts(tmp_path / "dict")
     with pytest.raises(DataError, match="no split 'valid'.*train, test"):
         load_texts(tmp_path / "dict", split="valid")
@@ -170,7 +170,7 @@ def test_predict_without_labels(tmp_path):
     ds = load_texts(path, require_labels=False, label_names=["neg", "pos"])
     assert ds.texts == ["a", "5"]  # non-strings become strings
     assert ds.labels is None and ds.label_names == ("neg", "pos")
-    with pytest.raises(DataError, match="no label column.*available columns: text.*--label"):
+    with pytest.raises(DataError, match="no label column.*available columns: text.*label_column="):
         load_texts(path)
 
 
@@ -185,8 +185,8 @@ def test_missing_column_lists_available(tmp_path):
         load_texts(path, label_column="stars")
     assert "no text column" in str(err.value)
     assert "available columns: body, stars" in str(err.value)
-    assert "--text-column" in str(err.value)
-    with pytest.raises(DataError, match="column 'review' not found.*body, stars.*--text-column"):
+    assert "text_column=" in str(err.value) and err.value.cli_hint == "--text-column NAME"
+    with pytest.raises(DataError, match="column 'review' not found.*body, stars.*text_column="):
         load_texts(path, text_column="review")
 
 

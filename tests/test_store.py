@@ -142,7 +142,7 @@ def test_mismatched_manifest_refused(tmp_path):
     message = str(err.value)
     assert "max_length: stored 13, new 64" in message
     assert "config_hash" not in message  # only the keys that differ
-    assert "another --out" in message
+    assert "another output folder" in message
     with pytest.raises(StoreMismatchError, match="chunk_rows: stored 4, new 5"):
         create(tmp_path / "s", chunk_rows=5)
     with pytest.raises(StoreMismatchError, match="labels_sha256"):
@@ -168,7 +168,7 @@ def test_open_refusals(tmp_path):
         create(tmp_path / "s")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(StoreError, match="not a feature store.*another --out"):
+    with pytest.raises(StoreError, match="not a feature store.*another output folder"):
         create(tmp_path / "other")
 
 
