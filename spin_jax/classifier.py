@@ -186,7 +186,7 @@ class SpinClassifier:
 
     def _texts(self, texts) -> list[str]:
         """A list of texts, checked (a lone string and empty texts are refused)."""
-        check_texts(texts, "the given texts", allow_empty=self.allow_empty)
+        texts = check_texts(texts, "the given texts", allow_empty=self.allow_empty)
         return [str(t) for t in texts]
 
     def fit(self, texts, labels, valid=None, test=None) -> SpinClassifier:

@@ -98,16 +98,19 @@ def _rows(rows: list[int], limit: int = 5) -> str:
     return shown + (f", ... ({len(rows)} rows)" if len(rows) > limit else "")
 
 
-def check_texts(texts, source: str, *, allow_empty: bool = False, column: str | None = None):
-    """Refuses a lone string (a list of texts was meant) and, unless `allow_empty`, empty or
-    whitespace-only texts: a model reads them as its special tokens alone, and the
-    prediction means nothing."""
+def check_texts(
+    texts, source: str, *, allow_empty: bool = False, column: str | None = None
+) -> list:
+    """The texts as a list (any iterable is read once), refusing a lone string (a list of
+    texts was meant) and, unless `allow_empty`, empty or whitespace-only texts: a model
+    reads them as its special tokens alone, and the prediction means nothing."""
     if isinstance(texts, (str, bytes)):
         raise TypeError(
             "expected a list of texts, got a single string; wrap it in a list: [text]."
         )
+    texts = list(texts)
     if allow_empty:
-        return
+        return texts
     empty = [i for i, t in enumerate(texts) if not str(t).strip()]
     if empty:
         where = f" (column {column!r})" if column else ""
@@ -117,6 +120,7 @@ def check_texts(texts, source: str, *, allow_empty: bool = False, column: str | 
             "read them anyway.",
             cli_hint="--allow-empty",
         )
+    return texts
 
 
 def _pick_column(table, explicit, defaults, kind, source, required):

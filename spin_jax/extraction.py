@@ -158,8 +158,7 @@ class ExtractOptions:
 def _as_dataset(data, allow_empty: bool) -> TextDataset:
     if isinstance(data, TextDataset):
         return data  # load_texts checked its texts
-    check_texts(data, "the given texts", allow_empty=allow_empty)
-    texts = list(data)
+    texts = check_texts(data, "the given texts", allow_empty=allow_empty)
     if not texts:
         raise DataError("no texts to extract: the dataset is empty.")
     return TextDataset(

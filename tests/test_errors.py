@@ -237,6 +237,17 @@ def test_predict_before_fit_is_not_fitted_error(model):
         clf.score(["x"], ["a"])
 
 
+def test_texts_may_be_any_iterable(run, model):
+    clf = spin_jax.SpinClassifier.load(run, model=model)
+    texts = ["a fine film", "dull"]
+    want = clf.predict_proba(texts)
+    np.testing.assert_array_equal(clf.predict_proba(t for t in texts), want)
+    with pytest.raises(DataError, match="row 2 of"):
+        clf.predict(t for t in ["fine", " "])
+    feats = spin_jax.extract(model, (t for t in texts), progress=False, placement="host")
+    assert feats.n_rows == 2
+
+
 def test_a_single_string_is_a_type_error(run, model):
     clf = spin_jax.SpinClassifier.load(run, model=model)
     for call in (clf.predict, clf.predict_proba, clf.decision_function):
