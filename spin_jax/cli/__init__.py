@@ -41,9 +41,10 @@ class Parser(argparse.ArgumentParser):
 
 def _interrupted(args) -> str:
     out = getattr(args, "out", None)
-    if args.command in ("fit", "extract") and out:
+    kept = {"extract": "finished chunks", "fit": "extracted features and finished probe groups"}
+    if args.command in kept and out:
         return (
-            f"interrupted; the finished chunks and probe groups are kept in {out}: "
+            f"interrupted; the {kept[args.command]} are kept in {out}: "
             "re-run the same command to resume."
         )
     return "interrupted; nothing was written."
