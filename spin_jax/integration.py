@@ -147,7 +147,9 @@ def _fit_masks(X, y, n_classes, lams, masks, max_iter, tol):
 @functools.partial(jax.jit, static_argnames=("n_classes", "max_iter"))
 def _fit_masks_sharded(X, y, n_classes, lams, masks, max_iter, tol):
     def one(m):
-        return probes._fit_path(X, y, n_classes, lams, None, m, max_iter, tol)
+        return probes._fit_path(
+            X, y, n_classes, lams, rowmask=None, featmask=m, max_iter=max_iter, tol=tol
+        )
 
     return jax.vmap(one)(masks)
 

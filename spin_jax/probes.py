@@ -1,5 +1,8 @@
 """L1 logistic-regression probes: FISTA along a regularisation path, vmapped over problems.
 
+The solver is an optax transformation (`solver.py`): `optax.chain(optax.scale(-1/L),
+prox_l1, fista)` by default, or a user's optax optimizer for the smooth part (`smooth=`).
+
 Shape legend: G problems (layers x poolings), N rows, F features, R regularisation
 strengths, K weight columns (K = 1 when n_classes == 2, else K = n_classes), C classes.
 
@@ -36,11 +39,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spin_jax import solver
+
 Array = jax.Array
 
-# Reference grid of scikit-learn's C (inverse regularisation strength), as given in the
-# project spec for the paper's probes. Convert to our lam with `lams_from_c`.
-PAPER_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+# scikit-learn's C (inverse regularisation strength) of the official SPIN code's probes and
+# aggregated classifiers (shared/paper_table4.json). Convert to our lam with `lams_from_c`.
+PAPER_C_GRID = (0.1, 0.2, 1.0, 10.0, 100.0)
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # A feature whose std is below this fraction of max(|mean|, 1) counts as constant: its std is
@@ -239,47 +244,12 @@ def _lipschitz(Xm: Array, m: Array, f: Array, n_classes: int) -> Array:
 # ----------------------------------------------------------------------------- solver
 
 
-def _prox(v: Array, thresh: Array, keep: Array) -> Array:
-    """Soft-threshold by thresh [F+1] (0 on the intercept), then zero masked features."""
-    return jnp.sign(v) * jnp.maximum(jnp.abs(v) - thresh[:, None], 0.0) * keep[:, None]
-
-
-def _fista(grad_fn, penalty: Array, keep: Array, lam, L, theta0, max_iter: int, tol):
-    """FISTA with gradient-based adaptive restart (O'Donoghue & Candes 2015).
-
-    Stops when ||theta_k+1 - theta_k|| <= tol * max(||theta_k+1||, 1) or at max_iter.
-    Returns (theta, iterations, last relative change).
-    """
-    thresh = penalty * (lam / L)
-    x, _, _, k, change = _fista_run(grad_fn, thresh, keep, L, _fista_start(theta0), max_iter, tol)
-    return x, k, change
-
-
-def _fista_start(theta0: Array) -> tuple:
-    """FISTA state (x, y, t, iterations, last relative change) before the first step."""
-    return theta0, theta0, jnp.float32(1.0), jnp.int32(0), jnp.float32(jnp.inf)
-
-
-def _fista_run(grad_fn, thresh: Array, keep: Array, L, state: tuple, stop, tol) -> tuple:
-    """Steps `state` until its iteration count reaches `stop` or it converges (`_fista`)."""
-
-    def step(state):
-        x, y, t, k, _ = state
-        x_new = _prox(y - grad_fn(y) / L, thresh, keep)
-        diff = x_new - x
-        # Restart momentum when it points against the descent direction just taken.
-        restart = jnp.vdot(y - x_new, diff) > 0
-        t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
-        beta = jnp.where(restart, 0.0, (t - 1.0) / t_new)
-        t_new = jnp.where(restart, 1.0, t_new)
-        change = jnp.linalg.norm(diff) / jnp.maximum(jnp.linalg.norm(x_new), 1.0)
-        return x_new, x_new + beta * diff, t_new, k + 1, change
-
-    def cond(state):
-        *_, k, change = state
-        return (k < stop) & (change > tol)
-
-    return jax.lax.while_loop(cond, step, state)
+def _solve(grad_fn, theta0, *, thresh, keep, L, max_iter: int, tol, smooth):
+    """One problem from theta0 with `solver.proximal`'s optax transformation; thresh [F+1]
+    is lam on the penalised rows. Returns (theta, iterations, last relative change)."""
+    tx = solver.proximal(thresh, keep, L, smooth)
+    run = solver.minimize(grad_fn, tx, solver.start(tx, theta0), max_iter, tol)
+    return solver.solution(run.params, run.opt_state), run.n_iter, run.change
 
 
 def _setup(X, y, n_classes, rowmask, featmask):
@@ -299,8 +269,11 @@ def _setup(X, y, n_classes, rowmask, featmask):
     return _masked_rows(X, rowmask), T, m, f, m_over_n, penalty, keep, theta0
 
 
+_STATIC = ("n_classes", "max_iter", "warm_start", "smooth")
+
+
 def _fit_path(
-    X, y, n_classes, lams, rowmask, featmask, max_iter, tol, warm_start=False
+    X, y, n_classes, lams, *, rowmask, featmask, max_iter, tol, warm_start=False, smooth=None
 ) -> ProbeFit:
     Xm, T, m, f, m_over_n, penalty, keep, theta0 = _setup(X, y, n_classes, rowmask, featmask)
     L = _lipschitz(Xm, m, f, n_classes)  # once per feature matrix, shared by the whole path
@@ -309,7 +282,10 @@ def _fit_path(
         return _smooth_grad(Xm, T, m_over_n, theta)
 
     def solve(theta, lam):
-        theta, k, change = _fista(grad_fn, penalty, keep, lam, L, theta, max_iter, tol)
+        theta, k, change = _solve(
+            grad_fn, theta, thresh=penalty * lam, keep=keep, L=L, max_iter=max_iter, tol=tol,
+            smooth=smooth,
+        )
         return theta, (theta, k, change <= tol)
 
     lams = jnp.asarray(lams, jnp.float32)
@@ -320,7 +296,7 @@ def _fit_path(
     return ProbeFit(thetas[:, :-1], thetas[:, -1], n_iter, converged)
 
 
-@partial(jax.jit, static_argnames=("n_classes", "max_iter", "warm_start"))
+@partial(jax.jit, static_argnames=_STATIC)
 def fit_path(
     X: Array,
     y: Array,
@@ -332,6 +308,7 @@ def fit_path(
     max_iter: int = 2000,
     tol: float = 1e-6,
     warm_start: bool = False,
+    smooth: solver.Smooth | None = None,
 ) -> ProbeFit:
     """Fit one problem at every lam of lams [R] (largest first; see `warm_start` above).
 
@@ -339,7 +316,10 @@ def fit_path(
     rowmask [N] 0/1 (padded rows: 0), featmask [F] 0/1 (features held at exactly 0).
     Returns ProbeFit with weights [R, F, K], intercept [R, K], n_iter [R], converged [R].
     """
-    return _fit_path(X, y, n_classes, lams, rowmask, featmask, max_iter, tol, warm_start)
+    return _fit_path(
+        X, y, n_classes, lams, rowmask=rowmask, featmask=featmask, max_iter=max_iter, tol=tol,
+        warm_start=warm_start, smooth=smooth,
+    )
 
 
 def _axis(a: Array | None, shared_ndim: int) -> int | None:
@@ -347,7 +327,7 @@ def _axis(a: Array | None, shared_ndim: int) -> int | None:
     return None if a is None or a.ndim == shared_ndim else 0
 
 
-@partial(jax.jit, static_argnames=("n_classes", "max_iter", "warm_start"))
+@partial(jax.jit, static_argnames=_STATIC)
 def fit_many(
     X: Array,
     y: Array,
@@ -359,6 +339,7 @@ def fit_many(
     max_iter: int = 2000,
     tol: float = 1e-6,
     warm_start: bool = False,
+    smooth: solver.Smooth | None = None,
 ) -> ProbeFit:
     """`fit_path` over G independent problems in one program (vmap; no Python loop).
 
@@ -368,13 +349,16 @@ def fit_many(
     """
 
     def one(X, y, lams, rowmask, featmask):
-        return _fit_path(X, y, n_classes, lams, rowmask, featmask, max_iter, tol, warm_start)
+        return _fit_path(
+        X, y, n_classes, lams, rowmask=rowmask, featmask=featmask, max_iter=max_iter, tol=tol,
+        warm_start=warm_start, smooth=smooth,
+    )
 
     in_axes = (0, _axis(y, 1), _axis(lams, 1), _axis(rowmask, 1), _axis(featmask, 1))
     return jax.vmap(one, in_axes=in_axes)(X, y, lams, rowmask, featmask)
 
 
-@partial(jax.jit, static_argnames=("n_classes", "max_iter", "warm_start"))
+@partial(jax.jit, static_argnames=_STATIC)
 def fit_many_standardized(
     X: Array,
     y: Array,
@@ -386,6 +370,7 @@ def fit_many_standardized(
     max_iter: int = 2000,
     tol: float = 1e-6,
     warm_start: bool = False,
+    smooth: solver.Smooth | None = None,
 ) -> tuple[ProbeFit, Array, Array]:
     """`fit_many` on X [G, N, F] standardised per problem over its unmasked rows.
 
@@ -405,6 +390,7 @@ def fit_many_standardized(
         max_iter=max_iter,
         tol=tol,
         warm_start=warm_start,
+        smooth=smooth,
     )
     return fit, mean, std
 
@@ -429,6 +415,7 @@ def fit_masks(
     tol: float = 1e-6,
     max_lanes: int | None = None,
     shrink: int = 2,
+    smooth: solver.Smooth | None = None,
 ) -> ProbeFit:
     """`fit_path` on one shared X [N, F] (standardised, no padded rows) for every feature
     mask of masks [G, F] (0/1) at every lam of lams [R].
@@ -448,31 +435,32 @@ def fit_masks(
         return ProbeFit(jnp.zeros((G, R, X.shape[1], K)), jnp.zeros((G, R, K)), zeros, zeros > 0)
     lams = jnp.asarray(lams, jnp.float32)
     T, m_over_n, Ls, theta0 = _masks_setup(X, y, n_classes, masks)
-    state = _lanes_start(theta0, G * R)
+    state = _lanes_start(theta0, n=G * R, smooth=smooth)
     steps = np.zeros(G * R, np.int64)  # each lane's iterations so far
     active = np.arange(G * R)
     size = min(len(active), max_lanes or len(active))
+    problem = (X, T, m_over_n, masks, Ls, lams)
     while active.size:
         # Lanes at equal counts share a batch: a fresh lane does not wait on a slow one.
         active = active[np.argsort(steps[active], kind="stable")]
         take = active[:size]
         idx = jnp.asarray(np.resize(take, size))  # padded with repeats of active lanes
         lanes = _take_lanes(state, idx)
-        part = _lanes_round(X, T, m_over_n, masks, Ls, lams, lanes, idx, max_iter, tol)
+        part = _lanes_round(problem, lanes, idx, max_iter, tol, smooth=smooth)
         # The repeats are not stored: their index is out of range, and the scatter drops it.
         stored = np.append(take, np.full(size - len(take), G * R))
         state = _put_lanes(state, jnp.asarray(stored), part)
-        k, change = np.asarray(part[3][: len(take)]), np.asarray(part[4][: len(take)])
+        k, change = np.asarray(part.n_iter[: len(take)]), np.asarray(part.change[: len(take)])
         steps[take] = k
         active = np.concatenate([take[(k < max_iter) & (change > tol)], active[size:]])
         if 0 < len(active) <= size // shrink:
             size = 1 << int(len(active) - 1).bit_length()
-    x, _, _, k, change = state
+    x = solver.solution(state.params, state.opt_state)
     return ProbeFit(
         x[:, :-1].reshape(G, R, -1, K),
         x[:, -1].reshape(G, R, K),
-        k.reshape(G, R),
-        (change <= tol).reshape(G, R),
+        state.n_iter.reshape(G, R),
+        (state.change <= tol).reshape(G, R),
     )
 
 
@@ -486,9 +474,16 @@ def _masks_setup(X, y, n_classes, masks):
     return T, m / X.shape[0], Ls, _init_theta(T, m, X.shape[1])
 
 
-@partial(jax.jit, static_argnums=1)
-def _lanes_start(theta0, n: int):
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), _fista_start(theta0))
+def _lane_tx(f: Array, lam, L, smooth):
+    """The transformation of one lane: feature mask f [F] (0/1), its lam and L."""
+    return solver.proximal(jnp.append(f, 0.0) * lam, jnp.append(f, 1.0), L, smooth)
+
+
+@partial(jax.jit, static_argnames=("n", "smooth"))
+def _lanes_start(theta0, *, n: int, smooth):
+    # The transformation's state does not depend on the lane's mask or lam, only its shape.
+    run = solver.start(_lane_tx(jnp.ones(theta0.shape[0] - 1), 0.0, 1.0, smooth), theta0)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), run)
 
 
 @jax.jit
@@ -501,18 +496,18 @@ def _put_lanes(state, idx, part):
     return jax.tree.map(lambda a, b: a.at[idx].set(b, mode="drop"), state, part)
 
 
-@jax.jit
-def _lanes_round(X, T, m_over_n, masks, Ls, lams, state, idx, max_iter, tol):
+@partial(jax.jit, static_argnames=("smooth",))
+def _lanes_round(problem, state, idx, max_iter, tol, *, smooth):
     """One round of `fit_masks` for the lanes idx [B] (lane = mask * R + lam index)."""
+    X, T, m_over_n, masks, Ls, lams = problem
     R = lams.shape[0]
+    grad_fn = partial(_smooth_grad, X, T, m_over_n)
 
-    def one(s, i):
+    def one(run, i):
         f = (masks[i // R] > 0).astype(jnp.float32)
-        L = Ls[i // R]
-        thresh = jnp.append(f, 0.0) * (lams[i % R] / L)
-        stop = jnp.minimum(max_iter, jnp.maximum(FIRST_ROUND, 2 * s[3]))
-        grad_fn = partial(_smooth_grad, X, T, m_over_n)
-        return _fista_run(grad_fn, thresh, jnp.append(f, 1.0), L, s, stop, tol)
+        tx = _lane_tx(f, lams[i % R], Ls[i // R], smooth)
+        stop = jnp.minimum(max_iter, jnp.maximum(FIRST_ROUND, 2 * run.n_iter))
+        return solver.minimize(grad_fn, tx, run, stop, tol)
 
     return jax.vmap(one)(state, idx)
 
