@@ -5,7 +5,7 @@ proximal gradient steps. In optax terms, with params = the point where the gradi
 smooth part f is taken:
 
     optax.chain(optax.scale(-1 / L), prox_l1(thresh, keep), fista())     # the default
-    optax.chain(optax.adam(lr),      prox_l1(lam * lr, keep))            # a user's smooth part
+    prox_adam(lr, lam, keep)                       # optax.scale_by_adam, then the prox
 
 `prox_l1` soft-thresholds the point the smooth step reached (exact zeros); `fista` adds
 Nesterov momentum with gradient-based adaptive restart (O'Donoghue & Candes 2015) and keeps
@@ -35,11 +35,33 @@ def prox_l1(thresh: Array, keep: Array) -> optax.GradientTransformation:
     the rows where keep [P] is 0; returns the updates that land on that point."""
 
     def update(updates, state, params=None):
-        v = params + updates
-        x = jnp.sign(v) * jnp.maximum(jnp.abs(v) - thresh[:, None], 0.0) * keep[:, None]
+        x = _soft(params + updates, thresh[:, None], keep)
         return x - params, state  # params + (x - params) is x exactly where x is 0
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _soft(v: Array, thresh: Array, keep: Array) -> Array:
+    return jnp.sign(v) * jnp.maximum(jnp.abs(v) - thresh, 0.0) * keep[:, None]
+
+
+def prox_adam(
+    learning_rate: float, thresh: Array, keep: Array, b1=0.9, b2=0.999, eps=1e-8
+) -> optax.GradientTransformation:
+    """optax.adam's step, then the L1 prox in adam's own diagonal metric (Proximal Adam,
+    Melchior et al. 2019): coordinate j is thresholded by thresh_j * lr / (sqrt(nu_j) + eps),
+    its step size, so a coordinate whose gradient stays under lam stays at exactly 0. A
+    threshold of thresh * lr alone would let adam's unit-size steps move every weight."""
+    adam = optax.scale_by_adam(b1, b2, eps)
+
+    def update(grads, state, params=None):
+        direction, state = adam.update(grads, state, params)
+        nu_hat = state.nu / (1.0 - b2 ** state.count.astype(jnp.float32))
+        step = learning_rate / (jnp.sqrt(nu_hat) + eps)
+        x = _soft(params - learning_rate * direction, thresh[:, None] * step, keep)
+        return x - params, state
+
+    return optax.GradientTransformation(adam.init, update)
 
 
 def fista(restart: bool = True) -> optax.GradientTransformation:
@@ -109,30 +131,31 @@ def proximal(
     """The transformation for one problem: L1 weights thresh [P] (lam per row, 0 on the
     intercept), rows held at zero where keep [P] is 0, gradient Lipschitz constant L.
 
-    smooth None: FISTA with step 1 / L. Else the user's optax transformation for the smooth
-    part, whose step `smooth.learning_rate` scales the prox threshold."""
+    smooth None: FISTA with step 1 / L. Else the user's optimizer for the smooth part
+    (`Smooth`): "sgd", proximal gradient with step learning_rate; "adam", `prox_adam`."""
     if smooth is None:
         return optax.chain(optax.scale(-1.0 / lipschitz), prox_l1(thresh / lipschitz, keep), fista())
-    return optax.chain(smooth.make(), prox_l1(thresh * smooth.learning_rate, keep))
+    lr = smooth.learning_rate
+    if smooth.name == "adam":
+        return prox_adam(lr, thresh, keep)
+    return optax.chain(optax.sgd(lr), prox_l1(thresh * lr, keep))
+
+
+SMOOTH = ("adam", "sgd")
 
 
 class Smooth(NamedTuple):
-    """A user's optimizer for the smooth part: `make()` builds the optax transformation, and
-    `learning_rate` is its step (the proximal threshold is lam * learning_rate). Hashable,
-    so it can be a static argument of a jitted solver; build it with `smooth(...)`."""
+    """An optax optimizer for the smooth part of the solves, by name (SMOOTH) and step.
+    Hashable, so it can be a static argument of a jitted solver; build it with `smooth()`."""
 
     name: str
     learning_rate: float
 
-    def make(self) -> optax.GradientTransformation:
-        return getattr(optax, self.name)(self.learning_rate)
-
 
 def smooth(name: str, learning_rate: float) -> Smooth:
-    """An optax optimizer by name (e.g. "adam", "sgd") for the smooth part of the solves."""
-    factory = getattr(optax, name, None)
-    if not callable(factory):
-        raise ValueError(f"optax has no optimizer {name!r}; try 'adam' or 'sgd'")
+    """optax.adam or optax.sgd (name) at learning_rate for the smooth part of the solves."""
+    if name not in SMOOTH:
+        raise ValueError(f"no optimizer {name!r} for the smooth part; choose one of {SMOOTH}")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
     return Smooth(name, float(learning_rate))

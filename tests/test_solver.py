@@ -70,24 +70,25 @@ def test_optax_fista_equals_the_hand_written_solver(n_classes):
 
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_adam_smooth_part_reaches_the_objective(n_classes):
-    """optax.adam for the smooth part, its step scaling the prox: within 1e-3 of FISTA's
-    objective after 3000 steps (a constant-step proximal adam wanders near the optimum
-    rather than converging to it, so the bound is looser than FISTA's 1e-4), exact zeros."""
+    """optax's adam for the smooth part, the prox in adam's metric: 1000 steps at lr 1e-2
+    reach FISTA's objective within 1e-6 (measured: 1e-9 on both problems; 3000 steps at lr
+    1e-3 within 2e-6), with FISTA's exact zeros."""
     X, y, lams = problem(n_classes)
     lam = float(lams[-1])
     args = (jnp.asarray(X), jnp.asarray(y), n_classes, lams[-1:])
     ref = probes.fit_path(*args, tol=1e-7)
-    fit = probes.fit_path(*args, tol=1e-9, max_iter=3000, smooth=solver.smooth("adam", 1e-3))
+    fit = probes.fit_path(*args, tol=1e-9, max_iter=1000, smooth=solver.smooth("adam", 1e-2))
     ours = objective_np(X, y, fit.weights[-1], fit.intercept[-1], lam)
     best = objective_np(X, y, ref.weights[-1], ref.intercept[-1], lam)
-    assert abs(ours - best) / best <= 1e-3, (ours, best)
-    assert np.mean(np.asarray(fit.weights[-1]) == 0) > 0.5
+    assert abs(ours - best) / best <= 1e-6, (ours, best)
+    zeros, ref_zeros = np.asarray(fit.weights[-1]) == 0, np.asarray(ref.weights[-1]) == 0
+    assert zeros.mean() > 0.5 and np.mean(zeros == ref_zeros) > 0.99
 
 
 def test_masks_lanes_take_a_smooth_part_too():
     X, y, lams = problem(2)
     masks = jnp.asarray(np.arange(F)[None] < np.array([[100], [F]]), jnp.float32)
-    adam = solver.smooth("adam", 1e-3)
+    adam = solver.smooth("adam", 1e-2)
     lanes = probes.fit_masks(jnp.asarray(X), jnp.asarray(y), 2, lams, masks, max_iter=200, smooth=adam)
     for g in range(2):
         one = probes.fit_path(
