@@ -50,7 +50,13 @@ def candidates(tables: dict, reps, pools, etas) -> Columns:
                 idx = np.nonzero(rank < len(etas))[0]
                 n = len(idx)
                 cols.append(
-                    (np.full(n, REPS.index(r)), np.full(n, p), np.full(n, j + 1), idx, rank[idx])
+                    (
+                        np.full(n, REPS.index(r)),
+                        np.full(n, p),
+                        np.full(n, t.layers[j]),
+                        idx,
+                        rank[idx],
+                    )
                 )
     if not cols:
         return Columns.empty()
@@ -62,7 +68,7 @@ def column_stats(cand: Columns, tables) -> tuple[np.ndarray, np.ndarray]:
     mean, std = np.empty(len(cand), np.float32), np.empty(len(cand), np.float32)
     for (rep, p), t in tables.items():
         cols = np.nonzero((cand.rep == REPS.index(rep)) & (cand.pool == p))[0]
-        row = cand.layer[cols] - 1  # table rows are block layers 1..L
+        row = t.row(cand.layer[cols])
         mean[cols] = t.mean[row, cand.neuron[cols]]
         std[cols] = t.std[row, cand.neuron[cols]]
     return mean, std
@@ -76,25 +82,30 @@ def _pad_cols(X):
     return pad(X, ((0, 0), (0, target - M)))
 
 
-def integration_masks(cand: Columns, n_etas: int, n_layers: int) -> np.ndarray:
-    """featmask [E, L, Mpad]: columns kept at eta e from layers 1..k (padding masked)."""
+def integration_masks(cand: Columns, n_etas: int, ks: np.ndarray) -> np.ndarray:
+    """featmask [E, len(ks), Mpad]: columns kept at eta e from layers up to k (padding masked)."""
     M = len(cand)
     Mpad = _pad_cols(np.zeros((1, M))).shape[1]
-    layer = np.pad(cand.layer, (0, Mpad - M), constant_values=n_layers + 1)
+    layer = np.pad(cand.layer, (0, Mpad - M), constant_values=np.iinfo(np.int32).max)
     rank = np.pad(cand.eta_rank, (0, Mpad - M), constant_values=n_etas)
-    in_k = layer[None, None] <= np.arange(1, n_layers + 1)[None, :, None]
+    in_k = layer[None, None] <= np.asarray(ks)[None, :, None]
     at_eta = rank[None, None] <= np.arange(n_etas)[:, None, None]
     return in_k & at_eta
 
 
-def integrate(data: FitData, Xtr, Xv, cand: Columns):
-    """Aggregated probes over layers 1..k for every eta and k, at every lam, in one program.
+def depths(data: FitData) -> np.ndarray:
+    """The k of every integration problem: layers first..k, up to the layer budget."""
+    first = 0 if data.opts.embedding_layer else 1
+    return np.arange(first, data.opts.max_layer(data.n_layers) + 1)
 
-    Returns valid scores [E, L, R], fit (weights [E, L, R, Mpad, K]) and lams [R].
-    """
-    opts, L = data.opts, data.n_layers
+
+def integrate(data: FitData, Xtr, Xv, cand: Columns):
+    """Aggregated probes over layers up to k for every eta and k (`depths`), at every lam,
+    in one program. Returns valid scores [E, D, R], fit (weights [E, D, R, Mpad, K]) and
+    lams [R]."""
+    opts, D = data.opts, len(depths(data))
     E = len(opts.etas)
-    masks = integration_masks(cand, E, L).reshape(E * L, -1)
+    masks = integration_masks(cand, E, depths(data)).reshape(E * D, -1)
     G = len(masks)
     masks = np.pad(masks, ((0, round_up(G, n_devices()) - G), (0, 0)), mode="edge")
     masks = shard_problems(jnp.asarray(masks, jnp.float32))
@@ -106,11 +117,11 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns):
         lams = probes.default_lams(
             Xtr, data.y, data.n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=masks[-1]
         )
-    fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts.max_iter, opts.tol)
+    fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts)
     fit = jax.tree.map(lambda a: a[:G], fit)
     pred = _predict_masks(Xv, fit.weights, fit.intercept)
-    scores = data.score(data.yv, pred).reshape(E, L, -1)
-    fit = jax.tree.map(lambda a: a.reshape(E, L, *a.shape[1:]), fit)
+    scores = data.score(data.yv, pred).reshape(E, D, -1)
+    fit = jax.tree.map(lambda a: a.reshape(E, D, *a.shape[1:]), fit)
     return np.asarray(scores), fit, np.asarray(lams)
 
 
@@ -119,14 +130,17 @@ def _predict_masks(X, weights, intercept):
     return jax.vmap(probes.predict, in_axes=(None, 0, 0))(X, weights, intercept)
 
 
-def _fit_masks(X, y, n_classes, lams, masks, max_iter, tol):
+def _fit_masks(X, y, n_classes, lams, masks, opts):
     """fit_path for each feature mask [G, M] on shared X.
 
     One device: `probes.fit_masks`, whose converged lanes leave the batch between rounds.
     Several: all problems at once, split over the devices by the masks' sharding.
     """
+    max_iter, tol, smooth = opts.max_iter, opts.tol, opts.smooth
     if n_devices() > 1:
-        return _fit_masks_sharded(X, y, n_classes, lams, masks, max_iter, tol)
+        return _fit_masks_sharded(
+            X, y, n_classes, lams, masks, max_iter=max_iter, tol=tol, smooth=smooth
+        )
     N, M = X.shape
     K = probes.n_columns(n_classes)
     max_lanes = max(1, LANE_BATCH_ELEMENTS // ((3 * N + 8 * (M + 1)) * K))
@@ -141,57 +155,72 @@ def _fit_masks(X, y, n_classes, lams, masks, max_iter, tol):
         tol=tol,
         max_lanes=max_lanes,
         shrink=shrink,
+        smooth=smooth,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("n_classes", "max_iter"))
-def _fit_masks_sharded(X, y, n_classes, lams, masks, max_iter, tol):
+@functools.partial(jax.jit, static_argnames=("n_classes", "max_iter", "smooth"))
+def _fit_masks_sharded(X, y, n_classes, lams, masks, *, max_iter, tol, smooth):
     def one(m):
         return probes._fit_path(
-            X, y, n_classes, lams, rowmask=None, featmask=m, max_iter=max_iter, tol=tol
+            X,
+            y,
+            n_classes,
+            lams,
+            rowmask=None,
+            featmask=m,
+            max_iter=max_iter,
+            tol=tol,
+            smooth=smooth,
         )
 
     return jax.vmap(one)(masks)
 
 
-def integrate_combo(data: FitData, tables, rep_set, pool_set) -> list[Choice]:
-    """Every (eta, k) candidate of one (representation, pooling) set, at its best lam.
+def integrate_combo(data: FitData, tables, rep_set, pool_set) -> tuple[list[Choice], list]:
+    """Every (eta, k) candidate of one (representation, pooling) set at its best lam, and
+    the whole validated grid: a row per (eta, k, lam) with its score and neurons used.
 
     rep_set and pool_set are (name, members) pairs (options.rep_sets, options.pool_sets)."""
     (rname, reps), (pname, pools) = rep_set, pool_set
-    etas, L = data.opts.etas, data.n_layers
+    etas, ks = data.opts.etas, depths(data)
     cand = candidates(tables, reps, pools, etas)
     if len(cand) == 0:
-        return []  # every probe of this combination is all-zero
+        return [], []  # every probe of this combination is all-zero
     mean, std = column_stats(cand, tables)
     Xtr, Xv = gather(data.train, cand, mean, std), gather(data.valid, cand, mean, std)
     scores, fit, lams = integrate(data, Xtr, Xv, cand)
-    r_best = np.argmax(scores, axis=2)  # [E, L]; ties -> larger lam
-    ks = np.arange(L)
+    used = np.asarray(jnp.sum(jnp.any(fit.weights != 0, axis=-1), axis=-1))  # [E, D, R]
+    grid = [
+        dict(representation=rname, pooling=pname, eta=eta, k=int(k), lam=float(lams[r]),
+             valid=float(scores[e, d, r]), n_neurons=int(used[e, d, r]))
+        for e, eta in enumerate(etas) for d, k in enumerate(ks) for r in range(len(lams))
+    ]  # fmt: skip
+    r_best = np.argmax(scores, axis=2)  # [E, D]; ties -> larger lam
     out = []
     for e, eta in enumerate(etas):
         if not np.any(cand.eta_rank <= e):
             continue
-        W = np.asarray(fit.weights[e, ks, r_best[e]])[:, : len(cand)]  # [L, M, K]
-        b = np.asarray(fit.intercept[e, ks, r_best[e]])
+        W = np.asarray(fit.weights[e, np.arange(len(ks)), r_best[e]])[:, : len(cand)]  # [D, M, K]
+        b = np.asarray(fit.intercept[e, np.arange(len(ks)), r_best[e]])
         per_k = [float(x) for x in scores[e].max(axis=1)]
-        for k in range(1, L + 1):
-            r = r_best[e, k - 1]
+        for d, k in enumerate(ks):
+            r = r_best[e, d]
             out.append(
                 Choice(
-                    valid=float(scores[e, k - 1, r]),
-                    k=k,
-                    n_neurons=int(np.count_nonzero(np.any(W[k - 1] != 0, axis=1))),
+                    valid=float(scores[e, d, r]),
+                    k=int(k),
+                    n_neurons=int(used[e, d, r]),
                     rep=rname,
                     pooling=pname,
                     eta=eta,
                     lam=float(lams[r]),
-                    weights=W[k - 1],
-                    intercept=b[k - 1],
+                    weights=W[d],
+                    intercept=b[d],
                     cand=cand,
                     mean=mean,
                     std=std,
                     per_k_valid=per_k,
                 )
             )
-    return out
+    return out, grid

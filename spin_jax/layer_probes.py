@@ -32,6 +32,11 @@ class ProbeTable:
     test: np.ndarray | None  # [L]
     weights: np.ndarray  # [L, F, K]
     intercept: np.ndarray  # [L, K]
+    layers: np.ndarray  # [L] the block layer of each row (0: the embedding output)
+
+    def row(self, layer):
+        """The rows of block layers `layer` (consecutive layers from layers[0])."""
+        return np.asarray(layer) - int(self.layers[0])
 
     @classmethod
     def concat(cls, parts: list[ProbeTable]) -> ProbeTable:
@@ -60,12 +65,13 @@ def read_layers(src, rep, pool, layers, rows=None):
 
 
 def fit_probe_table(data: FitData, rep: str, pool: int) -> ProbeTable:
-    """Probes of every block layer 1..L, in chunks of layers that fit opts.memory_bytes."""
+    """Probes of every block layer (1..L, or 0..L for hidden with opts.embedding_layer), in
+    chunks of layers that fit opts.memory_bytes."""
     F = data.train.shape(rep)[-1]
     chunk = max(1, data.opts.memory_bytes // max(1, 12 * data.train.n_rows * F))
     chunk = round_up(chunk, n_devices())  # whole problems per device
     parts = []
-    for start in range(1, data.n_layers + 1, chunk):
+    for start in range(data.opts.first_layer(rep), data.n_layers + 1, chunk):
         layers = np.arange(start, min(start + chunk, data.n_layers + 1))
         padded = np.pad(layers, (0, round_up(len(layers), n_devices()) - len(layers)), "edge")
         parts.append(_probe_chunk(data, rep, pool, padded).first(len(layers)))
@@ -79,7 +85,15 @@ def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> Prob
     Xs = _standardize_many(X, mean, std, solver_dtype(opts))
     n_rows = X.shape[1]
     lams = jax.vmap(lambda x: _lams(x, data.y, data.n_classes, opts, n_rows))(Xs)
-    fit = probes.fit_many(Xs, data.y, data.n_classes, lams, max_iter=opts.max_iter, tol=opts.tol)
+    fit = probes.fit_many(
+        Xs,
+        data.y,
+        data.n_classes,
+        lams,
+        max_iter=opts.max_iter,
+        tol=opts.tol,
+        smooth=opts.smooth,
+    )
     del X, Xs
     scores = {
         name: _scores(data, src, y, rep=rep, pool=pool, layers=layers, mean=mean, std=std, fit=fit)
@@ -96,6 +110,7 @@ def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> Prob
         test=np.asarray(pick(scores["test"], best)) if "test" in scores else None,
         weights=np.asarray(W),
         intercept=np.asarray(b),
+        layers=np.asarray(layers),
     )
 
 

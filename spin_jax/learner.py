@@ -23,10 +23,11 @@ import time
 
 import numpy as np
 
+from spin_jax import probes
 from spin_jax.columns import Columns, reciprocal, standardize_columns  # noqa: F401
 from spin_jax.errors import SpinError
 from spin_jax.head import Choice, SpinHead
-from spin_jax.integration import candidates, integrate_combo, kept_neurons  # noqa: F401
+from spin_jax.integration import candidates, depths, integrate_combo, kept_neurons  # noqa: F401
 from spin_jax.layer_probes import ProbeTable, cached, fit_probe_table
 from spin_jax.models import POOLINGS
 from spin_jax.options import (  # noqa: F401 - the learner's public names
@@ -69,7 +70,7 @@ def fit_spin(
     tables = probe_tables(data, progress, checkpoint_dir)
     times["probes_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    choices = integrate_all(data, tables, progress)
+    choices, grid = integrate_all(data, tables, progress)
     times["integration_s"] = time.perf_counter() - t0
     best = select(choices, opts.selection, valid.n_rows)
     head = best.head()
@@ -82,7 +83,69 @@ def fit_spin(
         head_fn=head_fn,
         times=times,
     )
+    report.update(
+        recipe=recipe_report(data, best, choices),
+        grid=grid,
+        integration_k=[int(k) for k in depths(data)],
+        early_exit=early_exit(data, choices),
+    )
     return head, report
+
+
+def recipe_report(data: FitData, best: Choice, choices: list[Choice]) -> dict:
+    """The recipe in a paper reader's terms: grids, selection rule, the chosen lam (and its
+    scikit-learn C), and the paper's argmax beside the chosen candidate."""
+    opts, n = data.opts, int(data.train.n_rows)
+    argmax = select(choices, "exact", data.valid.n_rows)
+    return {
+        "name": opts.recipe(),
+        "lam_grid": opts.lam_grid,
+        "c_grid": list(probes.PAPER_C_GRID) if opts.lam_grid == "paper" else None,
+        "n_lams": opts.n_lams if opts.lam_grid == "auto" else len(probes.PAPER_C_GRID),
+        "lam_ratio": opts.lam_ratio if opts.lam_grid == "auto" else None,
+        "etas": list(opts.etas),
+        "representations": list(opts.representations),
+        "poolings": list(opts.poolings),
+        "embedding_layer": opts.embedding_layer,
+        "layer_budget": opts.layer_budget,
+        "selection": opts.selection,
+        "solver": "fista" if opts.smooth is None else dict(opts.smooth._asdict()),
+        "lam": best.lam,
+        "sklearn_C": 1.0 / (best.lam * n),
+        "paper_argmax": _choice_summary(argmax),
+    }
+
+
+def _choice_summary(c: Choice) -> dict:
+    return {
+        "representation": c.rep,
+        "pooling": c.pooling,
+        "eta": c.eta,
+        "k": c.k,
+        "num_layers": c.layers_used,
+        "n_neurons": c.n_neurons,
+        "lam": c.lam,
+        "valid": c.valid,
+    }
+
+
+EARLY_EXIT = (0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def early_exit(data: FitData, choices: list[Choice]) -> list[dict]:
+    """The paper's Table 7: at each share of the layers, the candidate the selection rule
+    picks among those using no deeper layer, scored on validation and test."""
+    out = []
+    for fraction in EARLY_EXIT:
+        budget = max(1, int(np.ceil(fraction * data.n_layers - 1e-9)))
+        fits = [c for c in choices if c.layers_used <= budget]
+        if not fits:
+            continue
+        c = select(fits, data.opts.selection, data.valid.n_rows)
+        row = {"fraction": fraction, "budget_layers": budget, **_choice_summary(c)}
+        row["test"] = spin_scores(data, c.head())["test"]
+        out.append(row)
+    return out
 
 
 def probe_tables(data: FitData, progress: bool, checkpoint_dir) -> dict[tuple, ProbeTable]:
@@ -105,14 +168,17 @@ def probe_tables(data: FitData, progress: bool, checkpoint_dir) -> dict[tuple, P
     return tables
 
 
-def integrate_all(data: FitData, tables: dict, progress: bool) -> list[Choice]:
-    """Stages 2-3 for every (representation, pooling) option: the candidates with a neuron."""
-    choices = []
+def integrate_all(data: FitData, tables: dict, progress: bool) -> tuple[list[Choice], list]:
+    """Stages 2-3 for every (representation, pooling) option: the candidates with a neuron,
+    and the whole validated grid (`integrate_combo`)."""
+    choices, grid = [], []
     combos = [(r, p) for r in rep_sets(data.opts) for p in pool_sets(data.opts)]
     bar = _progress(len(combos), "integration", progress)
     for rep_set, pool_set in combos:
         bar.set_postfix_str(f"{rep_set[0]}/{pool_set[0]}")
-        choices.extend(integrate_combo(data, tables, rep_set, pool_set))
+        combo_choices, combo_grid = integrate_combo(data, tables, rep_set, pool_set)
+        choices.extend(combo_choices)
+        grid.extend(combo_grid)
         bar.update()
     bar.close()
     choices = [c for c in choices if c.n_neurons > 0]
@@ -121,7 +187,7 @@ def integrate_all(data: FitData, tables: dict, progress: bool) -> list[Choice]:
             "every probe came out all-zero: the features carry no signal the "
             "probes could use. Check that labels match texts."
         )
-    return choices
+    return choices, grid
 
 
 def select(choices: list[Choice], rule: str, n_valid: int) -> Choice:

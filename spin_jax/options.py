@@ -10,13 +10,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax import probes
+from spin_jax import probes, solver
 from spin_jax.columns import REPS
 from spin_jax.errors import SpinError
 from spin_jax.models import POOLINGS
 from spin_jax.selection import is_selective
 
 ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.8)
+# The official SPIN code's eta grid (shared/paper_table4.json); its C grid is
+# probes.PAPER_C_GRID.
+PAPER_ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+# The fields a recipe sets; the others (iterations, dtype, memory) only say how it is solved.
+RECIPE_FIELDS = (
+    "etas",
+    "representations",
+    "poolings",
+    "lam_grid",
+    "n_lams",
+    "lam_ratio",
+    "selection",
+    "embedding_layer",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +45,15 @@ class SpinOptions:
     # "1se": the simplest candidate (fewest layers, then neurons) within one standard error
     # of the best validation score; "exact": the best score, ties broken the same way.
     selection: str = "1se"
+    # Whether hidden layer 0 (the embedding output) is probed and usable in integration
+    # (layers 0..k, as the paper and its code do) or not (layers 1..k).
+    embedding_layer: bool = False
+    # Integration uses only the lower share of the blocks (early exit): layers up to
+    # ceil(layer_budget * L), so inference never runs a block beyond them.
+    layer_budget: float = 1.0
+    # None: FISTA with step 1/L. Else an optax optimizer for the smooth part of every solve,
+    # solver.smooth("adam", 1e-2) or solver.smooth("sgd", lr).
+    smooth: solver.Smooth | None = None
     max_iter: int = 1000
     tol: float = 1e-4
     # dtype of the standardised features the solver reads: "auto" is bfloat16 on GPU/TPU
@@ -59,6 +82,47 @@ class SpinOptions:
             raise SpinError(f"lam_ratio={self.lam_ratio!r}: pass a number in (0, 1).")
         if not self.tol > 0:
             raise SpinError(f"tol={self.tol!r}: pass a positive number.")
+        if not isinstance(self.layer_budget, (int, float)) or not 0 < self.layer_budget <= 1:
+            raise SpinError(
+                f"layer_budget={self.layer_budget!r}: pass the share of layers to use, in (0, 1]."
+            )
+        if not isinstance(self.embedding_layer, bool):
+            raise SpinError(f"embedding_layer={self.embedding_layer!r}: pass True or False.")
+        if self.smooth is not None and not isinstance(self.smooth, solver.Smooth):
+            raise SpinError(
+                f"smooth={self.smooth!r}: pass solver.smooth('adam', learning_rate) or None."
+            )
+
+    @classmethod
+    def paper(cls, **overrides) -> SpinOptions:
+        """The recipe of the paper and its official code: hidden layer 0 included (layers
+        0..k), the six (representation, pooling) combinations, the official C and eta
+        grids, and the best validation score."""
+        recipe = dict(
+            etas=PAPER_ETAS,
+            representations=("hidden", "ffn"),
+            poolings=("token", "mean", "max"),
+            lam_grid="paper",
+            selection="exact",
+            embedding_layer=True,
+        )
+        return cls(**{**recipe, **overrides})
+
+    def recipe(self) -> str:
+        """ "default", "paper" or "custom": which named recipe these options are."""
+        mine = {f: getattr(self, f) for f in RECIPE_FIELDS}
+        for name, opts in (("default", SpinOptions()), ("paper", SpinOptions.paper())):
+            if mine == {f: getattr(opts, f) for f in RECIPE_FIELDS}:
+                return name
+        return "custom"
+
+    def max_layer(self, n_layers: int) -> int:
+        """The deepest layer integration may use under layer_budget."""
+        return max(1, int(np.ceil(self.layer_budget * n_layers - 1e-9)))
+
+    def first_layer(self, rep: str) -> int:
+        """The first layer probed for a representation: 0 for hidden with embedding_layer."""
+        return 0 if rep == "hidden" and self.embedding_layer else 1
 
 
 def _one_of(name: str, value, choices: tuple) -> None:

@@ -283,7 +283,13 @@ def _fit_path(
 
     def solve(theta, lam):
         theta, k, change = _solve(
-            grad_fn, theta, thresh=penalty * lam, keep=keep, L=L, max_iter=max_iter, tol=tol,
+            grad_fn,
+            theta,
+            thresh=penalty * lam,
+            keep=keep,
+            L=L,
+            max_iter=max_iter,
+            tol=tol,
             smooth=smooth,
         )
         return theta, (theta, k, change <= tol)
@@ -317,8 +323,16 @@ def fit_path(
     Returns ProbeFit with weights [R, F, K], intercept [R, K], n_iter [R], converged [R].
     """
     return _fit_path(
-        X, y, n_classes, lams, rowmask=rowmask, featmask=featmask, max_iter=max_iter, tol=tol,
-        warm_start=warm_start, smooth=smooth,
+        X,
+        y,
+        n_classes,
+        lams,
+        rowmask=rowmask,
+        featmask=featmask,
+        max_iter=max_iter,
+        tol=tol,
+        warm_start=warm_start,
+        smooth=smooth,
     )
 
 
@@ -350,9 +364,17 @@ def fit_many(
 
     def one(X, y, lams, rowmask, featmask):
         return _fit_path(
-        X, y, n_classes, lams, rowmask=rowmask, featmask=featmask, max_iter=max_iter, tol=tol,
-        warm_start=warm_start, smooth=smooth,
-    )
+            X,
+            y,
+            n_classes,
+            lams,
+            rowmask=rowmask,
+            featmask=featmask,
+            max_iter=max_iter,
+            tol=tol,
+            warm_start=warm_start,
+            smooth=smooth,
+        )
 
     in_axes = (0, _axis(y, 1), _axis(lams, 1), _axis(rowmask, 1), _axis(featmask, 1))
     return jax.vmap(one, in_axes=in_axes)(X, y, lams, rowmask, featmask)

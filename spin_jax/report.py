@@ -41,7 +41,7 @@ def baselines(data: FitData, tables: dict, head_fn=None) -> dict:
     out["best_single_layer"] = {
         "representation": br,
         "pooling": POOLINGS[bp],
-        "layer": j + 1,
+        "layer": int(bt.layers[j]),
         "valid": float(bt.valid[j]),
         "test": None if bt.test is None else float(bt.test[j]),
     }
@@ -57,6 +57,7 @@ def build_report(
 ) -> dict[str, Any]:
     per_layer = {
         f"{r}/{POOLINGS[p]}": {
+            "layers": t.layers.tolist(),
             "valid": t.valid.tolist(),
             "test": None if t.test is None else t.test.tolist(),
         }

@@ -16,7 +16,8 @@ whatever vmap and jit the caller builds.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -134,7 +135,9 @@ def proximal(
     smooth None: FISTA with step 1 / L. Else the user's optimizer for the smooth part
     (`Smooth`): "sgd", proximal gradient with step learning_rate; "adam", `prox_adam`."""
     if smooth is None:
-        return optax.chain(optax.scale(-1.0 / lipschitz), prox_l1(thresh / lipschitz, keep), fista())
+        return optax.chain(
+            optax.scale(-1.0 / lipschitz), prox_l1(thresh / lipschitz, keep), fista()
+        )
     lr = smooth.learning_rate
     if smooth.name == "adam":
         return prox_adam(lr, thresh, keep)

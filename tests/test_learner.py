@@ -74,8 +74,9 @@ def test_kept_neurons_nested_as_eta_grows():
 
 
 def test_candidates_rank_each_neuron_by_the_smallest_eta_keeping_it():
-    class Table:  # candidates() only reads importance
+    class Table:  # candidates() only reads importance and each row's layer
         importance = np.array([[4.0, 3.0, 2.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+        layers = np.array([1, 2])
 
     etas = (0.4, 0.7, 0.95)
     c = candidates({("ffn", 1): Table()}, ("ffn",), (1,), etas)

@@ -89,7 +89,9 @@ def test_masks_lanes_take_a_smooth_part_too():
     X, y, lams = problem(2)
     masks = jnp.asarray(np.arange(F)[None] < np.array([[100], [F]]), jnp.float32)
     adam = solver.smooth("adam", 1e-2)
-    lanes = probes.fit_masks(jnp.asarray(X), jnp.asarray(y), 2, lams, masks, max_iter=200, smooth=adam)
+    lanes = probes.fit_masks(
+        jnp.asarray(X), jnp.asarray(y), 2, lams, masks, max_iter=200, smooth=adam
+    )
     for g in range(2):
         one = probes.fit_path(
             jnp.asarray(X), jnp.asarray(y), 2, lams, featmask=masks[g], max_iter=200, smooth=adam

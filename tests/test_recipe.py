@@ -1,0 +1,114 @@
+"""The paper's recipe (layer 0, the official grids, the best validation score), the depth
+budget, and what report.json says of the recipe a fit used."""
+
+from __future__ import annotations
+
+import pytest
+
+import spin_jax
+from spin_jax import probes, solver
+from spin_jax.errors import SpinError
+from spin_jax.learner import SpinOptions, fit_spin
+from spin_jax.options import PAPER_ETAS
+from tests.test_learner import FAST, L, planted, splits
+
+
+def at_embeddings(ffn, hidden, rng):
+    """The label lives in hidden layer 0 (the embedding output), mean pooling, neuron 4."""
+    x = hidden[:, 0, spin_jax.POOLINGS.index("mean"), 4]
+    return x + 0.3 * rng.normal(size=len(x)) > 0
+
+
+def test_paper_recipe_is_the_official_codes():
+    opts = SpinOptions.paper()
+    assert opts.etas == PAPER_ETAS and opts.lam_grid == "paper" and opts.selection == "exact"
+    assert opts.representations == ("hidden", "ffn")
+    assert opts.poolings == ("token", "mean", "max") and opts.embedding_layer
+    assert probes.PAPER_C_GRID == (0.1, 0.2, 1.0, 10.0, 100.0)
+    assert opts.recipe() == "paper" and SpinOptions().recipe() == "default"
+    assert SpinOptions.paper(max_iter=50).recipe() == "paper"  # how it is solved: same recipe
+    assert SpinOptions(n_lams=3).recipe() == "custom"
+
+
+def test_paper_recipe_finds_a_signal_planted_in_layer_0():
+    train, valid, test = splits(at_embeddings, ("neg", "pos"))
+    head, report = fit_spin(train, valid, test, SpinOptions.paper())
+    assert 0 in head.layer[head.rep == 0].tolist()
+    assert report["spin"]["test"] > 0.85
+    assert report["per_layer_probes"]["hidden/mean"]["layers"] == list(range(L + 1))
+    assert report["per_layer_probes"]["ffn/mean"]["layers"] == list(range(1, L + 1))
+    assert report["integration_k"] == list(range(L + 1))
+    # The default recipe never reads layer 0, so it cannot find this signal as well.
+    head_d, report_d = fit_spin(train, valid, test, SpinOptions(**FAST))
+    assert 0 not in head_d.layer.tolist()
+    assert report["spin"]["test"] > report_d["spin"]["test"] + 0.1
+
+
+@pytest.fixture(scope="module")
+def budget_fit():
+    train, valid, test = splits(planted, ("neg", "pos"))  # planted at block layer 3 of 4
+    return fit_spin(train, valid, test, SpinOptions(**FAST, layer_budget=0.5))
+
+
+def test_layer_budget_uses_no_block_beyond_it(budget_fit):
+    head, report = budget_fit
+    assert head.num_layers <= 2 and head.layer.max() <= 2
+    assert report["integration_k"] == [1, 2]
+    assert all(row["k"] <= 2 for row in report["grid"])
+    assert report["recipe"]["layer_budget"] == 0.5
+
+
+def test_report_names_the_recipe_and_keeps_the_grid(budget_fit):
+    head, report = budget_fit
+    recipe = report["recipe"]
+    assert recipe["name"] == "custom" and recipe["selection"] == "1se"
+    assert recipe["solver"] == "fista"
+    assert recipe["lam"] > 0 and recipe["sklearn_C"] == pytest.approx(1 / (recipe["lam"] * 600))
+    argmax = recipe["paper_argmax"]
+    assert argmax["valid"] >= report["chosen"]["valid"]  # 1se trades score for simplicity
+    assert argmax["valid"] == max(row["valid"] for row in report["grid"])
+    # Every (combination, eta, k, lam) is a row; the chosen candidate is one of them.
+    n_combos = len(SpinOptions().representations) * len(SpinOptions().poolings)
+    assert len(report["grid"]) == n_combos * len(FAST["etas"]) * 2 * FAST["n_lams"]
+    chosen = report["chosen"]
+    assert any(
+        (r["representation"], r["pooling"], r["eta"], r["k"], r["valid"], r["n_neurons"])
+        == (chosen["representation"], chosen["pooling"], chosen["eta"], chosen["k"],
+            chosen["valid"], chosen["n_neurons"])
+        for r in report["grid"]
+    )  # fmt: skip
+
+
+def test_early_exit_rows_respect_their_budgets():
+    train, valid, test = splits(planted, ("neg", "pos"))
+    _, report = fit_spin(train, valid, test, SpinOptions(**FAST))
+    rows = report["early_exit"]
+    assert [r["fraction"] for r in rows] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    for r in rows:
+        assert r["num_layers"] <= r["budget_layers"] and r["test"] is not None
+    # The signal sits in block 3 of 4: budgets of 3 or more blocks find it, 1-2 cannot.
+    assert rows[-1]["test"] > 0.85 and rows[2]["test"] > 0.85
+    assert rows[0]["test"] < rows[-1]["test"] - 0.05
+
+
+def test_adam_smooth_part_fits_end_to_end():
+    train, valid, test = splits(planted, ("neg", "pos"))
+    opts = SpinOptions(**FAST, smooth=solver.smooth("adam", 1e-2), max_iter=300)
+    _, report = fit_spin(train, valid, test, opts)
+    assert report["spin"]["test"] > 0.85
+    assert report["recipe"]["solver"] == {"name": "adam", "learning_rate": 0.01}
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"layer_budget": 0.0}, "layer_budget=0.0"),
+        ({"layer_budget": 1.5}, "in \\(0, 1\\]"),
+        ({"embedding_layer": "yes"}, "embedding_layer='yes'"),
+        ({"smooth": "adam"}, "solver.smooth"),
+    ],
+)
+def test_bad_recipe_options_are_refused(options, words):
+    with pytest.raises(SpinError, match=words):
+        SpinOptions(**options)
+
