@@ -36,7 +36,7 @@ from spin_jax.head import SpinHead
 from spin_jax.learner import fit_spin
 from spin_jax.model import Model, load_model
 from spin_jax.models import _forward
-from spin_jax.options import SpinOptions, score
+from spin_jax.options import recipe_options, score
 from spin_jax.selection import (
     is_selective,
     neurons_of,
@@ -155,11 +155,12 @@ class SpinClassifier:
         allow_empty: bool = False,
         work_dir=None,
         compilation_cache: bool = True,
+        recipe: str = "default",
         **options,
     ):
         if compilation_cache:
             enable_compilation_cache()  # spin_jax/cache.py; before the model's first compile
-        self.options = SpinOptions(**options)  # checked before the model loads
+        self.options = recipe_options(recipe, options)  # checked before the model loads
         if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
             raise SpinError(f"max_length {max_length!r}: pass a positive number of tokens.")
         self.model = model if isinstance(model, Model) else load_model(model)

@@ -125,6 +125,12 @@ class SpinOptions:
         return 0 if rep == "hidden" and self.embedding_layer else 1
 
 
+def recipe_options(recipe: str, options: dict) -> SpinOptions:
+    """SpinOptions of a named recipe ("default" or "paper"), with `options` overriding it."""
+    _one_of("recipe", recipe, ("default", "paper"))
+    return SpinOptions.paper(**options) if recipe == "paper" else SpinOptions(**options)
+
+
 def _one_of(name: str, value, choices: tuple) -> None:
     if value not in choices:
         raise SpinError(f"{name} {value!r}: choose one of {', '.join(choices)}.")

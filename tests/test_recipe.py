@@ -3,6 +3,8 @@ budget, and what report.json says of the recipe a fit used."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import spin_jax
@@ -112,3 +114,24 @@ def test_bad_recipe_options_are_refused(options, words):
     with pytest.raises(SpinError, match=words):
         SpinOptions(**options)
 
+
+def test_cli_fit_with_the_paper_recipe_and_a_budget(tmp_path, folder, capsys):
+    from spin_jax.cli import main
+    from tests.test_learner import reviews, write_csv
+
+    train = write_csv(tmp_path / "train.csv", *reviews(60, 0))
+    run = tmp_path / "run"
+    args = ["fit", "--model", str(folder), "--train", str(train), "--out", str(run)]
+    assert main([*args, "--quiet", "--recipe", "paper", "--layer-budget", "0.5"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    L = len(report["per_layer_probes"]["ffn/mean"]["valid"])
+    assert report["recipe"]["name"] == "paper" and report["recipe"]["layer_budget"] == 0.5
+    assert report["recipe"]["embedding_layer"] and report["recipe"]["selection"] == "exact"
+    assert report["recipe"]["c_grid"] == list(probes.PAPER_C_GRID)
+    assert report["integration_k"] == list(range(0, -(-L // 2) + 1))
+    assert report["chosen"]["num_layers"] <= -(-L // 2)
+    assert (
+        "Recipe custom: layers 0..k, C in [0.1, 0.2, 1.0, 10.0, 100.0]" in capsys.readouterr().out
+    )
+    assert main([*args[:-1], str(tmp_path / "r2"), "--layer-budget", "1.5"]) == 2
+    assert "layer_budget=1.5" in capsys.readouterr().err

