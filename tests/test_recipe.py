@@ -131,7 +131,7 @@ def test_cli_fit_with_the_paper_recipe_and_a_budget(tmp_path, folder, capsys):
     assert report["integration_k"] == list(range(0, -(-L // 2) + 1))
     assert report["chosen"]["num_layers"] <= -(-L // 2)
     assert (
-        "Recipe custom: layers 0..k, C in [0.1, 0.2, 1.0, 10.0, 100.0]" in capsys.readouterr().out
+        "Recipe paper: layers 0..k, C in [0.1, 0.2, 1.0, 10.0, 100.0]" in capsys.readouterr().out
     )
     assert main([*args[:-1], str(tmp_path / "r2"), "--layer-budget", "1.5"]) == 2
     assert "layer_budget=1.5" in capsys.readouterr().err
