@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax import probes
+from spin_jax import probes, slp
 from spin_jax.columns import store_layer
 from spin_jax.devices import n_devices, round_up, shard_problems
 from spin_jax.options import FitData, SpinOptions, solver_dtype
@@ -33,6 +33,8 @@ class ProbeTable:
     weights: np.ndarray  # [L, F, K]
     intercept: np.ndarray  # [L, K]
     layers: np.ndarray  # [L] the block layer of each row (0: the embedding output)
+    slp_valid: np.ndarray | None = None  # [L] single-hidden-layer probes (opts.slp_probes)
+    slp_test: np.ndarray | None = None
 
     def row(self, layer):
         """The rows of block layers `layer` (consecutive layers from layers[0])."""
@@ -94,6 +96,7 @@ def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> Prob
         tol=opts.tol,
         smooth=opts.smooth,
     )
+    slp_scores = _slp_scores(data, Xs, rep=rep, pool=pool, layers=layers, mean=mean, std=std)
     del X, Xs
     scores = {
         name: _scores(data, src, y, rep=rep, pool=pool, layers=layers, mean=mean, std=std, fit=fit)
@@ -111,7 +114,22 @@ def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> Prob
         weights=np.asarray(W),
         intercept=np.asarray(b),
         layers=np.asarray(layers),
+        slp_valid=slp_scores.get("valid"),
+        slp_test=slp_scores.get("test"),
     )
+
+
+def _slp_scores(data: FitData, Xs, *, rep, pool, layers, mean, std) -> dict:
+    """{split: metric [g]} of single-hidden-layer probes on the chunk, if the options ask."""
+    opts = data.opts
+    if not opts.slp_probes:
+        return {}
+    params = slp.fit(Xs, data.y, n_classes=data.n_classes, hidden=opts.slp_hidden)
+    out = {}
+    for name, src, y in data.scored():
+        Xe = _standardize_many(jnp.asarray(read_layers(src, rep, pool, layers)), mean, std)
+        out[name] = np.asarray(data.score(y, slp.predict(params, Xe)))
+    return out
 
 
 def _lams(X, y, n_classes, opts: SpinOptions, n_rows: int):

@@ -54,6 +54,10 @@ class SpinOptions:
     # None: FISTA with step 1/L. Else an optax optimizer for the smooth part of every solve,
     # solver.smooth("adam", 1e-2) or solver.smooth("sgd", lr).
     smooth: solver.Smooth | None = None
+    # The paper's appendix A.2: a single-hidden-layer ReLU probe per layer beside the
+    # linear one (a diagnostic in the report; SPIN itself stays linear), of this width.
+    slp_probes: bool = False
+    slp_hidden: int = 256
     max_iter: int = 1000
     tol: float = 1e-4
     # dtype of the standardised features the solver reads: "auto" is bfloat16 on GPU/TPU
@@ -74,7 +78,7 @@ class SpinOptions:
         bad = [e for e in self.etas if not isinstance(e, (int, float)) or not 0 < e <= 1]
         if bad:
             raise SpinError(f"etas {bad}: each eta is a share of weight in (0, 1].")
-        for name in ("n_lams", "max_iter", "memory_bytes"):
+        for name in ("n_lams", "max_iter", "memory_bytes", "slp_hidden"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpinError(f"{name}={value!r}: pass a positive whole number.")
@@ -86,8 +90,9 @@ class SpinOptions:
             raise SpinError(
                 f"layer_budget={self.layer_budget!r}: pass the share of layers to use, in (0, 1]."
             )
-        if not isinstance(self.embedding_layer, bool):
-            raise SpinError(f"embedding_layer={self.embedding_layer!r}: pass True or False.")
+        for name in ("embedding_layer", "slp_probes"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpinError(f"{name}={getattr(self, name)!r}: pass True or False.")
         if self.smooth is not None and not isinstance(self.smooth, solver.Smooth):
             raise SpinError(
                 f"smooth={self.smooth!r}: pass solver.smooth('adam', learning_rate) or None."

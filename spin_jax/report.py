@@ -63,6 +63,15 @@ def build_report(
         }
         for (r, p), t in tables.items()
     }
+    per_layer_slp = {
+        f"{r}/{POOLINGS[p]}": {
+            "layers": t.layers.tolist(),
+            "valid": t.slp_valid.tolist(),
+            "test": None if t.slp_test is None else t.slp_test.tolist(),
+        }
+        for (r, p), t in tables.items()
+        if t.slp_valid is not None
+    }
     test = data.test
     return {
         "metric": data.metric,
@@ -82,6 +91,7 @@ def build_report(
         "spin": spin,
         "baselines": baselines(data, tables, head_fn),
         "per_layer_probes": per_layer,
+        "per_layer_slp": per_layer_slp or None,
         "per_k_integration_valid": best.per_k_valid,
         "neurons_kept_per_layer": _kept_per_layer(best, data.n_layers),
         "candidates": _best_per_combo(choices),

@@ -130,8 +130,24 @@ def test_cli_fit_with_the_paper_recipe_and_a_budget(tmp_path, folder, capsys):
     assert report["recipe"]["c_grid"] == list(probes.PAPER_C_GRID)
     assert report["integration_k"] == list(range(0, -(-L // 2) + 1))
     assert report["chosen"]["num_layers"] <= -(-L // 2)
-    assert (
-        "Recipe paper: layers 0..k, C in [0.1, 0.2, 1.0, 10.0, 100.0]" in capsys.readouterr().out
-    )
+    assert "Recipe paper: layers 0..k, C in [0.1, 0.2, 1.0, 10.0, 100.0]" in capsys.readouterr().out
     assert main([*args[:-1], str(tmp_path / "r2"), "--layer-budget", "1.5"]) == 2
     assert "layer_budget=1.5" in capsys.readouterr().err
+
+
+def test_slp_probes_sit_beside_the_linear_ones():
+    """A label that is the XOR of two neurons' signs: no linear probe reads it, a
+    single-hidden-layer probe of that layer does."""
+
+    def xor(ffn, hidden, rng):
+        x = hidden[:, 2, spin_jax.POOLINGS.index("max")]
+        return (x[:, 1] > 0) ^ (x[:, 6] > 0)
+
+    train, valid, test = splits(xor, ("a", "b"))
+    opts = SpinOptions(**FAST, representations=("hidden",), poolings=("max",), slp_probes=True)
+    _, report = fit_spin(train, valid, test, opts)
+    slp, linear = report["per_layer_slp"]["hidden/max"], report["per_layer_probes"]["hidden/max"]
+    assert slp["layers"] == linear["layers"] == list(range(1, L + 1))
+    assert slp["test"][1] > 0.8 > max(linear["test"]) + 0.1, (slp, linear)
+    _, plain = fit_spin(train, valid, test, SpinOptions(**FAST))
+    assert plain["per_layer_slp"] is None

@@ -52,8 +52,9 @@ def _options(args) -> dict:
     for name in ("selection", "lam_grid", "etas", "layer_budget"):
         if getattr(args, name) is not None:
             opts[name] = getattr(args, name)
-    if args.embedding_layer:
-        opts["embedding_layer"] = True
+    for flag in ("embedding_layer", "slp_probes"):
+        if getattr(args, flag):
+            opts[flag] = True
     if args.solver != "fista":
         from spin_jax.solver import smooth
 
@@ -307,6 +308,7 @@ def add_commands(sub) -> None:
     p.add_argument("--lam-grid", default=None, choices=["auto", "paper"])
     p.add_argument("--etas", type=common.eta_list, default=None, help="comma-separated eta grid")
     p.add_argument("--embedding-layer", action="store_true", help="probe hidden layer 0 too")
+    p.add_argument("--slp-probes", action="store_true", help="one-hidden-layer probes too")
     p.add_argument("--layer-budget", type=float, default=None, help=BUDGET_HELP)
     p.add_argument("--solver", default="fista", choices=["fista", "adam", "sgd"], help=SOLVER_HELP)
     p.add_argument("--learning-rate", type=float, default=1e-2, help="for --solver adam/sgd")
