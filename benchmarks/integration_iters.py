@@ -59,9 +59,9 @@ def run(args):
     valid = synthetic(args.rows // 3, args.layers, args.width, 4 * args.width, 1)
     rows, integrate = [], integration.integrate
 
-    def timed(data, Xtr, Xv, cand):
+    def timed(data, Xtr, Xv, cand, *width):
         t = time.perf_counter()
-        scores, fit, lams = integrate(data, Xtr, Xv, cand)
+        scores, fit, lams = integrate(data, Xtr, Xv, cand, *width)
         n_iter = np.asarray(fit.n_iter)  # [E, L, R]; waits for the solve
         rows.append((len(cand), time.perf_counter() - t, n_iter))
         return scores, fit, lams

@@ -74,18 +74,34 @@ def column_stats(cand: Columns, tables) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _pad_cols(X):
-    """Pads columns to a power of two (zeros, masked out) so shapes repeat across runs."""
+def padded_width(M: int) -> int:
+    """Columns padded to a power of two (at least 128), so shapes repeat across runs."""
+    return max(128, 1 << int(M - 1).bit_length())
+
+
+def shared_width(widths) -> int | None:
+    """One padded width for every group on an accelerator, else None (each its own).
+
+    On a GPU a round of a group's lanes takes ~0.01 s and each new width ~15 s of compiles
+    (benchmarks/RESULTS.md), so one width for all groups compiles each program once; on a
+    CPU the steps dominate and a small group should not pay the largest one's width."""
+    if jax.default_backend() == "cpu" or not widths:
+        return None
+    return padded_width(max(widths))
+
+
+def _pad_cols(X, width: int | None = None):
+    """Pads columns with zeros (masked out) to `width`, or to `padded_width`."""
     M = X.shape[1]
-    target = max(128, 1 << int(M - 1).bit_length())
+    target = width or padded_width(M)
     pad = jnp.pad if isinstance(X, jax.Array) else np.pad  # a device array stays there
     return pad(X, ((0, 0), (0, target - M)))
 
 
-def integration_masks(cand: Columns, n_etas: int, ks: np.ndarray) -> np.ndarray:
+def integration_masks(cand: Columns, n_etas: int, ks: np.ndarray, width=None) -> np.ndarray:
     """featmask [E, len(ks), Mpad]: columns kept at eta e from layers up to k (padding masked)."""
     M = len(cand)
-    Mpad = _pad_cols(np.zeros((1, M))).shape[1]
+    Mpad = width or padded_width(M)
     layer = np.pad(cand.layer, (0, Mpad - M), constant_values=np.iinfo(np.int32).max)
     rank = np.pad(cand.eta_rank, (0, Mpad - M), constant_values=n_etas)
     in_k = layer[None, None] <= np.asarray(ks)[None, :, None]
@@ -99,18 +115,18 @@ def depths(data: FitData) -> np.ndarray:
     return np.arange(first, data.opts.max_layer(data.n_layers) + 1)
 
 
-def integrate(data: FitData, Xtr, Xv, cand: Columns):
+def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     """Aggregated probes over layers up to k for every eta and k (`depths`), at every lam,
-    in one program. Returns valid scores [E, D, R], fit (weights [E, D, R, Mpad, K]) and
-    lams [R]."""
+    in one program, columns padded to `width` (default: `padded_width`). Returns valid
+    scores [E, D, R], fit (weights [E, D, R, Mpad, K]) and lams [R]."""
     opts, D = data.opts, len(depths(data))
     E = len(opts.etas)
-    masks = integration_masks(cand, E, depths(data)).reshape(E * D, -1)
+    masks = integration_masks(cand, E, depths(data), width).reshape(E * D, -1)
     G = len(masks)
     masks = np.pad(masks, ((0, round_up(G, n_devices()) - G), (0, 0)), mode="edge")
     masks = shard_problems(jnp.asarray(masks, jnp.float32))
-    Xtr = jnp.asarray(_pad_cols(Xtr), solver_dtype(opts))
-    Xv = jnp.asarray(_pad_cols(Xv))
+    Xtr = jnp.asarray(_pad_cols(Xtr, width), solver_dtype(opts))
+    Xv = jnp.asarray(_pad_cols(Xv, width))
     if opts.lam_grid == "paper":
         lams = probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0])
     else:
@@ -177,19 +193,27 @@ def _fit_masks_sharded(X, y, n_classes, lams, masks, *, max_iter, tol, smooth):
     return jax.vmap(one)(masks)
 
 
-def integrate_combo(data: FitData, tables, rep_set, pool_set) -> tuple[list[Choice], list]:
+def combo_candidates(data: FitData, tables, rep_set, pool_set) -> Columns:
+    """The candidate columns of one (representation, pooling) set ((name, members) pairs)."""
+    return candidates(tables, rep_set[1], pool_set[1], data.opts.etas)
+
+
+def integrate_combo(
+    data: FitData, tables, rep_set, pool_set, *, cand=None, width=None
+) -> tuple[list[Choice], list]:
     """Every (eta, k) candidate of one (representation, pooling) set at its best lam, and
     the whole validated grid: a row per (eta, k, lam) with its score and neurons used.
 
-    rep_set and pool_set are (name, members) pairs (options.rep_sets, options.pool_sets)."""
-    (rname, reps), (pname, pools) = rep_set, pool_set
+    rep_set and pool_set are (name, members) pairs (options.rep_sets, options.pool_sets);
+    cand their `combo_candidates` if already built, width as `integrate`'s."""
+    (rname, _), (pname, _) = rep_set, pool_set
     etas, ks = data.opts.etas, depths(data)
-    cand = candidates(tables, reps, pools, etas)
+    cand = combo_candidates(data, tables, rep_set, pool_set) if cand is None else cand
     if len(cand) == 0:
         return [], []  # every probe of this combination is all-zero
     mean, std = column_stats(cand, tables)
     Xtr, Xv = gather(data.train, cand, mean, std), gather(data.valid, cand, mean, std)
-    scores, fit, lams = integrate(data, Xtr, Xv, cand)
+    scores, fit, lams = integrate(data, Xtr, Xv, cand, width)
     used = np.asarray(jnp.sum(jnp.any(fit.weights != 0, axis=-1), axis=-1))  # [E, D, R]
     grid = [
         dict(representation=rname, pooling=pname, eta=eta, k=int(k), lam=float(lams[r]),

@@ -27,7 +27,14 @@ from spin_jax import probes
 from spin_jax.columns import Columns, reciprocal, standardize_columns  # noqa: F401
 from spin_jax.errors import SpinError
 from spin_jax.head import Choice, SpinHead
-from spin_jax.integration import candidates, depths, integrate_combo, kept_neurons  # noqa: F401
+from spin_jax.integration import (  # noqa: F401
+    candidates,
+    combo_candidates,
+    depths,
+    integrate_combo,
+    kept_neurons,
+    shared_width,
+)
 from spin_jax.layer_probes import ProbeTable, cached, fit_probe_table
 from spin_jax.models import POOLINGS
 from spin_jax.options import (  # noqa: F401 - the learner's public names
@@ -173,10 +180,14 @@ def integrate_all(data: FitData, tables: dict, progress: bool) -> tuple[list[Cho
     and the whole validated grid (`integrate_combo`)."""
     choices, grid = [], []
     combos = [(r, p) for r in rep_sets(data.opts) for p in pool_sets(data.opts)]
+    cands = [combo_candidates(data, tables, r, p) for r, p in combos]
+    width = shared_width([len(c) for c in cands if len(c)])
     bar = _progress(len(combos), "integration", progress)
-    for rep_set, pool_set in combos:
+    for (rep_set, pool_set), cand in zip(combos, cands, strict=True):
         bar.set_postfix_str(f"{rep_set[0]}/{pool_set[0]}")
-        combo_choices, combo_grid = integrate_combo(data, tables, rep_set, pool_set)
+        combo_choices, combo_grid = integrate_combo(
+            data, tables, rep_set, pool_set, cand=cand, width=width
+        )
         choices.extend(combo_choices)
         grid.extend(combo_grid)
         bar.update()

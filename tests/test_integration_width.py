@@ -1,0 +1,31 @@
+"""Integration with one padded width for every group (what accelerators use, so each
+program compiles once) chooses as integration with each group's own width (CPU's)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spin_jax import integration, learner
+from spin_jax.learner import SpinOptions, fit_spin
+from tests.test_learner import FAST, planted, splits
+
+
+def test_one_shared_width_fits_like_a_width_per_group(monkeypatch):
+    train, valid, test = splits(planted, ("neg", "pos"))
+    head, report = fit_spin(train, valid, test, SpinOptions(**FAST))
+    seen = []
+
+    def shared(ws):
+        seen.append(ws)
+        return 2 * integration.padded_width(max(ws))  # wider than any group's own
+
+    monkeypatch.setattr(learner, "shared_width", shared)
+    head_s, report_s = fit_spin(train, valid, test, SpinOptions(**FAST))
+    assert len(seen) == 1 and len(seen[0]) == 12  # one width for the 12 groups
+    assert report_s["chosen"] == report["chosen"]
+    for a, b in zip(report["grid"], report_s["grid"], strict=True):
+        assert (a["k"], a["eta"], a["n_neurons"]) == (b["k"], b["eta"], b["n_neurons"])
+        assert abs(a["valid"] - b["valid"]) <= 1 / 300 + 1e-9  # one validation row at most
+    np.testing.assert_array_equal(head.neuron, head_s.neuron)
+    np.testing.assert_allclose(head.weights, head_s.weights, atol=1e-4)
+    assert integration.shared_width([100, 3000]) is None  # CPU: each group its own width
