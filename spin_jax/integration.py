@@ -14,15 +14,16 @@ from spin_jax import probes
 from spin_jax.columns import REPS, Columns, gather
 from spin_jax.devices import n_devices, round_up, shard_problems
 from spin_jax.head import Choice
-from spin_jax.options import FitData, solver_dtype
+from spin_jax.options import FitData, score, solver_dtype
 
 # Integration on one device: the (mask, lam) lanes stepped together hold about this many
 # fp32 elements of per-lane work (logits and residuals [N, K], FISTA state [M, K]).
 LANE_BATCH_ELEMENTS = 1 << 28
 # When converged lanes leave the batch (probes.fit_masks `shrink`). On an H100 a round of
 # 1296 lanes took ~0.01 s and each new batch size ~1.4 s to compile, so there the batch
-# shrinks rarely; on a CPU the steps dominate and it halves (benchmarks/RESULTS.md).
-LANE_SHRINK = {"cpu": 2}
+# shrinks rarely; on a CPU the steps dominate, but each size compiles in ~2 s too: a
+# quarter (measured 7% slower than halving on a step-bound fit, with half the compiles).
+LANE_SHRINK = {"cpu": 4}
 LANE_SHRINK_ACCELERATOR = 16
 
 
@@ -79,15 +80,27 @@ def padded_width(M: int) -> int:
     return max(128, 1 << int(M - 1).bit_length())
 
 
-def shared_width(widths) -> int | None:
-    """One padded width for every group on an accelerator, else None (each its own).
+# Below this many elements in a full batch's products (lanes x N x width), stepping
+# converged lanes along costs less than compiling a smaller batch (~2 s each on a CPU).
+NO_SHRINK_ELEMENTS = 1 << 27
+# On a CPU, groups share one width while their lanes' products stay this small (elements of
+# the [N, width] features); past it, the steps dominate and each group keeps its own width.
+CPU_SHARED_ELEMENTS = 1 << 22
+
+
+def shared_width(widths, n_rows: int) -> int | None:
+    """One padded width for every group, or None (each its own).
 
     On a GPU a round of a group's lanes takes ~0.01 s and each new width ~15 s of compiles
-    (benchmarks/RESULTS.md), so one width for all groups compiles each program once; on a
-    CPU the steps dominate and a small group should not pay the largest one's width."""
-    if jax.default_backend() == "cpu" or not widths:
+    (benchmarks/RESULTS.md), so one width for all groups compiles each program once. On a
+    CPU that holds while the features are small (CPU_SHARED_ELEMENTS); beyond, a small
+    group should not pay the largest one's width."""
+    if not widths:
         return None
-    return padded_width(max(widths))
+    width = padded_width(max(widths))
+    if jax.default_backend() == "cpu" and width * n_rows > CPU_SHARED_ELEMENTS:
+        return None
+    return width
 
 
 def _pad_cols(X, width: int | None = None):
@@ -117,33 +130,54 @@ def depths(data: FitData) -> np.ndarray:
 
 def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     """Aggregated probes over layers up to k for every eta and k (`depths`), at every lam,
-    in one program, columns padded to `width` (default: `padded_width`). Returns valid
-    scores [E, D, R], fit (weights [E, D, R, Mpad, K]) and lams [R]."""
+    in one program, columns padded to `width` (default: `padded_width`). Returns, in numpy,
+    valid scores [E, D, R], fit (weights [E, D, R, Mpad, K]), the neurons each uses
+    [E, D, R] and lams [R]."""
     opts, D = data.opts, len(depths(data))
     E = len(opts.etas)
     masks = integration_masks(cand, E, depths(data), width).reshape(E * D, -1)
     G = len(masks)
     masks = np.pad(masks, ((0, round_up(G, n_devices()) - G), (0, 0)), mode="edge")
-    masks = shard_problems(jnp.asarray(masks, jnp.float32))
-    Xtr = jnp.asarray(_pad_cols(Xtr, width), solver_dtype(opts))
-    Xv = jnp.asarray(_pad_cols(Xv, width))
+    # device_put, not jnp.asarray: jax compiles a program per shape to stage numpy input.
+    masks = masks.astype(np.float32)
+    last = jax.device_put(masks[-1])  # the widest: layers up to the last k
+    masks = shard_problems(jax.device_put(masks))
+    Xtr = _to_device(_pad_cols(Xtr, width), solver_dtype(opts))
+    Xv = _to_device(_pad_cols(Xv, width), jnp.float32)
     if opts.lam_grid == "paper":
         lams = probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0])
     else:
         lams = probes.default_lams(
-            Xtr, data.y, data.n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=masks[-1]
+            Xtr, data.y, data.n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=last
         )
     fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts)
-    fit = jax.tree.map(lambda a: a[:G], fit)
-    pred = _predict_masks(Xv, fit.weights, fit.intercept)
-    scores = data.score(data.yv, pred).reshape(E, D, -1)
-    fit = jax.tree.map(lambda a: a.reshape(E, D, *a.shape[1:]), fit)
-    return np.asarray(scores), fit, np.asarray(lams)
+    out = _score_masks(
+        Xv, data.yv, fit, shape=(G, E, D), metric=data.metric, n_classes=data.n_classes
+    )
+    scores, fit, used = jax.device_get(out)  # one copy to the host, no eager op after it
+    return scores, fit, used, np.asarray(lams)
 
 
-@jax.jit
-def _predict_masks(X, weights, intercept):
-    return jax.vmap(probes.predict, in_axes=(None, 0, 0))(X, weights, intercept)
+def _to_device(X, dtype):
+    """X as a device array of dtype: numpy is cast on the host (no cast program)."""
+    if isinstance(X, jax.Array):
+        return X.astype(dtype)
+    return jax.device_put(np.asarray(X).astype(dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "metric", "n_classes"))
+def _score_masks(Xv, yv, fit, *, shape, metric, n_classes):
+    """Valid scores [E, D, R], the fit as [E, D, ...] and the neurons used [E, D, R] of the
+    first G (unpadded) problems."""
+    G, E, D = shape
+    fit = jax.tree.map(lambda a: a[:G].reshape(E, D, *a.shape[1:]), fit)
+    pred = jax.vmap(probes.predict, in_axes=(None, 0, 0))(
+        Xv, fit.weights.reshape(E * D, *fit.weights.shape[2:]),
+        fit.intercept.reshape(E * D, *fit.intercept.shape[2:]),
+    )  # fmt: skip
+    scores = score(metric, yv, pred, n_classes).reshape(E, D, -1)
+    used = jnp.sum(jnp.any(fit.weights != 0, axis=-1), axis=-1)
+    return scores, fit, used
 
 
 def _fit_masks(X, y, n_classes, lams, masks, opts):
@@ -161,6 +195,8 @@ def _fit_masks(X, y, n_classes, lams, masks, opts):
     K = probes.n_columns(n_classes)
     max_lanes = max(1, LANE_BATCH_ELEMENTS // ((3 * N + 8 * (M + 1)) * K))
     shrink = LANE_SHRINK.get(jax.default_backend(), LANE_SHRINK_ACCELERATOR)
+    if masks.shape[0] * len(lams) * N * M < NO_SHRINK_ELEMENTS:
+        shrink = 1 << 62  # all rounds at one batch size: one compile, cheap steps
     return probes.fit_masks(
         X,
         y,
@@ -213,8 +249,7 @@ def integrate_combo(
         return [], []  # every probe of this combination is all-zero
     mean, std = column_stats(cand, tables)
     Xtr, Xv = gather(data.train, cand, mean, std), gather(data.valid, cand, mean, std)
-    scores, fit, lams = integrate(data, Xtr, Xv, cand, width)
-    used = np.asarray(jnp.sum(jnp.any(fit.weights != 0, axis=-1), axis=-1))  # [E, D, R]
+    scores, fit, used, lams = integrate(data, Xtr, Xv, cand, width)
     grid = [
         dict(representation=rname, pooling=pname, eta=eta, k=int(k), lam=float(lams[r]),
              valid=float(scores[e, d, r]), n_neurons=int(used[e, d, r]))

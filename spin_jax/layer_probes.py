@@ -16,7 +16,7 @@ import numpy as np
 from spin_jax import probes, slp
 from spin_jax.columns import store_layer
 from spin_jax.devices import n_devices, round_up, shard_problems
-from spin_jax.options import FitData, SpinOptions, solver_dtype
+from spin_jax.options import FitData, score, solver_dtype
 
 log = logging.getLogger("spin_jax")
 
@@ -61,9 +61,9 @@ class ProbeTable:
 
 
 def read_layers(src, rep, pool, layers, rows=None):
-    """[g, N, F] features of block layers `layers` for one pooling (numpy or jax, as read)."""
-    x = src.read(rep, rows=rows, layers=store_layer(rep, layers), poolings=[pool], dtype=None)
-    return x[:, :, 0].swapaxes(0, 1)  # a view of numpy, a device op of jax: no host copy
+    """[N, g, 1, F] features of block layers `layers` for one pooling (numpy or jax, as
+    read); `_problems` makes them [g, N, F]."""
+    return src.read(rep, rows=rows, layers=store_layer(rep, layers), poolings=[pool], dtype=None)
 
 
 def fit_probe_table(data: FitData, rep: str, pool: int) -> ProbeTable:
@@ -81,42 +81,100 @@ def fit_probe_table(data: FitData, rep: str, pool: int) -> ProbeTable:
 
 
 def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> ProbeTable:
+    """The probes of one chunk of layers: three jitted programs (solve, score per split, pick
+    the best lam), so a chunk of a shape seen before compiles nothing."""
     opts = data.opts
-    X = shard_problems(jnp.asarray(read_layers(data.train, rep, pool, layers)))
-    mean, std = jax.vmap(probes.standardize_stats)(X)
-    Xs = _standardize_many(X, mean, std, solver_dtype(opts))
-    n_rows = X.shape[1]
-    lams = jax.vmap(lambda x: _lams(x, data.y, data.n_classes, opts, n_rows))(Xs)
-    fit = probes.fit_many(
-        Xs,
+    X = shard_problems(_problems(read_layers(data.train, rep, pool, layers)))
+    mean, std, Xs, fit = _solve_chunk(
+        X,
         data.y,
-        data.n_classes,
-        lams,
+        opts.tol,
+        n_classes=data.n_classes,
+        dtype=solver_dtype(opts),
+        lam_grid=opts.lam_grid,
+        n_lams=opts.n_lams,
+        lam_ratio=opts.lam_ratio,
         max_iter=opts.max_iter,
-        tol=opts.tol,
         smooth=opts.smooth,
     )
     slp_scores = _slp_scores(data, Xs, rep=rep, pool=pool, layers=layers, mean=mean, std=std)
     del X, Xs
     scores = {
-        name: _scores(data, src, y, rep=rep, pool=pool, layers=layers, mean=mean, std=std, fit=fit)
+        name: _score_chunk(
+            _problems(read_layers(src, rep, pool, layers)),
+            y,
+            mean,
+            std,
+            fit.weights,
+            fit.intercept,
+            metric=data.metric,
+            n_classes=data.n_classes,
+        )
         for name, src, y in data.scored()
     }
-    best = jnp.argmax(scores["valid"], axis=-1)  # lams largest first: ties -> the sparser
-    pick = jax.vmap(lambda a, i: a[i])
-    W, b = pick(fit.weights, best), pick(fit.intercept, best)
+    picked = jax.device_get(_pick_best(scores, fit.weights, fit.intercept))
     return ProbeTable(
-        importance=np.asarray(jnp.sum(jnp.square(W), axis=-1)),
+        importance=picked["importance"],
         mean=np.asarray(mean),
         std=np.asarray(std),
-        valid=np.asarray(pick(scores["valid"], best)),
-        test=np.asarray(pick(scores["test"], best)) if "test" in scores else None,
-        weights=np.asarray(W),
-        intercept=np.asarray(b),
+        valid=picked["valid"],
+        test=picked.get("test"),
+        weights=picked["weights"],
+        intercept=picked["intercept"],
         layers=np.asarray(layers),
         slp_valid=slp_scores.get("valid"),
         slp_test=slp_scores.get("test"),
     )
+
+
+def _problems(x):
+    """[g, N, F] problems from a read's [N, g, 1, F]: a numpy copy, or one device program."""
+    if isinstance(x, jax.Array):
+        return _swap(x)
+    return jax.device_put(np.ascontiguousarray(x[:, :, 0].swapaxes(0, 1)))
+
+
+@jax.jit
+def _swap(x):
+    return x[:, :, 0].swapaxes(0, 1)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("n_classes", "dtype", "lam_grid", "n_lams", "lam_ratio", "max_iter", "smooth"),
+)
+def _solve_chunk(X, y, tol, *, n_classes, dtype, lam_grid, n_lams, lam_ratio, max_iter, smooth):
+    """Standardise each problem of X [g, N, F], pick its lam path, fit every lam."""
+    mean, std = jax.vmap(probes.standardize_stats)(X)
+    Xs = _standardize_many(X, mean, std, dtype)
+    if lam_grid == "paper":
+        lams = jnp.broadcast_to(
+            probes.lams_from_c(probes.PAPER_C_GRID, X.shape[1]), (X.shape[0], 5)
+        )
+    else:
+        lams = jax.vmap(
+            lambda x: probes.default_lams(x, y, n_classes, num=n_lams, ratio=lam_ratio)
+        )(Xs)
+    fit = probes.fit_many(Xs, y, n_classes, lams, max_iter=max_iter, tol=tol, smooth=smooth)
+    return mean, std, Xs, fit
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "n_classes"))
+def _score_chunk(X, y, mean, std, weights, intercept, *, metric, n_classes):
+    """Metric [g, R] of every layer's probe at every lam on X [g, N, F]."""
+    pred = jax.vmap(probes.predict)(_standardize_many(X, mean, std), weights, intercept)
+    return score(metric, y, pred, n_classes)
+
+
+@jax.jit
+def _pick_best(scores: dict, weights, intercept) -> dict:
+    """Each layer's probe at its best validation lam (lams largest first: ties -> sparser)."""
+    best = jnp.argmax(scores["valid"], axis=-1)
+    pick = jax.vmap(lambda a, i: a[i])
+    W = pick(weights, best)
+    out = {name: pick(s, best) for name, s in scores.items()}
+    return {**out, "weights": W, "intercept": pick(intercept, best),
+            "importance": jnp.sum(jnp.square(W), axis=-1)}  # fmt: skip
 
 
 def _slp_scores(data: FitData, Xs, *, rep, pool, layers, mean, std) -> dict:
@@ -127,27 +185,14 @@ def _slp_scores(data: FitData, Xs, *, rep, pool, layers, mean, std) -> dict:
     params = slp.fit(Xs, data.y, n_classes=data.n_classes, hidden=opts.slp_hidden)
     out = {}
     for name, src, y in data.scored():
-        Xe = _standardize_many(jnp.asarray(read_layers(src, rep, pool, layers)), mean, std)
+        Xe = _standardize_many(_problems(read_layers(src, rep, pool, layers)), mean, std)
         out[name] = np.asarray(data.score(y, slp.predict(params, Xe)))
     return out
-
-
-def _lams(X, y, n_classes, opts: SpinOptions, n_rows: int):
-    if opts.lam_grid == "paper":
-        return probes.lams_from_c(probes.PAPER_C_GRID, n_rows)
-    return probes.default_lams(X, y, n_classes, num=opts.n_lams, ratio=opts.lam_ratio)
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def _standardize_many(X, mean, std, dtype=jnp.float32):
     return ((X.astype(jnp.float32) - mean[:, None]) / std[:, None]).astype(dtype)
-
-
-def _scores(data: FitData, src, y, *, rep, pool, layers, mean, std, fit):
-    """Metric [g, R] of every layer's probe at every lam on `src`."""
-    Xs = _standardize_many(jnp.asarray(read_layers(src, rep, pool, layers)), mean, std)
-    pred = jax.vmap(probes.predict)(Xs, fit.weights, fit.intercept)  # [g, R, N]
-    return data.score(y, pred)
 
 
 def cached(folder, name: str, key: str, compute) -> ProbeTable:

@@ -181,7 +181,7 @@ def integrate_all(data: FitData, tables: dict, progress: bool) -> tuple[list[Cho
     choices, grid = [], []
     combos = [(r, p) for r in rep_sets(data.opts) for p in pool_sets(data.opts)]
     cands = [combo_candidates(data, tables, r, p) for r, p in combos]
-    width = shared_width([len(c) for c in cands if len(c)])
+    width = shared_width([len(c) for c in cands if len(c)], data.train.n_rows)
     bar = _progress(len(combos), "integration", progress)
     for (rep_set, pool_set), cand in zip(combos, cands, strict=True):
         bar.set_postfix_str(f"{rep_set[0]}/{pool_set[0]}")

@@ -239,7 +239,7 @@ def require_full(src, what: str) -> None:
 def _labels(src, what):
     if src.labels is None:
         raise SpinError(f"the {what} split has no labels; pass a label column.")
-    return jnp.asarray(np.asarray(src.labels, np.int32))
+    return jax.device_put(np.asarray(src.labels, np.int32))
 
 
 def check_labels(y: np.ndarray, yv: np.ndarray) -> None:

@@ -466,17 +466,21 @@ def fit_masks(
         # Lanes at equal counts share a batch: a fresh lane does not wait on a slow one.
         active = active[np.argsort(steps[active], kind="stable")]
         take = active[:size]
-        idx = jnp.asarray(np.resize(take, size))  # padded with repeats of active lanes
-        lanes = _take_lanes(state, idx)
-        part = _lanes_round(problem, lanes, idx, max_iter, tol, smooth=smooth)
+        idx = jax.device_put(np.resize(take, size))  # padded with repeats of active lanes
         # The repeats are not stored: their index is out of range, and the scatter drops it.
-        stored = np.append(take, np.full(size - len(take), G * R))
-        state = _put_lanes(state, jnp.asarray(stored), part)
-        k, change = np.asarray(part.n_iter[: len(take)]), np.asarray(part.change[: len(take)])
+        stored = jax.device_put(np.append(take, np.full(size - len(take), G * R)))
+        state, k, change = _lanes_step(problem, state, idx, stored, max_iter, tol, smooth=smooth)
+        k, change = np.asarray(k)[: len(take)], np.asarray(change)[: len(take)]
         steps[take] = k
         active = np.concatenate([take[(k < max_iter) & (change > tol)], active[size:]])
         if 0 < len(active) <= size // shrink:
             size = 1 << int(len(active) - 1).bit_length()
+    return _lanes_result(state, tol, shape=(G, R, K))
+
+
+@partial(jax.jit, static_argnames=("shape",))
+def _lanes_result(state, tol, *, shape) -> ProbeFit:
+    G, R, K = shape
     x = solver.solution(state.params, state.opt_state)
     return ProbeFit(
         x[:, :-1].reshape(G, R, -1, K),
@@ -508,18 +512,16 @@ def _lanes_start(theta0, *, n: int, smooth):
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), run)
 
 
-@jax.jit
-def _take_lanes(state, idx):
-    return jax.tree.map(lambda a: a[idx], state)
+@partial(jax.jit, static_argnames=("smooth",), donate_argnums=1)
+def _lanes_step(problem, state, idx, stored, max_iter, tol, *, smooth):
+    """One round of the lanes idx [B], written back at `stored` (out of range: dropped), in
+    one program: (state, their iterations [B], their last change [B])."""
+    part = _lanes_round(problem, jax.tree.map(lambda a: a[idx], state), idx, max_iter, tol, smooth)
+    state = jax.tree.map(lambda a, b: a.at[stored].set(b, mode="drop"), state, part)
+    return state, part.n_iter, part.change
 
 
-@partial(jax.jit, donate_argnums=0)
-def _put_lanes(state, idx, part):
-    return jax.tree.map(lambda a, b: a.at[idx].set(b, mode="drop"), state, part)
-
-
-@partial(jax.jit, static_argnames=("smooth",))
-def _lanes_round(problem, state, idx, max_iter, tol, *, smooth):
+def _lanes_round(problem, state, idx, max_iter, tol, smooth):
     """One round of `fit_masks` for the lanes idx [B] (lane = mask * R + lam index)."""
     X, T, m_over_n, masks, Ls, lams = problem
     R = lams.shape[0]

@@ -15,7 +15,7 @@ def test_one_shared_width_fits_like_a_width_per_group(monkeypatch):
     head, report = fit_spin(train, valid, test, SpinOptions(**FAST))
     seen = []
 
-    def shared(ws):
+    def shared(ws, n_rows):
         seen.append(ws)
         return 2 * integration.padded_width(max(ws))  # wider than any group's own
 
@@ -28,4 +28,5 @@ def test_one_shared_width_fits_like_a_width_per_group(monkeypatch):
         assert abs(a["valid"] - b["valid"]) <= 1 / 300 + 1e-9  # one validation row at most
     np.testing.assert_array_equal(head.neuron, head_s.neuron)
     np.testing.assert_allclose(head.weights, head_s.weights, atol=1e-4)
-    assert integration.shared_width([100, 3000]) is None  # CPU: each group its own width
+    assert integration.shared_width([100, 3000], 600) == 4096  # small: one width
+    assert integration.shared_width([100, 3000], 20000) is None  # CPU: each group its own

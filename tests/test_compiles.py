@@ -1,0 +1,42 @@
+"""The number of programs a whole fit compiles is a small constant: it does not grow with
+layers, rows, groups or the eta grid (issue #8). Compiles dominate a small fit's time (a
+4-layer synthetic fit compiled 189 programs in 35 of its 43 s before this bound)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax import monitoring
+
+from spin_jax.features import MemoryFeatures
+from spin_jax.learner import SpinOptions, fit_spin
+
+COMPILES = []
+monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **_: COMPILES.append(duration)
+    if event == "/jax/core/compile/backend_compile_duration"
+    else None
+)
+BOUND = 40  # programs in one whole fit (measured: 33 at 4 layers, 25-33 at 8)
+
+
+def features(n, L, seed, D=16, F=32):
+    rng = np.random.default_rng(seed)
+    hidden = rng.normal(size=(n, L + 1, 3, D)).astype(np.float32)
+    ffn = rng.normal(size=(n, L, 3, F)).astype(np.float32)
+    y = (ffn[:, 1, 1, 3] + hidden[:, 2, 0, 5] + 0.5 * rng.normal(size=n) > 0).astype(np.int64)
+    return MemoryFeatures({"hidden": hidden, "ffn": ffn}, y, ("a", "b"), {})
+
+
+def compiles_of_a_fit(n, L, etas) -> int:
+    jax.clear_caches()  # as a new process: nothing compiled yet
+    COMPILES.clear()
+    fit_spin(features(n, L, 0), features(n // 2, L, 1), opts=SpinOptions(n_lams=3, etas=etas))
+    return len(COMPILES)
+
+
+def test_a_whole_fit_compiles_a_bounded_number_of_programs():
+    small = compiles_of_a_fit(300, 4, (0.1, 0.5, 0.8))
+    large = compiles_of_a_fit(600, 8, (0.05, 0.1, 0.3, 0.5, 0.8))
+    assert 0 < small <= BOUND and 0 < large <= BOUND, (small, large)
+    assert large <= small + 3, (small, large)  # twice the layers and rows, more etas
