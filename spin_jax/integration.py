@@ -83,24 +83,22 @@ def padded_width(M: int) -> int:
 # Below this many elements in a full batch's products (lanes x N x width), stepping
 # converged lanes along costs less than compiling a smaller batch (~2 s each on a CPU).
 NO_SHRINK_ELEMENTS = 1 << 27
-# On a CPU, groups share one width while their lanes' products stay this small (elements of
-# the [N, width] features); past it, the steps dominate and each group keeps its own width.
-CPU_SHARED_ELEMENTS = 1 << 22
+# Groups share one width while a full batch's features stay this small ([N, width]
+# elements); past it, a small group should not pay the largest one's width.
+SHARED_ELEMENTS = 1 << 27
 
 
 def shared_width(widths, n_rows: int) -> int | None:
     """One padded width for every group, or None (each its own).
 
-    On a GPU a round of a group's lanes takes ~0.01 s and each new width ~15 s of compiles
-    (benchmarks/RESULTS.md), so one width for all groups compiles each program once. On a
-    CPU that holds while the features are small (CPU_SHARED_ELEMENTS); beyond, a small
-    group should not pay the largest one's width."""
+    Each new width compiles the lane programs again: ~15 s on a GPU, ~2 s on a CPU, against
+    ~0.01 s a round for a small group (benchmarks/RESULTS.md). So small fits pad every
+    group to the widest. At GPT2-XL scale (10000 rows, the widest group ~50k columns) that
+    padding made every group as slow as the widest, so large fits keep a width per group."""
     if not widths:
         return None
     width = padded_width(max(widths))
-    if jax.default_backend() == "cpu" and width * n_rows > CPU_SHARED_ELEMENTS:
-        return None
-    return width
+    return width if width * n_rows <= SHARED_ELEMENTS else None
 
 
 def _pad_cols(X, width: int | None = None):
