@@ -107,13 +107,16 @@ def table(head: list[str], rows: list[str], numeric_from: int = 1, cls: str = ""
 _PROLOG = re.compile(r"^.*?(?=<svg)", re.S)
 _METADATA = re.compile(r"<metadata>.*?</metadata>", re.S)
 _XMLNS = re.compile(r'\s+xmlns(:\w+)?="[^"]*"')
+_IDS = re.compile(r'(\bid="|url\(#|href="#)([^")]+)')
 
 
-def inline_svg(svg: str) -> str:
+def inline_svg(svg: str, prefix: str) -> str:
     """A standalone SVG document as an element of an HTML page: without the XML prolog,
     doctype, metadata and namespace declarations (HTML's parser supplies the namespaces),
-    so the page names no URL at all."""
-    return _XMLNS.sub("", _METADATA.sub("", _PROLOG.sub("", svg, count=1)))
+    so the page names no URL; its ids (clip paths, markers) get `prefix`, so that several
+    figures on one page keep distinct ids."""
+    svg = _XMLNS.sub("", _METADATA.sub("", _PROLOG.sub("", svg, count=1)))
+    return _IDS.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", svg)
 
 
 def page(title: str, body: str, *, header: str = "", css: str = "", script: str = "") -> str:

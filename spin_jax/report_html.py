@@ -227,7 +227,7 @@ def _figures(svgs: dict, *names: str) -> str:
             "the learner did not record it).</p>"
         )
     out = "".join(
-        f'<figure id="fig-{n}">{inline_svg(svgs[n])}<figcaption>{esc(CAPTIONS[n])}'
+        f'<figure id="fig-{n}">{inline_svg(svgs[n], n)}<figcaption>{esc(CAPTIONS[n])}'
         "</figcaption></figure>"
         for n in shown
     )

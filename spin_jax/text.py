@@ -145,12 +145,16 @@ def _fold(text: str) -> tuple[str, list[int]]:
 
 
 def align_tokens(tokenizer, text: str, tokens: list[str], special: list[bool]):
-    """Each token's span, found by its text (folded, WordPiece's "##" dropped) in order."""
+    """Each token's span, found by its text (folded, WordPiece's "##" dropped) in order;
+    (0, 0) for a special token, an empty span where a token's text is not found."""
     folded, where = _fold(text)
     spans, cursor = [], 0
     for token, is_special in zip(tokens, special, strict=True):
+        if is_special:
+            spans.append((0, 0))
+            continue
         piece = _fold(tokenizer.convert_tokens_to_string([token]).strip().removeprefix("##"))[0]
-        at = folded.find(piece, cursor) if piece and not is_special else -1
+        at = folded.find(piece, cursor) if piece else -1
         if at < 0:
             here = where[cursor] if cursor < len(where) else len(text)
             spans.append((here, here))
