@@ -26,7 +26,7 @@ from spin_jax.html import esc, page
 from spin_jax.models import forward_program
 from spin_jax.text import pad_batch, token_spans
 
-TOKEN_BUDGET = 4096  # tokens per batch: per-token features of every layer stay on the device
+TOKEN_BUDGET = 2048  # tokens per batch: the per-token features of k layers are held at once
 PALETTE_SIZE = 21
 
 
@@ -358,7 +358,7 @@ function update() {
   });
   units.forEach(function (u) {
     const v = u.value / scale;
-    u.el.style.background = colour(v);
+    u.el.style.background = Math.abs(v) < 0.05 ? 'transparent' : colour(v);
     u.el.style.color = Math.abs(v) > 0.65 ? '#fff' : '';
   });
   const name = data.labels[c];

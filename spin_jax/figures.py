@@ -227,6 +227,7 @@ def eta(report: dict) -> str | None:
     twin = ax.twinx()
     twin.plot(etas, [best[e]["n_neurons"] for e in etas], "-s", color="#dd8452", label="neurons")
     twin.set_ylabel("neurons used", color="#dd8452")
+    _integer_ticks(twin.yaxis)
     twin.grid(False)
     ax.set_title(f"{chosen['representation']} / {chosen['pooling']}: best k at each eta")
     lines = ax.get_legend_handles_labels()

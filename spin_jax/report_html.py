@@ -321,12 +321,8 @@ def _early_exit(report: dict, svgs: dict) -> str:
             '<p class="note">This report holds no early-exit scores (the learner records '
             "them per layer budget).</p>"
         )
-    if rows_in and "early_exit" in svgs:
-        drawn = _figures(svgs, "early_exit")
-        return f'<div class="grid2"><div>{table(head, rows, numeric_from=0)}{note}</div>' + (
-            f"<div>{drawn}</div></div>"
-        )
-    return table(head, rows, numeric_from=0) + note
+    drawn = _figures(svgs, "early_exit") if rows_in and "early_exit" in svgs else ""
+    return table(head, rows, numeric_from=0) + note + drawn
 
 
 def _ms(seconds, path) -> str:

@@ -44,10 +44,16 @@ def sentencepiece(tmp_path):
     folder = tmp_path / "t5"
     folder.mkdir()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_prefix=str(folder / "spiece"), vocab_size=60,
-        hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        sentence_iterator=iter(CORPUS),
+        model_prefix=str(folder / "spiece"),
+        vocab_size=60,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
         minloglevel=2,
-    )  # fmt: skip
+    )
     config = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return AutoTokenizer.from_pretrained(str(folder))

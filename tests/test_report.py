@@ -165,8 +165,14 @@ def test_fit_writes_the_report_its_figures_and_a_model_card(run, report):
     for p in svgs:
         assert "<svg" in p.read_text()[:2000]
     card = (run / "MODEL_CARD.md").read_text()
-    for section in ("Model details", "Intended use", "Training data", "Evaluation",
-                    "Limitations", "How to load"):  # fmt: skip
+    for section in (
+        "Model details",
+        "Intended use",
+        "Training data",
+        "Evaluation",
+        "Limitations",
+        "How to load",
+    ):
         assert f"## {section}" in card
     assert f"{report['spin']['test']:.4f}" in card
 
@@ -219,20 +225,36 @@ def with_learner_keys(report: dict) -> dict:
     rng = np.random.default_rng(0)
     L = len(r["neurons_kept_per_layer"])
     r["grid"] = [
-        {"representation": rep, "pooling": pool, "eta": eta, "k": k, "lam": lam,
-         "valid": float(rng.uniform(0.5, 1)), "n_neurons": int(rng.integers(0, 50))}
+        {
+            "representation": rep,
+            "pooling": pool,
+            "eta": eta,
+            "k": k,
+            "lam": lam,
+            "valid": float(rng.uniform(0.5, 1)),
+            "n_neurons": int(rng.integers(0, 50)),
+        }
         for rep, pool, eta, k, lam in itertools.product(
-            ("hidden", "ffn", "both"), ("token", "mean", "max", "all"), (0.1, 0.5, 0.8),
-            range(1, L + 1), (0.1, 0.01),
+            ("hidden", "ffn", "both"),
+            ("token", "mean", "max", "all"),
+            (0.1, 0.5, 0.8),
+            range(1, L + 1),
+            (0.1, 0.01),
         )
-    ]  # fmt: skip
+    ]
     c = r["chosen"]
     r["recipe"] = {"name": "default", "lam": 0.01, "selection": "1se"}
     r["early_exit"] = [
-        {"fraction": f, "num_layers": max(1, round(f * L)), "k": max(1, round(f * L)),
-         "n_neurons": c["n_neurons"], "valid": c["valid"], "test": r["spin"]["test"]}
+        {
+            "fraction": f,
+            "num_layers": max(1, round(f * L)),
+            "k": max(1, round(f * L)),
+            "n_neurons": c["n_neurons"],
+            "valid": c["valid"],
+            "test": r["spin"]["test"],
+        }
         for f in (0.2, 0.4, 0.6, 0.8, 1.0)
-    ]  # fmt: skip
+    ]
     r["inference"]["by_layers"] = {str(n): 1e-4 * n for n in range(1, L + 1)}
     return r
 
@@ -248,6 +270,36 @@ def test_every_section_draws_and_shows_its_numbers(run, report, tmp_path):
     assert {"early_exit.0.test", "early_exit.4.num_layers", "recipe.lam"} <= paths
     assert "inference.by_layers.1" in paths
     no_urls(page)
+
+
+def test_a_report_of_only_the_first_keys_still_renders(run, report, tmp_path):
+    """A report.json from before this page (no per-class scores, activations, efficiency,
+    inference, run record) draws what it can and says what it lacks."""
+    first = {
+        k: report[k]
+        for k in (
+            "metric",
+            "n_classes",
+            "n_train",
+            "n_valid",
+            "n_test",
+            "chosen",
+            "spin",
+            "baselines",
+            "per_layer_probes",
+            "per_k_integration_valid",
+            "neurons_kept_per_layer",
+            "candidates",
+            "times",
+        )
+    }
+    svgs = figures.draw_all(first)
+    assert list(svgs) == ["layers", "kept_per_layer"]
+    meta = json.loads((run / "classifier.json").read_text())
+    page = tmp_path / "report.html"
+    page.write_text(report_html.render(first, meta, svgs), encoding="utf-8")
+    check_numbers(page, first)
+    assert "holds no per-class scores" in page.read_text()
 
 
 def test_pages_are_well_formed_and_name_no_url(run, why):
@@ -355,10 +407,18 @@ browser = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium/Chrome instal
 
 def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr", "--v=0", *args, page.resolve().as_uri(),
-    ]  # fmt: skip
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+        page.resolve().as_uri(),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
 
 
@@ -388,4 +448,4 @@ def test_the_explanation_page_renders_and_runs_its_script(why, tmp_path):
     not_blank(screenshot(why, tmp_path, 900))
     dom = chromium(why, tmp_path, "--dump-dom").stdout
     assert '<body data-ready="1"' in dom  # the script ran to its end
-    assert re.search(r'class="tok"[^>]*style="background: rgb', dom)  # and coloured tokens
+    assert re.search(r'class="tok[^"]*"[^>]*style="background: rgb', dom)  # and coloured tokens
