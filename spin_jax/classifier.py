@@ -289,7 +289,11 @@ class SpinClassifier:
         return _proba(self.decision_function(X))
 
     def predict(self, X) -> list:
-        idx = np.argmax(self.predict_proba(X), axis=-1)
+        return self._predicted(self.predict_proba(X))
+
+    def _predicted(self, proba: np.ndarray) -> list:
+        """The labels of the most probable classes (class ids without label names)."""
+        idx = np.argmax(proba, axis=-1)
         return [self.label_names[i] for i in idx] if self.label_names else idx.tolist()
 
     def score(self, X, labels=None, metric: str = "accuracy") -> float:
@@ -372,3 +376,108 @@ class SpinClassifier:
         clf.head, clf.report = head, report
         clf.label_names = tuple(meta["label_names"]) if meta["label_names"] else None
         return clf
+
+
+# ---- several classifiers, one forward ----------------------------------------------------
+
+MODEL_IDENTITY = ("config_hash", "params_fingerprint")  # as artifact.check_model compares
+
+
+def decision_function_many(classifiers, X) -> list[np.ndarray]:
+    """Each classifier's logits [N, K] of X, one array per classifier.
+
+    From texts, the model's forward runs once per batch, to the deepest layer any of the
+    classifiers needs, and each head reads its own kept neurons from it; from a feature
+    source, each classifier reads its own columns. The classifiers must be fitted on one
+    model (its config and weights) and read texts to the same max_length.
+    """
+    classifiers = list(classifiers)
+    _check_classifiers(classifiers)
+    if is_source(X):
+        return [clf.decision_function(X) for clf in classifiers]
+    allow_empty = all(clf.allow_empty for clf in classifiers)
+    texts = [str(t) for t in check_texts(X, "the given texts", allow_empty=allow_empty)]
+    first = classifiers[0]
+    return inference.heads_logits(
+        first.model,
+        [clf.head for clf in classifiers],
+        texts,
+        max_length=first.max_length,
+        token_budget=min(clf.token_budget for clf in classifiers),
+    )
+
+
+def predict_proba_many(classifiers, X) -> list[np.ndarray]:
+    """Each classifier's class probabilities [N, K] of X, from one forward over texts."""
+    return [_proba(z) for z in decision_function_many(classifiers, X)]
+
+
+def predict_many(classifiers, X) -> list[list]:
+    """Each classifier's predicted labels for X (as SpinClassifier.predict), one list per
+    classifier, from one forward over texts (decision_function_many)."""
+    classifiers = list(classifiers)
+    probas = predict_proba_many(classifiers, X)
+    return [clf._predicted(p) for clf, p in zip(classifiers, probas, strict=True)]
+
+
+def load_many(paths, model: str | Model | None = None, *, allow_empty: bool = False):
+    """Classifiers saved from one model, loaded onto one copy of it (`model`, by default
+    the one the first recorded at fit time); refused before any model loads when they were
+    fitted on different models (their classifier.json says)."""
+    paths = [Path(p) for p in paths]
+    metas = [artifact.read_meta(p) for p in paths]
+    _check_one_forward(
+        [
+            (p.name, {**m["model"], "max_length": m["tokenizer"]["max_length"]})
+            for p, m in zip(paths, metas, strict=True)
+        ]
+    )
+    first = SpinClassifier.load(paths[0], model, allow_empty=allow_empty)
+    rest = [SpinClassifier.load(p, first.model, allow_empty=allow_empty) for p in paths[1:]]
+    return [first, *rest]
+
+
+def _check_classifiers(classifiers: list[SpinClassifier]) -> None:
+    """_check_one_forward of fitted classifiers. One Model object is one model without
+    hashing its weights (params_fingerprint reads every weight onto the host): only models
+    held as distinct objects are compared by config_hash and params_fingerprint."""
+    if not classifiers:
+        raise SpinError("no classifiers given; pass at least one fitted classifier.")
+    for clf in classifiers:
+        clf._check_fitted()
+    models = list({id(clf.model): clf.model for clf in classifiers}.values())
+    identity = {id(m): {"source": m.source} for m in models}
+    if len(models) > 1:
+        for m in models:
+            identity[id(m)].update(config_hash=m.config_hash, params_fingerprint=m.fingerprint)
+    _check_one_forward(
+        [
+            (f"classifier {i + 1}", {**identity[id(clf.model)], "max_length": clf.max_length})
+            for i, clf in enumerate(classifiers)
+        ]
+    )
+
+
+def _check_one_forward(named: list[tuple[str, dict]]) -> None:
+    """Refuses classifiers that cannot share one forward: `named` holds (name, identity),
+    the identity being the model's source, config_hash and params_fingerprint (as a saved
+    classifier records them) and the max_length its texts are read to."""
+    if not named:
+        raise SpinError("no classifiers given; pass at least one saved classifier.")
+    name0, first = named[0]
+    for name, other in named[1:]:
+        changed = [k for k in MODEL_IDENTITY if other.get(k) != first.get(k)]
+        if changed:
+            key = changed[0]
+            raise SpinError(
+                f"{name} was fitted on model {other.get('source')!r} ({key} {other.get(key)}), "
+                f"{name0} on {first.get('source')!r} ({key} {first.get(key)}): one forward "
+                "cannot serve both. Predict with each separately, or pass classifiers fitted "
+                "on the same model."
+            )
+        if other["max_length"] != first["max_length"]:
+            raise SpinError(
+                f"{name} reads texts to max_length {other['max_length']}, {name0} to "
+                f"{first['max_length']}: one forward reads one tokenisation. Predict with "
+                "each separately, or fit them with the same max_length."
+            )

@@ -181,26 +181,50 @@ def _labelled(clf, args):
 
 
 def cmd_predict(args):
-    """One CSV row per text; from a feature store (which holds no texts), per row index."""
-    from spin_jax.classifier import SpinClassifier
+    """One CSV row per text; from a feature store (which holds no texts), per row index.
+    Several runs (fitted on one model) share one forward: a label column and probability
+    columns per run, named by its folder."""
+    from spin_jax.classifier import load_many, predict_proba_many
     from spin_jax.store import FeatureStore
 
     common.check_out_file(args.out)
-    clf = SpinClassifier.load(args.run, model=args.model, allow_empty=args.allow_empty)
+    names = _run_names(args.runs)
+    clfs = load_many(args.runs, model=args.model, allow_empty=args.allow_empty)
     if _is_store(args.data):
-        store = FeatureStore.open(args.data)
-        first, keys = "row", range(store.n_rows)
-        proba = clf.predict_proba(store)
+        X = FeatureStore.open(args.data)
+        first, keys = "row", range(X.n_rows)
     else:
-        ds = _read(args.data, args, require_labels=False)
-        first, keys = "text", ds.texts
-        proba = clf.predict_proba(ds.texts)
-    names = list(clf.label_names)
+        X = _read(args.data, args, require_labels=False).texts
+        first, keys = "text", X
+    probas = predict_proba_many(clfs, X)
+    header = [first]
+    for name, clf in zip(names, clfs, strict=True):
+        label, p = ("prediction", "p_") if name is None else (name, f"{name}:p_")
+        header += [label, *[f"{p}{n}" for n in clf.label_names]]
     with _output(args.out) as f:
         w = csv.writer(f)
-        w.writerow([first, "prediction", *[f"p_{n}" for n in names]])
-        for key, p in zip(keys, proba, strict=True):
-            w.writerow([key, names[int(p.argmax())], *[f"{x:.6f}" for x in p]])
+        w.writerow(header)
+        for i, key in enumerate(keys):
+            row = [key]
+            for clf, proba in zip(clfs, probas, strict=True):
+                row += [clf.label_names[int(proba[i].argmax())], *[f"{x:.6f}" for x in proba[i]]]
+            w.writerow(row)
+
+
+def _run_names(runs) -> list:
+    """[None] for one run (today's columns); else each run's folder name, distinct."""
+    from spin_jax.errors import SpinError
+
+    if len(runs) == 1:
+        return [None]
+    names = [Path(r).name for r in runs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SpinError(
+            f"several runs are named {', '.join(map(repr, twice))}: predict names each run's "
+            "columns by its folder; pass runs in folders of distinct names."
+        )
+    return names
 
 
 @contextlib.contextmanager
@@ -361,7 +385,7 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict labels for new texts")
-    p.add_argument("run")
+    p.add_argument("runs", nargs="+", metavar="run", help="one run, or several of one model")
     p.add_argument("--data", required=True, help="data file/hf:NAME, or a feature store")
     p.add_argument("--model", default=None)
     p.add_argument("--out", default=None, help="CSV path (default: stdout)")
