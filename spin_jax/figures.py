@@ -3,7 +3,8 @@ redraws them): each function takes the report and returns an SVG document, or No
 report lacks what the figure needs (an older report, or a fit without a test split).
 
   layers            the paper's Figure 2: probe score per layer, representation and pooling,
-                    on validation and test, with SPIN's curve over k and the chosen k
+                    on validation and test (and the SLP probes' when recorded), with SPIN's
+                    curve over k and the chosen k
   what_which_where  Figure 3: score against neurons used for every validated candidate, by
                     pooling (marker), eta (size) and depth k (colour)
   eta               score and neurons used against eta, for the chosen representation/pooling
@@ -84,6 +85,9 @@ def layers(report: dict) -> str | None:
             ax.plot(x, scores["valid"], "-o", ms=3, color=colour, label=f"{pooling}, valid")
             if scores.get("test") is not None:
                 ax.plot(x, scores["test"], "--", color=colour, alpha=0.7, label=f"{pooling}, test")
+            slp = (report.get("per_layer_slp") or {}).get(key)
+            if slp:  # the learner's single-layer probes without L1, when it records them
+                ax.plot(x, slp["valid"], ":", color=colour, label=f"{pooling}, SLP valid")
         if per_k:
             k = range(1, len(per_k) + 1)
             ax.plot(k, per_k, "-", color="black", lw=2, label="SPIN on layers 1..k, valid")

@@ -184,6 +184,10 @@ def _choice(report: dict) -> str:
         items.append(("selection rule", _rule(rule), None))
     if recipe.get("name"):
         items.append(("recipe", recipe["name"], None))
+    for key, value in recipe.items():
+        if key not in ("name", "lam", "selection"):
+            path = f"recipe.{key}" if _is_number(value) else None
+            items.append((key.replace("_", " "), value if path else _plain(value), path))
     rows = [
         f"<td>{esc(k)}</td>"
         + (cell(v, path, text=f"{v:g}", align="") if _is_number(v) else f"<td>{esc(v)}</td>")

@@ -200,6 +200,20 @@ def test_report_json_holds_what_the_figures_need(report):
     assert set(report["times"]) >= {"extraction_s", "probes_s", "integration_s"}
 
 
+def test_inference_is_timed_at_each_early_exit_depth(run):
+    from spin_jax.run_record import inference_times
+
+    clf = SpinClassifier.load(run)
+    clf.report["early_exit"] = [
+        {"fraction": f, "num_layers": n, "k": n, "n_neurons": 5, "valid": 0.9, "test": 0.8}
+        for f, n in ((0.4, 1), (1.0, 3))
+    ]
+    times = inference_times(clf, ["a great film", "an awful plot", "the actor"], n_texts=2)
+    assert times["n_texts"] == 2 and set(times["by_layers"]) == {"1", "3"}
+    assert all(t > 0 for t in times["by_layers"].values())
+    assert times["baseline"]["num_layers"] == 3
+
+
 def test_the_report_shows_report_json_numbers(run, report):
     paths = {p for p, _, _ in check_numbers(run / "report.html", report)}
     want = {
@@ -243,7 +257,16 @@ def with_learner_keys(report: dict) -> dict:
         )
     ]
     c = r["chosen"]
-    r["recipe"] = {"name": "default", "lam": 0.01, "selection": "1se"}
+    r["recipe"] = {
+        "name": "paper",
+        "lam": 0.01,
+        "selection": "1se",
+        "lam_grid": [0.1, 0.01],
+        "paper_argmax_valid": 0.95,
+    }
+    r["per_layer_slp"] = {
+        key: {"valid": v["valid"], "test": None} for key, v in r["per_layer_probes"].items()
+    }
     r["early_exit"] = [
         {
             "fraction": f,
@@ -268,6 +291,7 @@ def test_every_section_draws_and_shows_its_numbers(run, report, tmp_path):
     page.write_text(report_html.render(full, meta, svgs), encoding="utf-8")
     paths = {p for p, _, _ in check_numbers(page, full)}
     assert {"early_exit.0.test", "early_exit.4.num_layers", "recipe.lam"} <= paths
+    assert "recipe.paper_argmax_valid" in paths
     assert "inference.by_layers.1" in paths
     no_urls(page)
 
