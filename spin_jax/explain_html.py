@@ -233,7 +233,8 @@ def render_page(record: dict, model: str, index: str | None = None) -> str:
 <section class="controls">
   <label>shares of the logit of <select id="cls">{options}</select></label>
   <label>from layers 1..<output id="depth-out">{k}</output> of {k}
-    <input id="depth" type="range" min="1" max="{k}" value="{k}" step="1"></label>
+    <input id="depth" type="range" min="1" max="{k}" value="{k}" step="1"{" disabled" * (k == 1)}>
+  </label>
   <label><input id="hide-special" type="checkbox"> hide special tokens</label>
 </section>
 <div class="legend"><span id="lo">-</span><span class="ramp" id="ramp"></span>

@@ -342,90 +342,70 @@ def _ratio(t, base) -> str:
 
 
 def _efficiency(report: dict) -> str:
-    eff = report.get("efficiency")
-    out = []
-    if eff:
-        f, size, ft = eff["flops"], eff["model"], eff["flops"]["fine_tuning"]
-        params = table(
-            ["", "trainable parameters"],
-            [
-                _big_row(
-                    report,
-                    f"fine-tuning {size['source']} (every weight and a head)",
-                    "efficiency.parameters.fine_tuning",
-                ),
-                _big_row(
-                    report,
-                    "SPIN's classifier (its kept neurons × outputs)",
-                    "efficiency.parameters.spin_head",
-                ),
-                _big_row(
-                    report,
-                    "SPIN's per-layer probes (fitted, then discarded)",
-                    "efficiency.parameters.spin_probes",
-                ),
-            ],
-        )
-        flops = table(
-            ["stage", "FLOPs (estimate)"],
-            [
-                _big_row(
-                    report,
-                    "SPIN: extraction (one forward over train + valid, 2N per token)",
-                    "efficiency.flops.spin.extraction",
-                ),
-                _big_row(
-                    report,
-                    "SPIN: per-layer probes (at most max_iter iterations)",
-                    "efficiency.flops.spin.probes",
-                ),
-                _big_row(
-                    report,
-                    "SPIN: integration over k, eta, lam (at most max_iter)",
-                    "efficiency.flops.spin.integration",
-                ),
-                '<tr class="spin">'
-                + _big_row(report, "SPIN: total", "efficiency.flops.spin.total")
-                + "</tr>",
-                _big_row(
-                    report,
-                    f"fine-tuning, {ft['epochs']} epochs (6N per token)",
-                    "efficiency.flops.fine_tuning.total",
-                ),
-            ],
-        )
-        out.append(
-            '<div class="grid2"><div><h3>Parameters (Table 5)</h3>'
-            + params
-            + f'<p class="note">{esc(size["source"])}: {big(size["parameters"])} parameters, '
-            f"{size['layers']} layers, width {size['hidden']}, FFN {size['ffn']}.</p>"
-            + "</div><div><h3>Training FLOPs (Table 6)</h3>"
-            + flops
-            + '<p class="note">N is the model\'s parameter count; a solver iteration on n rows, '
-            "d features and K outputs costs 4·n·d·K. Tokens: "
-            + esc(", ".join(f"{k} {big(v)}" for k, v in f["tokens"].items() if v is not None))
-            + ".</p></div></div>"
-        )
-    times = report.get("times") or {}
-    if times:
-        names = {
-            "extraction_s": "extraction (forward passes)",
-            "probes_s": "per-layer probes",
-            "integration_s": "integration and choice",
-        }
-        rows = [
-            f"<td>{esc(names.get(k, k))}</td>" + cell(v, f"times.{k}", text=f"{v:.2f}")
-            for k, v in times.items()
-        ]
-        rows.append(
-            '<tr class="spin"><td>total</td>'
-            + cell(sum(times.values()), text=f"{sum(times.values()):.2f}")
-            + "</tr>"
-        )
-        out.append("<h3>Measured stage times</h3>" + table(["stage", "seconds"], rows))
-    if not out:
+    out = [_costs(report) if report.get("efficiency") else "", _stage_times(report)]
+    if not any(out):
         return '<p class="note">This report holds no efficiency data.</p>'
     return "".join(out)
+
+
+PARAMETER_ROWS = (
+    ("fine-tuning {source} (every weight and a head)", "parameters.fine_tuning"),
+    ("SPIN's classifier (its kept neurons × outputs)", "parameters.spin_head"),
+    ("SPIN's per-layer probes (fitted, then discarded)", "parameters.spin_probes"),
+)
+FLOP_ROWS = (
+    ("SPIN: extraction (one forward over train + valid, 2N per token)", "flops.spin.extraction"),
+    ("SPIN: per-layer probes (at most max_iter iterations)", "flops.spin.probes"),
+    ("SPIN: integration over k, eta, lam (at most max_iter)", "flops.spin.integration"),
+    ("SPIN: total", "flops.spin.total"),
+    ("fine-tuning, {epochs} epochs (6N per token)", "flops.fine_tuning.total"),
+)
+
+
+def _costs(report: dict) -> str:
+    """Tables 5 and 6: trainable parameters and estimated training FLOPs."""
+    eff = report["efficiency"]
+    size, tokens = eff["model"], eff["flops"]["tokens"]
+    names = {"source": size["source"], "epochs": eff["flops"]["fine_tuning"]["epochs"]}
+
+    def rows(spec):
+        return [
+            ('<tr class="spin">' if path.endswith("spin.total") else "<tr>")
+            + _big_row(report, label.format(**names), f"efficiency.{path}")
+            + "</tr>"
+            for label, path in spec
+        ]
+
+    return (
+        '<div class="grid2"><div><h3>Parameters (Table 5)</h3>'
+        + table(["", "trainable parameters"], rows(PARAMETER_ROWS))
+        + f'<p class="note">{esc(size["source"])}: {big(size["parameters"])} parameters, '
+        f"{size['layers']} layers, width {size['hidden']}, FFN {size['ffn']}.</p>"
+        + "</div><div><h3>Training FLOPs (Table 6)</h3>"
+        + table(["stage", "FLOPs (estimate)"], rows(FLOP_ROWS))
+        + '<p class="note">N is the model\'s parameter count; a solver iteration on n rows, '
+        "d features and K outputs costs 4·n·d·K. Tokens: "
+        + esc(", ".join(f"{k} {big(v)}" for k, v in tokens.items() if v is not None))
+        + ".</p></div></div>"
+    )
+
+
+def _stage_times(report: dict) -> str:
+    times = report.get("times") or {}
+    if not times:
+        return ""
+    names = {
+        "extraction_s": "extraction (forward passes)",
+        "probes_s": "per-layer probes",
+        "integration_s": "integration and choice",
+    }
+    rows = [
+        f"<td>{esc(names.get(k, k))}</td>" + cell(v, f"times.{k}", text=f"{v:.2f}")
+        for k, v in times.items()
+    ]
+    total = sum(times.values())
+    rows.append(f'<tr class="spin"><td>total</td>{cell(total, text=f"{total:.2f}")}</tr>')
+    return "<h3>Measured stage times</h3>" + table(["stage", "seconds"], rows)
 
 
 def _big_row(report: dict, label: str, path: str) -> str:
