@@ -219,17 +219,15 @@ def jax_contender(model, bare: bool, host_copy: str = "put"):
     def dispatch(b: Batch):
         if bare:
             return (bare_forward(model.config, model.params, put(b.ids), put(b.mask)),)
-        out = pooled(
-            model.config,
-            model.config.num_layers,
-            POOL_IDX,
-            OUT_DTYPE,
-            (),
+        return pooled(
             model.params,
             put(b.ids),
             put(b.mask),
+            config=model.config,
+            k=model.config.num_layers,
+            poolings=POOL_IDX,
+            out_dtype=OUT_DTYPE,
         )
-        return out
 
     return dispatch, lambda handle: [np.asarray(x) for x in handle]
 

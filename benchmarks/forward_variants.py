@@ -41,12 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.profile_kernels import kernel_times
-from benchmarks.profile_pooling import CONFIGS, rand_params
+from benchmarks.profile_pooling import CONFIGS, rand_params, static_args
 from benchmarks.xla_flags import time_ms
-from spin_jax import extraction
-from spin_jax.extraction import _pooled_fn, compiler_options
+from spin_jax import models
 from spin_jax.models import _forward, config_from_hf, gpt2, pooling
 from spin_jax.models import layers as L
+from spin_jax.programs import STATIC, _pooled_fn, compiler_options
 
 SHAPES = ((42, 384), (32, 512))
 OPTION_VARIANTS = {  # variant name -> the XLA option it sets
@@ -145,9 +145,9 @@ def unrolled_scan(unroll):
 
 @contextlib.contextmanager
 def patched(variant: set[str]):
-    saved = gpt2.block, L.scan_layers, extraction._forward, pooling.mean_max
+    saved = gpt2.block, L.scan_layers, models._forward, pooling.mean_max
     # The unjitted forward: the jitted one would reuse its trace of the unpatched model.
-    extraction._forward = _forward.__wrapped__
+    models._forward = _forward.__wrapped__
     if "fused_qkv" in variant:
         gpt2.block = fused_qkv_block
     if "stream" in variant:
@@ -160,7 +160,7 @@ def patched(variant: set[str]):
     try:
         yield
     finally:
-        gpt2.block, L.scan_layers, extraction._forward, pooling.mean_max = saved
+        gpt2.block, L.scan_layers, models._forward, pooling.mean_max = saved
 
 
 def profile(fn, top: int, calls: int = 3):
@@ -210,21 +210,21 @@ def main():
 
 def run_variant(args, name, variant, options, c, weights, batches, ref):
     """Times one variant, prints its row; returns the reference FFN output."""
-    static = (c, c.num_layers, (0, 1, 2), jnp.dtype(jnp.bfloat16), ())
+    static = static_args(c)
     with patched(variant):
         # A new function per variant: jit's trace cache is keyed on the function.
         fn = jax.jit(
-            lambda *a: _pooled_fn(*a),  # noqa: PLW0108
-            static_argnums=(0, 1, 2, 3, 4),
+            lambda *a, **kw: _pooled_fn(*a, **kw),
+            static_argnames=STATIC,
             compiler_options=options,
         )
-        run = functools.partial(fn, *static)
+        run = functools.partial(fn, **static)
         t = time.perf_counter()
         out = jax.block_until_ready(run(weights, *batches[0]))
         compile_s = time.perf_counter() - t
         ms = [time_ms(functools.partial(run, weights, *b), args.n) for b in batches]
         if args.hlo:
-            hlo = fn.lower(*static, weights, *batches[0]).compile().as_text()
+            hlo = fn.lower(weights, *batches[0], **static).compile().as_text()
             Path(args.hlo, f"{name}.hlo.txt").write_text(hlo)
         if args.profile:
             profile(functools.partial(run, weights, *batches[0]), args.profile)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.profile_pooling import CONFIGS, rand_params
+from benchmarks.profile_pooling import CONFIGS, rand_params, static_args
 from spin_jax.extraction import pooled_program
 from spin_jax.models import config_from_hf
 
@@ -140,9 +140,7 @@ def main():
     B, T = (int(x) for x in args.shape.split(","))
     ids = jnp.asarray(rng.integers(0, 1000, (B, T)), jnp.int32)
     mask = jnp.asarray(np.arange(T)[None] < rng.integers(T // 2, T + 1, (B, 1)), jnp.int32)
-    fn = functools.partial(
-        pooled_program(), c, c.num_layers, (0, 1, 2), jnp.dtype(jnp.bfloat16), (), params
-    )
+    fn = functools.partial(pooled_program(), params, **static_args(c))
     jax.block_until_ready(fn(ids, mask))
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d, create_perfetto_trace=True):

@@ -128,8 +128,12 @@ def host_copy(program):
 def pinned_rows(c, p, ids, mask):
     """The extraction program with its outputs placed in pinned host memory by the program."""
     fn = pooled_program(host_sharding(None))
-    args = (c, c.num_layers, (0, 1, 2), jnp.dtype(jnp.bfloat16), (), p, ids, mask)
-    return functools.partial(fn, *args)
+    return functools.partial(fn, p, ids, mask, **static_args(c))
+
+
+def static_args(c) -> dict:
+    """The extraction program's static arguments: every layer and pooling, in bf16."""
+    return dict(config=c, k=c.num_layers, poolings=(0, 1, 2), out_dtype=jnp.dtype(jnp.bfloat16))
 
 
 def main():
@@ -147,9 +151,7 @@ def main():
         print(f"== {name}", flush=True)
         for w in os.environ.get("VARIANTS", "token,all,lean,hidden_only").split(","):
             timeit(f"reduce={w}", functools.partial(variant, c, w, p, ids, mask))
-        rows = functools.partial(
-            _pooled_rows, c, c.num_layers, (0, 1, 2), jnp.dtype(jnp.bfloat16), (), p, ids, mask
-        )
+        rows = functools.partial(_pooled_rows, p, ids, mask, **static_args(c))
         timeit("_pooled_rows", rows)
         timeit("_pooled_rows + host copy", functools.partial(host_copy, rows))
         if os.environ.get("PINNED", "1") == "1":

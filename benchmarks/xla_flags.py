@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.profile_pooling import CONFIGS, rand_params
-from spin_jax.extraction import _pooled_fn
+from benchmarks.profile_pooling import CONFIGS, rand_params, static_args
 from spin_jax.models import config_from_hf
+from spin_jax.programs import STATIC, _pooled_fn
 
 BASE = {"xla_gpu_enable_triton_gemm": False}
 VARIANTS = {
@@ -55,10 +55,10 @@ def bench(name: str, n: int) -> dict[str, float]:
     totals = {}
     print(f"== {name}: ms per batch at {SHAPES}", flush=True)
     for label, options in VARIANTS.items():
-        fn = jax.jit(_pooled_fn, static_argnums=(0, 1, 2, 3, 4), compiler_options=options)
-        args = (c, c.num_layers, (0, 1, 2), jnp.dtype(jnp.bfloat16), ())
+        fn = jax.jit(_pooled_fn, static_argnames=STATIC, compiler_options=options)
+        static = static_args(c)
         try:
-            ms = [time_ms(functools.partial(fn, *args, p, *b), n) for b in batches]
+            ms = [time_ms(functools.partial(fn, p, *b, **static), n) for b in batches]
         except Exception as e:  # noqa: BLE001 - an option this XLA lacks: report, go on
             print(f"  {label:32s} failed: {type(e).__name__}: {e}"[:300], flush=True)
             continue

@@ -1,7 +1,12 @@
 """spin_jax: SPIN (Sparsify-then-Classify) text classifiers from frozen transformers."""
 
 from spin_jax._version import __version__  # noqa: F401
-from spin_jax.classifier import ArtifactError, SpinClassifier  # noqa: E402
+from spin_jax.classifier import (  # noqa: E402
+    ArtifactError,
+    SpinClassifier,
+    predict_many,
+    predict_proba_many,
+)
 from spin_jax.data import DataError, TextDataset, load_texts  # noqa: E402
 from spin_jax.errors import NotFittedError, SpinJaxError  # noqa: E402
 from spin_jax.extraction import DeviceFeatures, MemoryFeatures, extract  # noqa: E402
@@ -51,5 +56,7 @@ __all__ = [
     "load_texts",
     "neurons_of",
     "pad_batch",
+    "predict_many",
+    "predict_proba_many",
     "save_model",
 ]

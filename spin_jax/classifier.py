@@ -8,7 +8,6 @@ full one, or a selective one holding the classifier's columns (`extract_kept`, `
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -17,25 +16,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax import artifact
+from spin_jax import artifact, inference
 from spin_jax.artifact import WEIGHTS_FILE, meta_sha256  # noqa: F401 - re-exported
 from spin_jax.cache import enable_compilation_cache
-from spin_jax.columns import reciprocal, standardize_columns, take
+from spin_jax.columns import standardize_columns
 from spin_jax.data import TextDataset, check_classes, check_texts, stratified_split, subset
 from spin_jax.errors import ArtifactError, DataError, NotFittedError, SpinError  # noqa: F401
-from spin_jax.explain import split_logits
-from spin_jax.extraction import (
-    TOKEN_BUDGET,
-    compiler_options,
-    extract,
-    plan_batches,
-    warn_truncated,
-)
+from spin_jax.extraction import TOKEN_BUDGET, extract, warn_truncated
 from spin_jax.finetuned import head_baseline, head_label_order  # noqa: F401
 from spin_jax.head import SpinHead
+from spin_jax.inference import (  # noqa: F401 - re-exported: tests read the programs
+    _head_logits,
+    _kept_pooled,
+    _token_shares,
+    selection,
+    selection_order,
+)
 from spin_jax.learner import fit_spin
 from spin_jax.model import Model, load_model
-from spin_jax.models import _forward
 from spin_jax.options import recipe_options, score
 from spin_jax.selection import (
     is_selective,
@@ -47,64 +45,6 @@ from spin_jax.sources import align_labels, check_features, check_source, is_sour
 from spin_jax.text import encode, max_length_of, pad_batch
 
 log = logging.getLogger("spin_jax")
-
-
-# ---- the device program of inference -----------------------------------------------------
-
-
-@functools.cache
-def _program(fn):
-    """`fn(config, k, params, sel, ids, mask)` jitted, with the extraction program's XLA
-    options (the forward is the same; extraction.compiler_options says why)."""
-    return jax.jit(fn, static_argnums=(0, 1), compiler_options=compiler_options())
-
-
-def _head_logits(config, k, params, sel, ids, mask):
-    """Runs k blocks, reads only the kept neurons, applies the head: logits [B, K]."""
-    return _head_apply(_kept_features(config, k, params, sel, ids, mask, pooled=True), sel)
-
-
-def _kept_features(config, k, params, sel, ids, mask, *, pooled):
-    """Kept neurons [B, M] (pooled) or [B, T, M] (per token), standardised."""
-    f = _forward(config, k, pooled, True, (), params, ids, mask)
-    # Per token, every pooling of a neuron is the token's value: [B, T, M]; pooled [B, M].
-    x = take(f.hidden, f.ffn, sel, by_pool=pooled).astype(jnp.float32)
-    return (x - sel["mean"]) * sel["inv_std"]  # as columns.standardize_columns
-
-
-def _kept_pooled(config, k, params, sel, ids, mask):
-    return _kept_features(config, k, params, sel, ids, mask, pooled=True)
-
-
-def _head_apply(x, sel):
-    return jnp.einsum("...M,MK->...K", x, sel["weights"]) + sel["intercept"]
-
-
-_head_apply_jit = jax.jit(_head_apply)
-
-
-def _token_shares(config, k, params, sel, ids, mask):
-    """[B, T, K] each token's share of the head's logits (spin_jax/explain.py)."""
-    x = _kept_features(config, k, params, sel, ids, mask, pooled=False)
-    return split_logits(config, k, sel, x, mask)
-
-
-def selection_order(head: SpinHead) -> np.ndarray:
-    """Head columns in device order: hidden neurons first, then FFN neurons."""
-    return head.columns().device_order()
-
-
-def selection(head: SpinHead) -> dict[str, jax.Array]:
-    """Device arrays that index the kept neurons (Columns.device_index), and the head's
-    statistics and weights in that column order."""
-    order = selection_order(head)
-    return {
-        **head.columns().device_index(),
-        "mean": jnp.asarray(head.mean[order]),
-        "inv_std": jnp.asarray(reciprocal(head.std[order])),
-        "weights": jnp.asarray(head.weights[order], jnp.float32),
-        "intercept": jnp.asarray(head.intercept, jnp.float32),
-    }
 
 
 class Explanation(NamedTuple):
@@ -268,8 +208,11 @@ class SpinClassifier:
         if is_source(X):
             order = selection_order(self.head)  # the device program's column order
             x = jnp.asarray(self._source_features(X)[:, order])
-            return np.asarray(_head_apply_jit(x, selection(self.head)))
-        return self._run(_head_logits, X, self.head.weights.shape[1])
+            return np.asarray(inference.head_apply(x, selection(self.head)))
+        (logits,) = inference.heads_logits(
+            self.model, [self.head], self._texts(X), **self._batching
+        )
+        return logits
 
     def features(self, X) -> np.ndarray:
         """The kept neurons [N, M], standardised, in the head's column order.
@@ -281,7 +224,7 @@ class SpinClassifier:
         self._check_fitted()
         if is_source(X):
             return np.asarray(self._source_features(X))
-        x = self._run(_kept_pooled, X, len(self.head.rep))
+        x = inference.kept_features(self.model, self.head, self._texts(X), **self._batching)
         return x[:, np.argsort(selection_order(self.head), kind="stable")]
 
     def _source_features(self, src):
@@ -337,36 +280,21 @@ class SpinClassifier:
         neurons, poolings = neurons_of(self.head), poolings_of(self.head)
         return extract(self.model, data, out, neurons=neurons, poolings=poolings, **options)
 
-    def _run(self, program, texts, width: int) -> np.ndarray:
-        """program(config, k, params, sel, ids, mask) -> [B, width] over length buckets."""
-        self._check_fitted()
-        program = _program(program)
-        texts = self._texts(texts)
-        out = np.empty((len(texts), width), np.float32)
-        if not texts:
-            return out
-        ids, truncated = encode(self.model.tokenizer, texts, self.max_length)
-        warn_truncated(truncated, len(texts), self.max_length)
-        sel, k = selection(self.head), self.head.num_layers
-        pad = int(getattr(self.model.tokenizer, "pad_token_id", None) or 0)
-        lengths = np.array([len(i) for i in ids])
-        pending = []  # dispatch every batch first: the device runs ahead of the host
-        for rows, blen, size in plan_batches(lengths, self.max_length, self.token_budget):
-            batch = [ids[r] for r in rows] + [np.array([pad], np.int32)] * (size - len(rows))
-            b_ids, b_mask = pad_batch(batch, blen, pad)
-            pending.append(
-                (rows, program(self.model.config, k, self.model.params, sel, b_ids, b_mask))
-            )
-        for rows, result in pending:
-            out[rows] = np.asarray(result)[: len(rows)]
-        return out
+    @property
+    def _batching(self) -> dict:
+        """How inference runs texts: their max_length and the batches' token budget."""
+        return {"max_length": self.max_length, "token_budget": self.token_budget}
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities [N, K] of texts or of a feature source."""
         return _proba(self.decision_function(X))
 
     def predict(self, X) -> list:
-        idx = np.argmax(self.predict_proba(X), axis=-1)
+        return self._predicted(self.predict_proba(X))
+
+    def _predicted(self, proba: np.ndarray) -> list:
+        """The labels of the most probable classes (class ids without label names)."""
+        idx = np.argmax(proba, axis=-1)
         return [self.label_names[i] for i in idx] if self.label_names else idx.tolist()
 
     def score(self, X, labels=None, metric: str = "accuracy") -> float:
@@ -401,15 +329,8 @@ class SpinClassifier:
         ids, truncated = encode(self.model.tokenizer, [text], self.max_length)
         warn_truncated(truncated, 1, self.max_length)
         b_ids, b_mask = pad_batch(ids, len(ids[0]))
-        shares = _program(_token_shares)(
-            self.model.config,
-            self.head.num_layers,
-            self.model.params,
-            selection(self.head),
-            b_ids,
-            b_mask,
-        )
-        shares, bias = _centred(np.asarray(shares)[0]), _centred(self.head.intercept)
+        shares = inference.token_shares(self.model, self.head, b_ids, b_mask)
+        shares, bias = _centred(shares[0]), _centred(self.head.intercept)
         z = bias + shares.sum(0)
         proba = np.exp(z - z.max())
         return Explanation(
@@ -458,3 +379,106 @@ class SpinClassifier:
         return clf
 
 
+# ---- several classifiers, one forward ----------------------------------------------------
+
+MODEL_IDENTITY = ("config_hash", "params_fingerprint")  # as artifact.check_model compares
+
+
+def decision_function_many(classifiers, X) -> list[np.ndarray]:
+    """Each classifier's logits [N, K] of X, one array per classifier.
+
+    From texts, the model's forward runs once per batch, to the deepest layer any of the
+    classifiers needs, and each head reads its own kept neurons from it; from a feature
+    source, each classifier reads its own columns. The classifiers must be fitted on one
+    model (its config and weights) and read texts to the same max_length.
+    """
+    classifiers = list(classifiers)
+    _check_classifiers(classifiers)
+    if is_source(X):
+        return [clf.decision_function(X) for clf in classifiers]
+    allow_empty = all(clf.allow_empty for clf in classifiers)
+    texts = [str(t) for t in check_texts(X, "the given texts", allow_empty=allow_empty)]
+    first = classifiers[0]
+    return inference.heads_logits(
+        first.model,
+        [clf.head for clf in classifiers],
+        texts,
+        max_length=first.max_length,
+        token_budget=min(clf.token_budget for clf in classifiers),
+    )
+
+
+def predict_proba_many(classifiers, X) -> list[np.ndarray]:
+    """Each classifier's class probabilities [N, K] of X, from one forward over texts."""
+    return [_proba(z) for z in decision_function_many(classifiers, X)]
+
+
+def predict_many(classifiers, X) -> list[list]:
+    """Each classifier's predicted labels for X (as SpinClassifier.predict), one list per
+    classifier, from one forward over texts (decision_function_many)."""
+    classifiers = list(classifiers)
+    probas = predict_proba_many(classifiers, X)
+    return [clf._predicted(p) for clf, p in zip(classifiers, probas, strict=True)]
+
+
+def load_many(paths, model: str | Model | None = None, *, allow_empty: bool = False):
+    """Classifiers saved from one model, loaded onto one copy of it (`model`, by default
+    the one the first recorded at fit time); refused before any model loads when they were
+    fitted on different models (their classifier.json says)."""
+    paths = [Path(p) for p in paths]
+    metas = [artifact.read_meta(p) for p in paths]
+    _check_one_forward(
+        [
+            (p.name, {**m["model"], "max_length": m["tokenizer"]["max_length"]})
+            for p, m in zip(paths, metas, strict=True)
+        ]
+    )
+    first = SpinClassifier.load(paths[0], model, allow_empty=allow_empty)
+    rest = [SpinClassifier.load(p, first.model, allow_empty=allow_empty) for p in paths[1:]]
+    return [first, *rest]
+
+
+def _check_classifiers(classifiers: list[SpinClassifier]) -> None:
+    """_check_one_forward of fitted classifiers. One Model object is one model without
+    hashing its weights (params_fingerprint reads every weight onto the host): only models
+    held as distinct objects are compared by config_hash and params_fingerprint."""
+    if not classifiers:
+        raise SpinError("no classifiers given; pass at least one fitted classifier.")
+    for clf in classifiers:
+        clf._check_fitted()
+    models = list({id(clf.model): clf.model for clf in classifiers}.values())
+    identity = {id(m): {"source": m.source} for m in models}
+    if len(models) > 1:
+        for m in models:
+            identity[id(m)].update(config_hash=m.config_hash, params_fingerprint=m.fingerprint)
+    _check_one_forward(
+        [
+            (f"classifier {i + 1}", {**identity[id(clf.model)], "max_length": clf.max_length})
+            for i, clf in enumerate(classifiers)
+        ]
+    )
+
+
+def _check_one_forward(named: list[tuple[str, dict]]) -> None:
+    """Refuses classifiers that cannot share one forward: `named` holds (name, identity),
+    the identity being the model's source, config_hash and params_fingerprint (as a saved
+    classifier records them) and the max_length its texts are read to."""
+    if not named:
+        raise SpinError("no classifiers given; pass at least one saved classifier.")
+    name0, first = named[0]
+    for name, other in named[1:]:
+        changed = [k for k in MODEL_IDENTITY if other.get(k) != first.get(k)]
+        if changed:
+            key = changed[0]
+            raise SpinError(
+                f"{name} was fitted on model {other.get('source')!r} ({key} {other.get(key)}), "
+                f"{name0} on {first.get('source')!r} ({key} {first.get(key)}): one forward "
+                "cannot serve both. Predict with each separately, or pass classifiers fitted "
+                "on the same model."
+            )
+        if other["max_length"] != first["max_length"]:
+            raise SpinError(
+                f"{name} reads texts to max_length {other['max_length']}, {name0} to "
+                f"{first['max_length']}: one forward reads one tokenisation. Predict with "
+                "each separately, or fit them with the same max_length."
+            )

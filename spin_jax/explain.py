@@ -30,9 +30,27 @@ TOKEN, MEAN, MAX = (POOLINGS.index(p) for p in ("token", "mean", "max"))
 def split_logits(config, k, sel, x, mask):
     """[B, T, K]: each input position's share of the head's logits (0 at padding).
 
-    x [B, T, M] are the kept neurons per token, standardised (classifier._kept_features);
-    `sel` is classifier.selection(head): the kept columns, hidden first, then FFN.
+    x [B, T, M] are the kept neurons per token, standardised (inference._kept);
+    `sel` is inference.selection(head): the kept columns, hidden first, then FFN.
     """
+    return jnp.einsum("btm,mk->btk", column_shares(config, k, sel, x, mask), sel["weights"])
+
+
+def split_logits_by_layer(config, k, sel, x, mask):
+    """[B, T, k, K]: split_logits further split by the block layer (1..k) of each column,
+    so that summing layers 1..j gives the share of the columns read from the first j blocks
+    (a hidden layer-0 column, the embeddings, counts with layer 1)."""
+    block = jnp.concatenate(  # sel holds store indices: back to block layers
+        [sel["h_layer"] - store_layer("hidden", 0), sel["f_layer"] - store_layer("ffn", 0)]
+    )
+    onehot = (jnp.maximum(block, 1)[:, None] == jnp.arange(1, k + 1)).astype(jnp.float32)
+    share = column_shares(config, k, sel, x, mask)
+    return jnp.einsum("btm,mk,mj->btjk", share, sel["weights"], onehot)
+
+
+def column_shares(config, k, sel, x, mask):
+    """[B, T, M]: each input position's share of each kept column's value (its standardised
+    value, credited as the module docstring says); 0 at padding."""
     pool = jnp.concatenate([sel["h_pool"], sel["f_pool"]])
     m = mask.astype(bool)
     share = _shares(x, pool, m, single_token_index(config, m))
@@ -48,7 +66,7 @@ def split_logits(config, k, sel, x, mask):
             ]
         )
         share = jnp.where(from_decoder, on_decoder, share)
-    return jnp.einsum("btm,mk->btk", share, sel["weights"])
+    return share
 
 
 def _shares(centred, pool, mask, token_index):

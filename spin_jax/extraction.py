@@ -1,9 +1,10 @@
 """Feature extraction at scale: tokenize, bucket by length, run, pool, store.
 
 Rows are processed in chunks of the original order (so a finished chunk is final and a
-crash loses at most the chunk in flight); inside a chunk rows are sorted by token length
-and cut into batches of a few static shapes under a token budget, so XLA compiles once per
-bucket and padding stays small. Results are put back in the original order.
+crash loses at most the chunk in flight); inside a chunk the batch runner (runner.py) sorts
+rows by token length and cuts them into batches of a few static shapes under a token budget,
+so XLA compiles once per bucket and padding stays small. Results are put back in the
+original order.
 
 Without a store, the features stay in memory: in host memory (MemoryFeatures, numpy) or,
 with placement "device", on the accelerator (DeviceFeatures, jax Arrays), each batch's
@@ -20,8 +21,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import time
-from collections import deque
 from collections.abc import Sequence
 
 import jax
@@ -52,37 +51,14 @@ from spin_jax.programs import (  # noqa: F401 - re-exported: benchmarks and test
     pooled_dispatcher,
     pooled_program,
 )
+from spin_jax.runner import BatchRunner, Summary  # noqa: F401 - Summary: re-exported
 from spin_jax.selection import COLUMNS, NeuronSelection, parse_neurons
 from spin_jax.store import DTYPES as STORE_DTYPES
-from spin_jax.store import FeatureStore, StoreError
-from spin_jax.text import encode_rows, max_length_of, pad_batch
+from spin_jax.store import FeatureStore
+from spin_jax.text import encode_rows, max_length_of
 
 log = logging.getLogger("spin_jax")
 REPRESENTATIONS = ("hidden", "ffn")
-
-
-@dataclasses.dataclass
-class Summary:
-    rows: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-    truncated: int = 0
-    seconds: float = 0.0
-    chunks_done: int = 0
-    chunks_skipped: int = 0
-
-    @property
-    def padding_fraction(self) -> float:
-        return 1 - self.tokens / max(self.padded_tokens, 1)
-
-    def __str__(self) -> str:
-        rate = self.tokens / max(self.seconds, 1e-9)
-        return (
-            f"{self.rows} rows, {self.tokens} tokens ({self.padding_fraction:.1%} padding), "
-            f"{self.truncated} truncated, {self.seconds:.1f}s, {rate:,.0f} tokens/s, "
-            f"{self.rows / max(self.seconds, 1e-9):,.1f} rows/s; chunks written "
-            f"{self.chunks_done}, already done {self.chunks_skipped}"
-        )
 
 
 # ---- where features in memory are kept ---------------------------------------------------
@@ -103,19 +79,6 @@ def placement_of(placement: str, specs, n_rows: int) -> str:
     mesh = default_mesh()
     share = total / mesh.size if mesh is not None and n_rows % mesh.size == 0 else total
     return "device" if free is not None and share < free / 4 else "host"
-
-
-@functools.cache
-def _scatter_program(sharding):
-    """scatter(buf, rows, x): buf with buf[rows[i]] = x[i], in place (buf is donated).
-
-    Rows out of range (a batch's filler rows) are dropped; the result stays in `sharding`.
-    """
-
-    def scatter(buf, rows, x):
-        return buf.at[rows].set(x, mode="drop")
-
-    return jax.jit(scatter, donate_argnums=0, out_shardings=sharding)
 
 
 # ---- the run -----------------------------------------------------------------------------
@@ -140,9 +103,7 @@ class ExtractOptions:
             raise InputError(f"placement={self.placement!r}: choose one of {PLACEMENTS}.")
         unknown = sorted(set(self.poolings) - set(POOLINGS))
         if isinstance(self.poolings, str) or unknown or not self.poolings:
-            raise DataError(
-                f"poolings {self.poolings!r}: pass a tuple of some of {POOLINGS}."
-            )
+            raise DataError(f"poolings {self.poolings!r}: pass a tuple of some of {POOLINGS}.")
         if self.dtype not in STORE_DTYPES:
             raise DataError(f"dtype {self.dtype!r}: choose one of {sorted(STORE_DTYPES)}.")
         for name in ("token_budget", "max_length", "chunk_rows", "chunk_bytes"):
@@ -303,103 +264,40 @@ def _write_summary(store, summary: Summary) -> None:
     write_json_atomic(store.path / "summary.json", record)
 
 
-class _Runner:
-    """Runs batches on all local devices and assembles rows in their original order: in
-    numpy arrays (placement "host"), or in device buffers (placement "device")."""
+class _Runner(BatchRunner):
+    """Extraction's run: the pooled program (or the selected neurons) of the first k
+    blocks, and a store filled chunk by chunk."""
 
     def __init__(
         self, model: Model, k: int, opts: ExtractOptions, max_length: int, placement="host"
     ):
-        self.model, self.k, self.opts, self.max_length = model, k, opts, max_length
-        self.mesh = default_mesh()
-        self.params = replicate(self.mesh, model.params)
-        self.on_device = placement == "device"
-        # On the device, results skip the copy to the host: the program's outputs are kept.
-        self.pooled = (
-            pooled_program(None, self.mesh) if self.on_device else pooled_dispatcher(self.mesh)
+        static = dict(
+            config=model.config,
+            k=k,
+            poolings=tuple(POOLINGS.index(p) for p in opts.poolings),
+            out_dtype=jnp.dtype(STORE_DTYPES[opts.dtype]),
+            options=(),
         )
-        self.pool_idx = tuple(POOLINGS.index(p) for p in opts.poolings)
-        self.cols = None  # the gather indices of a selective extraction, on every device
+        cols = None  # the gather indices of a selective extraction
         if opts.neurons is not None:
             cols = {name: jnp.asarray(i) for name, i in opts.neurons.indices().items()}
-            self.cols = replicate(self.mesh, cols)
-        self.pad_id = int(getattr(model.tokenizer, "pad_token_id", None) or 0)
-        self.summary = Summary()
-        self.bar = None
 
-    def _dispatch(self, ids, mask):
-        return self.pooled(
-            self.model.config,
-            self.k,
-            self.pool_idx,
-            jnp.dtype(STORE_DTYPES[self.opts.dtype]),
-            (),
-            self.params,
-            mesh_put(self.mesh, ids),
-            mesh_put(self.mesh, mask),
-            self.cols,
+        def program(mesh):
+            # On the device, results skip the copy to the host: the program's outputs are kept.
+            on_device = placement == "device"
+            run = pooled_program(None, mesh) if on_device else pooled_dispatcher(mesh)
+            return functools.partial(run, **static)
+
+        super().__init__(
+            model,
+            program,
+            cols,
+            max_length=max_length,
+            token_budget=opts.token_budget,
+            placement=placement,
+            check_float16=opts.dtype == "float16",
         )
-
-    def run_rows(self, ids: list[np.ndarray], rows: np.ndarray, specs) -> dict[str, np.ndarray]:
-        """Features for ids[rows], as arrays in the order of `rows`."""
-        out = self._buffers(len(rows), specs)
-        lengths = np.array([len(ids[r]) for r in rows])
-        multiple = 1 if self.mesh is None else self.mesh.size
-        plan = plan_batches(lengths, self.max_length, self.opts.token_budget, multiple)
-        pending = deque()
-        start = time.perf_counter()
-        for local, blen, size in plan:
-            batch = [ids[rows[i]] for i in local]
-            # Fill the batch to its static size with one-token rows that are dropped later.
-            batch += [np.array([self.pad_id], np.int32)] * (size - len(batch))
-            b_ids, b_mask = pad_batch(batch, blen, self.pad_id)
-            pending.append((local, self._dispatch(b_ids, b_mask)))
-            self.summary.tokens += int(lengths[local].sum())
-            self.summary.padded_tokens += size * blen
-            if len(pending) > 2:  # keep the device busy while the host copies results
-                self._collect(pending.popleft(), out)
-        while pending:
-            self._collect(pending.popleft(), out)
-        self.summary.rows += len(rows)
-        self.summary.seconds += time.perf_counter() - start
-        return out
-
-    def _buffers(self, n: int, specs) -> dict:
-        if not self.on_device:
-            return {name: np.empty((n, *s), STORE_DTYPES[d]) for name, (s, d) in specs.items()}
-        sharding = device_sharding(self.mesh, n)
-        return {
-            name: jnp.zeros((n, *s), STORE_DTYPES[d], device=sharding)
-            for name, (s, d) in specs.items()
-        }
-
-    def _collect(self, item, out):
-        local, results = item  # the program's outputs, in the order of `out` (its specs)
-        n = len(local)
-        if self.opts.dtype == "float16":
-            _check_float16(results, local, self.on_device)
-        if self.on_device:
-            self._scatter(local, results, out)
-        else:
-            for buf, x in zip(out.values(), results, strict=True):
-                buf[local] = np.asarray(x)[:n]
-        if self.bar is not None:
-            self.bar.update(n)
-            rate = self.summary.tokens / max(self.bar.format_dict["elapsed"], 1e-9)
-            self.bar.set_postfix(tok_s=f"{rate:,.0f}")
-
-    def _scatter(self, local, results, out):
-        """Writes a batch's rows into the device buffers `out`, in place, on the device."""
-        jax.block_until_ready(results)  # at most three batches in flight, as on the host
-        first = next(iter(out.values()))
-        n_out, size = len(first), len(results[0])
-        rows = np.full(size, n_out, np.int32)  # filler rows: out of range, dropped
-        rows[: len(local)] = local
-        scatter = _scatter_program(first.sharding)
-        for name, x in zip(list(out), results, strict=True):
-            if x.sharding.device_set != first.sharding.device_set:
-                x = jax.device_put(x, first.sharding)  # device to device, onto the first
-            out[name] = scatter(out[name], rows, x)
+        self.k, self.opts = k, opts
 
     def fill_store(self, store: FeatureStore, ids, truncated_rows, specs):
         missing = store.missing_chunks()
@@ -417,7 +315,6 @@ class _Runner:
         if self.bar is not None:
             self.bar.close()
 
-
     def _chunk_stats(self, before: Summary) -> dict:
         """What the last chunk cost: the summary's growth since `before`."""
         now = self.summary
@@ -428,25 +325,6 @@ class _Runner:
             "truncated": now.truncated - before.truncated,
             "seconds": round(now.seconds - before.seconds, 6),
         }
-
-
-@jax.jit
-def _any_inf(x):
-    return jnp.isinf(x).any()
-
-
-def _check_float16(results, rows, on_device: bool) -> None:
-    """float16 tops out at 65504: a larger activation would be stored as inf, silently.
-    Checked where the batch is (results on their way to the host are read there)."""
-    has_inf = _any_inf if on_device else (lambda x: np.isinf(np.asarray(x)).any())
-    if any(bool(has_inf(x)) for x in results):
-        raise StoreError(
-            f"a feature of the batch holding rows {int(np.min(rows)) + 1}..{int(np.max(rows)) + 1}"
-            " overflows float16 (|value| > 65504): this model's activations need a wider "
-            "dtype. Extract with dtype='bfloat16' or 'float32', into a new folder (a store "
-            "keeps the dtype it was started with).",
-            cli_hint="--dtype / --feature-dtype bfloat16",
-        )
 
 
 def _progress(total: int, enabled: bool):

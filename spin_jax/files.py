@@ -14,11 +14,15 @@ import numpy as np
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Writes JSON to a temporary file, fsyncs it and renames it over `path`."""
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes UTF-8 text to a temporary file, fsyncs it and renames it over `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -10,16 +10,20 @@ import jax.numpy as jnp
 
 from spin_jax.columns import take
 from spin_jax.devices import host_sharding
-from spin_jax.models import _forward
+from spin_jax.models import forward_program
+
+STATIC = ("config", "k", "poolings", "out_dtype", "options")  # _pooled_fn's static arguments
 
 
-def _pooled_fn(config, k, poolings, out_dtype, options, params, ids, mask, cols=None):
+def _pooled_fn(params, ids, mask, cols=None, *, config, k, poolings, out_dtype, options=()):
     """Pooled features in the storage dtype: (hidden [B, L+1, P, D], ffn [B, L, P, F]), or,
     given `cols` (NeuronSelection.indices() on the device), (columns [B, P, M],).
 
-    The columns are gathered here, inside the program, so only they leave the device.
+    The first k blocks run, `poolings` (indices into POOLINGS) are kept, `options` are the
+    family's forward options as sorted (name, value) pairs. The columns are gathered here,
+    inside the program, so only they leave the device.
     """
-    f = _forward(config, k, True, True, options, params, ids, mask)
+    f = forward_program(config, params, ids, mask, num_layers=k, pooled=True, **dict(options))
     sel = jnp.asarray(poolings)
     hidden, ffn = f.hidden[:, :, sel], f.ffn[:, :, sel]  # [L+1, B, P, D], [L, B, P, F]
     if cols is not None:
@@ -27,26 +31,26 @@ def _pooled_fn(config, k, poolings, out_dtype, options, params, ids, mask, cols=
     return jnp.moveaxis(hidden, 1, 0).astype(out_dtype), jnp.moveaxis(ffn, 1, 0).astype(out_dtype)
 
 
-_pooled_rows = jax.jit(_pooled_fn, static_argnums=(0, 1, 2, 3, 4))
+_pooled_rows = jax.jit(_pooled_fn, static_argnames=STATIC)
 
 
-def _data_parallel(mesh):
-    """_pooled_fn run per device on its rows of the batch (shard_map over "data").
+def data_parallel(fn, mesh):
+    """`fn(params, ids, mask, aux, **static)` run per device on its rows of the batch
+    (shard_map over "data"); params and aux (gather indices, heads) are replicated.
 
     Rows are independent, so no device needs another's; and a kernel inside the forward
     (the GPU pooling kernel) sees only its device's rows instead of an all-gathered batch.
     """
     P = jax.sharding.PartitionSpec
 
-    def run(config, k, poolings, out_dtype, options, params, ids, mask, cols=None):
-        body = functools.partial(_pooled_fn, config, k, poolings, out_dtype, options)
+    def run(params, ids, mask, aux=None, **static):
         return jax.shard_map(
-            body,
+            functools.partial(fn, **static),
             mesh=mesh,
             in_specs=(P(), P("data"), P("data"), P()),
             out_specs=P("data"),
             check_vma=False,
-        )(params, ids, mask, cols)
+        )(params, ids, mask, aux)
 
     return run
 
@@ -68,18 +72,17 @@ def pooled_program(out_sharding=None, mesh=None):
     options = compiler_options()
     if out_sharding is None and mesh is None and options is None:
         return _pooled_rows
-    fn = _pooled_fn if mesh is None else _data_parallel(mesh)
-    return jax.jit(
-        fn, static_argnums=(0, 1, 2, 3, 4), out_shardings=out_sharding, compiler_options=options
-    )
+    fn = _pooled_fn if mesh is None else data_parallel(_pooled_fn, mesh)
+    return jax.jit(fn, static_argnames=STATIC, out_shardings=out_sharding, compiler_options=options)
 
 
 HOST_COPIES = ("put", "program", "async")
 
 
 def pooled_dispatcher(mesh=None, host_copy: str = "put"):
-    """dispatch(config, k, poolings, out_dtype, options, params, ids, mask[, cols]) -> the
-    program's outputs ((hidden, ffn), or (columns,)) on their way to the host, unwaited.
+    """dispatch(params, ids, mask[, cols], config=, k=, poolings=, out_dtype=, options=)
+    -> the program's outputs ((hidden, ffn), or (columns,)) on their way to the host,
+    unwaited.
 
     host_copy (where pinned host memory exists; else "async"):
       "put"      the program's outputs stay on the device, then a device_put into pinned
@@ -93,8 +96,8 @@ def pooled_dispatcher(mesh=None, host_copy: str = "put"):
     mode = host_copy if host is not None else "async"
     program = pooled_program(host if mode == "program" else None, mesh)
 
-    def dispatch(*args):
-        out = program(*args)
+    def dispatch(*args, **static):
+        out = program(*args, **static)
         if mode == "put":
             return jax.device_put(out, host)
         if mode == "async":

@@ -17,82 +17,39 @@ is the chunk recorded in progress.json: a crash leaves the chunk not-done, to be
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import json
-import math
-import operator
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-from spin_jax._version import __version__
-from spin_jax.errors import StoreError, StoreMismatchError
+from spin_jax.errors import StoreError, StoreMismatchError  # noqa: F401 - re-exported
 from spin_jax.files import (  # noqa: F401 - write_json_atomic, sha256_file: re-exported
     _fsync_dir,
     _save_npy,
     sha256_file,
     write_json_atomic,
 )
-
-FORMAT = "spin_jax.feature_store"
-FORMAT_VERSION = 1
-DTYPES = {
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
-# What each logical dtype is saved as: np.save cannot write bfloat16 without pickle.
-STORAGE = {
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(np.uint16),
-}
-# Keys the store writes itself; those among them that describe the data are compared on resume.
-STRUCTURE_KEYS = (
-    "format_version",
-    "n_rows",
-    "chunk_rows",
-    "arrays",
-    "label_names",
-    "labels_sha256",
+from spin_jax.store_manifest import (  # noqa: F401 - the format constants: re-exported
+    DTYPES,
+    FORMAT,
+    FORMAT_VERSION,
+    FRESH,
+    META_KEYS,
+    STORAGE,
+    STRUCTURE_KEYS,
+    check_labels,
+    check_same,
+    foreign_files,
+    jsonable,
+    labels_sha256,
+    new_manifest,
+    read_json,
+    read_progress,
 )
-META_KEYS = ("format", "spin_jax_version", "created", "n_chunks", "identity_keys")
+
 AXES = ("layers", "poolings", "neurons")  # what `read` selects on axes 1, 2, 3
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_FRESH = "Choose another output folder, or delete this one to start over."
-
-
-def _jsonable(obj: Any, what: str) -> Any:
-    """`obj` as it reads back from JSON (tuples become lists), so old and new compare equal."""
-    try:
-        return json.loads(json.dumps(obj))
-    except (TypeError, ValueError) as e:
-        raise StoreError(
-            f"{what} must hold only JSON values (str, int, float, bool, None, lists, dicts): {e}."
-        ) from None
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(
-            f"{path} is not valid JSON ({e}): the {what} is damaged. Delete "
-            f"{path.parent} and re-run the extract command."
-        ) from None
-    if not isinstance(obj, dict):
-        raise StoreError(
-            f"{path} does not hold a JSON object: the {what} is damaged. Delete "
-            f"{path.parent} and re-run the extract command."
-        )
-    return obj
 
 
 class FeatureStore:
@@ -120,17 +77,17 @@ class FeatureStore:
     ) -> FeatureStore:
         """A new store at `path`, or the store already there if it has the same identity."""
         path = Path(path)
-        labels = _check_labels(labels, n_rows)
-        new = _new_manifest(manifest, n_rows, chunk_rows, arrays, labels, label_names)
+        labels = check_labels(labels, n_rows)
+        new = new_manifest(manifest, n_rows, chunk_rows, arrays, labels, label_names)
         if (path / "manifest.json").exists():
-            old = _read_json(path / "manifest.json", "store manifest")
-            _check_same(path, old, new)
-            store = cls(path, old, _read_progress(path))
+            old = read_json(path / "manifest.json", "store manifest")
+            check_same(path, old, new)
+            store = cls(path, old, read_progress(path))
             store._remove_temp_files()  # leftovers of a crash mid-write
             return store
-        if path.exists() and (not path.is_dir() or _foreign_files(path)):
+        if path.exists() and (not path.is_dir() or foreign_files(path)):
             raise StoreError(
-                f"{path} exists and is not a feature store (no manifest.json). {_FRESH}"
+                f"{path} exists and is not a feature store (no manifest.json). {FRESH}"
             )
         path.mkdir(parents=True, exist_ok=True)
         if labels is not None:
@@ -153,14 +110,14 @@ class FeatureStore:
                 f"{path} is not a feature store: it has no manifest.json. Run the "
                 "extraction with its output there, or check the path."
             )
-        manifest = _read_json(path / "manifest.json", "store manifest")
+        manifest = read_json(path / "manifest.json", "store manifest")
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
             raise StoreError(
                 f"{path} holds format {manifest.get('format')!r} version "
                 f"{manifest.get('format_version')!r}; this spin_jax reads "
                 f"{FORMAT!r} version {FORMAT_VERSION}. Re-run the extract command."
             )
-        store = cls(path, manifest, _read_progress(path))
+        store = cls(path, manifest, read_progress(path))
         missing = store.missing_chunks()
         if missing:
             shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
@@ -205,7 +162,7 @@ class FeatureStore:
         if digest is None:
             return None
         labels = np.load(self.path / "labels.npy", allow_pickle=False)
-        if hashlib.sha256(labels.tobytes()).hexdigest() != digest:
+        if labels_sha256(labels) != digest:
             raise StoreError(
                 f"{self.path / 'labels.npy'} does not match the sha256 in manifest.json: it "
                 "was modified or corrupted. Re-extract into a new folder."
@@ -261,7 +218,7 @@ class FeatureStore:
         _fsync_dir(self.path)
         entry = {"rows": [start, stop], "files": files}
         if stats is not None:
-            entry["stats"] = _jsonable(dict(stats), "chunk stats")
+            entry["stats"] = jsonable(dict(stats), "chunk stats")
         self._progress["chunks"][str(i)] = entry
         write_json_atomic(self.path / "progress.json", self._progress)
 
@@ -416,115 +373,3 @@ def _index(sel, size: int, what: str, name: str) -> np.ndarray | None:
             f"{size - 1} (or negative from the end)."
         )
     return idx.astype(np.int64) % max(size, 1)
-
-
-def _check_labels(labels, n_rows: int) -> np.ndarray | None:
-    if labels is None:
-        return None
-    labels = np.asarray(labels)
-    if labels.shape != (n_rows,) or not np.issubdtype(labels.dtype, np.integer):
-        raise StoreError(
-            f"labels must be {n_rows} integer class ids (shape ({n_rows},)); got "
-            f"{labels.dtype} {labels.shape}."
-        )
-    return labels.astype(np.int64)
-
-
-def _array_specs(arrays) -> dict:
-    specs = {}
-    for name, (shape, dtype) in arrays.items():
-        if not _NAME.fullmatch(name) or name == "labels":
-            raise StoreError(
-                f"array name {name!r} is not allowed; use letters, digits and _, "
-                "starting with a letter (and not 'labels')."
-            )
-        if dtype not in DTYPES:
-            raise StoreError(f"array {name!r} has dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
-        specs[name] = {
-            "shape": [int(s) for s in shape],
-            "dtype": dtype,
-            "storage_dtype": STORAGE[dtype].name,
-        }
-    if not specs:
-        raise StoreError(
-            "a feature store needs at least one array; pass arrays={name: (feature_shape, dtype)}."
-        )
-    return specs
-
-
-def _new_manifest(identity, n_rows, chunk_rows, arrays, labels, label_names) -> dict:
-    identity = _jsonable(dict(identity), "manifest")
-    try:
-        n_rows, chunk_rows = operator.index(n_rows), operator.index(chunk_rows)
-        positive = n_rows >= 1 and chunk_rows >= 1
-    except TypeError:
-        positive = False
-    if not positive:
-        raise StoreError(
-            f"n_rows and chunk_rows must be positive integers; got {n_rows!r} and {chunk_rows!r}."
-        )
-    specs = _array_specs(arrays)
-    structure = {
-        "format_version": FORMAT_VERSION,
-        "n_rows": n_rows,
-        "chunk_rows": chunk_rows,
-        "arrays": specs,
-        "label_names": None if label_names is None else [str(n) for n in label_names],
-        "labels_sha256": None if labels is None else hashlib.sha256(labels.tobytes()).hexdigest(),
-    }
-    for key in identity.keys() & (set(STRUCTURE_KEYS) | set(META_KEYS)):
-        if key in META_KEYS:
-            raise StoreError(f"manifest key {key!r} is reserved by the store; rename it.")
-        if identity[key] != structure[key]:
-            raise StoreError(
-                f"manifest[{key!r}] = {identity[key]!r} disagrees with the "
-                f"{key}={structure[key]!r} argument; drop it from the manifest."
-            )
-    meta = {
-        "format": FORMAT,
-        "spin_jax_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "n_chunks": math.ceil(n_rows / chunk_rows),
-        "identity_keys": sorted(identity),
-    }
-    return {**identity, **structure, **meta}
-
-
-def _foreign_files(path: Path) -> list[str]:
-    """Files in `path` that a store creation cut short by a crash would not have left."""
-    ours = {"labels.npy", "progress.json"}
-    return [p.name for p in path.iterdir() if p.name not in ours and ".tmp-" not in p.name]
-
-
-def _check_same(path: Path, old: dict, new: dict) -> None:
-    """Raises StoreMismatchError naming every identity key whose value changed."""
-    keys = list(
-        dict.fromkeys([*old.get("identity_keys", []), *new["identity_keys"], *STRUCTURE_KEYS])
-    )
-    changed = [k for k in keys if old.get(k) != new.get(k)]
-    if not changed:
-        return
-    lines = "; ".join(
-        f"{k}: stored {_short(old.get(k))}, new {_short(new.get(k))}" for k in changed
-    )
-    raise StoreMismatchError(
-        f"{path} holds a feature store made with different settings ({lines}). {_FRESH}"
-    )
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _read_progress(path: Path) -> dict:
-    file = path / "progress.json"
-    if not file.exists():  # a crash between manifest and progress: nothing was written yet
-        return {"chunks": {}}
-    progress = _read_json(file, "store progress record")
-    if not isinstance(progress.get("chunks"), dict):
-        raise StoreError(
-            f"{file} has no 'chunks' record: it is damaged. Delete it and re-run "
-            "the extract command; every chunk will be rewritten."
-        )
-    return progress

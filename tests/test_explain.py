@@ -56,8 +56,8 @@ def family(request):
 def shares_and_logits(model, head, ids, mask):
     c, k, sel = model.config, head.num_layers, selection(head)
     with jax.default_matmul_precision("highest"):
-        shares = _token_shares(c, k, model.params, sel, ids, mask)
-        logits = _head_logits(c, k, model.params, sel, ids, mask)
+        shares = _token_shares(model.params, ids, mask, sel, config=c, k=k)
+        logits = _head_logits(model.params, ids, mask, sel, config=c, k=k)
     return np.asarray(shares), np.asarray(logits)
 
 

@@ -12,9 +12,6 @@ import csv
 import dataclasses
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -30,9 +27,9 @@ from spin_jax.extraction import DeviceFeatures, MemoryFeatures, extract, plan_ba
 from spin_jax.models import InputError
 from spin_jax.selection import parse_neurons
 from spin_jax.store import FeatureStore, StoreError, StoreMismatchError
+from tests.fake_devices import run_python
 
 pytest.importorskip("torch")
-ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 MAX_LENGTH = 24  # < the model's 67 positions, so --max-length is what truncates
 # extract's options of most tests; the texts hold an empty one on purpose
@@ -485,13 +482,14 @@ def test_program_writing_to_pinned_host_equals_device_program(model, selective):
     """The GPU path (outputs placed in pinned host memory by the program), run on CPU."""
     ids, mask = spin_jax.text.pad_batch([np.array([101, 7, 9, 102])] * 2, 16, 0)
     host = jax.sharding.SingleDeviceSharding(jax.devices()[0], memory_kind="pinned_host")
-    args = (model.config, 2, (0, 1, 2), np.dtype(np.float32), (), model.params, ids, mask)
+    args = (model.params, ids, mask)
     if selective:
         sel = parse_neurons(NEURONS, model.config)
         args += ({k: jax.numpy.asarray(v) for k, v in sel.indices().items()},)
-    want = extract_mod.pooled_program(None)(*args)
+    static = dict(config=model.config, k=2, poolings=(0, 1, 2), out_dtype=np.dtype(np.float32))
+    want = extract_mod.pooled_program(None)(*args, **static)
     assert len(want) == (1 if selective else 2)
-    got = extract_mod.pooled_program(host)(*args)
+    got = extract_mod.pooled_program(host)(*args, **static)
     for g, w in zip(got, want, strict=True):
         assert g.sharding.memory_kind == "pinned_host"
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
@@ -534,31 +532,9 @@ def test_eight_devices_equal_one(tmp_path, folder, model):
     """Full and selective extraction; and kept on the device, row-sharded or on one device."""
     texts = make_texts(20, seed=3, max_words=30)
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    (tmp_path / "sharded.py").write_text(textwrap.dedent(SHARDED).replace("NEURONS", repr(NEURONS)))
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(ROOT),
-        XLA_FLAGS=(
-            os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-        ).strip(),
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(tmp_path / "sharded.py"),
-            str(folder),
-            str(tmp_path),
-            str(MAX_LENGTH),
-            str(tmp_path / "texts.txt"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    script = tmp_path / "sharded.py"
+    script.write_text(textwrap.dedent(SHARDED).replace("NEURONS", repr(NEURONS)))
+    run_python([script, folder, tmp_path, MAX_LENGTH, tmp_path / "texts.txt"])
     assert extract_mod.default_mesh() is None  # this process has one device
     kw = dict(max_length=MAX_LENGTH, dtype="float32", progress=False, allow_empty=True)
     one = extract(model, texts, **kw)

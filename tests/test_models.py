@@ -269,8 +269,9 @@ def test_full_size_shapes(name):
     config = config_from_hf(PRESETS[name])
     shapes = param_shapes(config)
     ids = jax.ShapeDtypeStruct((2, 512), np.int32)
-    run = functools.partial(spin_jax.models._forward, config, config.num_layers, True, True, ())
-    out = jax.eval_shape(run, shapes, ids, ids)
+    out = jax.eval_shape(
+        functools.partial(spin_jax.models.forward_program, config), shapes, ids, ids
+    )
     L, D, F = config.num_layers, config.hidden_size, config.ffn_size
     assert out.hidden.shape == (L + 1, 2, 3, D) and out.ffn.shape == (L, 2, 3, F)
 

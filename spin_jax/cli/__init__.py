@@ -3,6 +3,7 @@
   common.py   argument types, flag groups, output-path checks
   extract.py  convert, extract
   learn.py    fit, evaluate, predict, explain, demo
+  report.py   report
 
 Each command module imports only common.py and the library; this module builds the parser
 from them and turns a user's mistake (spin_jax.SpinJaxError) into one line and exit code 2.
@@ -15,7 +16,7 @@ import logging
 import os
 import sys
 
-from spin_jax.cli import extract, learn
+from spin_jax.cli import extract, learn, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     extract.add_commands(sub)
     learn.add_commands(sub)
+    report.add_commands(sub)
     return parser
 
 

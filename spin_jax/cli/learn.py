@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from spin_jax.cli import common
@@ -64,8 +65,10 @@ def _options(args) -> dict:
 
 def cmd_fit(args):
     from spin_jax.classifier import SpinClassifier
+    from spin_jax.run_record import fit_record
 
     common.check_out_folder(args.out)
+    start = time.perf_counter()
     splits = None if _is_store(args.train) else _read_splits(args)  # data errors first
     clf = SpinClassifier(
         args.model,
@@ -80,22 +83,43 @@ def cmd_fit(args):
         **_options(args),
     )
     if splits is None:
-        fit_from_stores(clf, args)
+        splits = fit_from_stores(clf, args)
     else:
-        train, valid, test = splits
-        clf.fit(train, None, valid=valid, test=test)
+        clf.fit(splits["train"], None, valid=splits["valid"], test=splits["test"])
+    seconds = time.perf_counter() - start
+    clf.report.update(fit_record(clf, data=_data_record(args), splits=splits, seconds=seconds))
     clf.save(args.out)
     print_summary(clf.report, out=args.out)
+    _write_report(args.out)
 
 
-def _read_splits(args):
+def _data_record(args) -> dict:
+    """Where the fit's data came from and how it was read, for report.json."""
+    held_out = f"a stratified {args.valid_fraction:.0%} of train (seed {args.seed})"
+    return {
+        "train": args.train,
+        "valid": args.valid or held_out,
+        "test": args.test,
+        "split": args.split,
+        "text_column": args.text_column or "auto",
+        "label_column": args.label_column or "auto",
+    }
+
+
+def _write_report(out) -> None:
+    from spin_jax.report_html import write_report
+
+    print(f"report: {write_report(out)}")
+
+
+def _read_splits(args) -> dict:
     train = _read(args.train, args)
     valid = _read(args.valid, args, label_names=train.label_names) if args.valid else None
     test = _read(args.test, args, label_names=train.label_names) if args.test else None
-    return train, valid, test
+    return {"train": train, "valid": valid, "test": test}
 
 
-def fit_from_stores(clf, args):
+def fit_from_stores(clf, args) -> dict:
     from spin_jax.learner import SpinError
     from spin_jax.store import FeatureStore
 
@@ -104,8 +128,13 @@ def fit_from_stores(clf, args):
             "fitting on feature stores needs --valid (a store of the validation "
             "split); extract one with `spin-jax extract`."
         )
-    stores = [FeatureStore.open(p) for p in (args.train, args.valid, args.test) if p]
-    clf.fit_features(*stores)
+    names = ("train", "valid", "test")
+    stores = {
+        n: FeatureStore.open(p) if p else None
+        for n, p in zip(names, (args.train, args.valid, args.test), strict=True)
+    }
+    clf.fit_features(*[s for s in stores.values() if s is not None])
+    return stores
 
 
 def print_summary(report: dict, out=None, file=None):
@@ -189,26 +218,50 @@ def _labelled(clf, args):
 
 
 def cmd_predict(args):
-    """One CSV row per text; from a feature store (which holds no texts), per row index."""
-    from spin_jax.classifier import SpinClassifier
+    """One CSV row per text; from a feature store (which holds no texts), per row index.
+    Several runs (fitted on one model) share one forward: a label column and probability
+    columns per run, named by its folder."""
+    from spin_jax.classifier import load_many, predict_proba_many
     from spin_jax.store import FeatureStore
 
     common.check_out_file(args.out)
-    clf = SpinClassifier.load(args.run, model=args.model, allow_empty=args.allow_empty)
+    names = _run_names(args.runs)
+    clfs = load_many(args.runs, model=args.model, allow_empty=args.allow_empty)
     if _is_store(args.data):
-        store = FeatureStore.open(args.data)
-        first, keys = "row", range(store.n_rows)
-        proba = clf.predict_proba(store)
+        X = FeatureStore.open(args.data)
+        first, keys = "row", range(X.n_rows)
     else:
-        ds = _read(args.data, args, require_labels=False)
-        first, keys = "text", ds.texts
-        proba = clf.predict_proba(ds.texts)
-    names = list(clf.label_names)
+        X = _read(args.data, args, require_labels=False).texts
+        first, keys = "text", X
+    probas = predict_proba_many(clfs, X)
+    header = [first]
+    for name, clf in zip(names, clfs, strict=True):
+        label, p = ("prediction", "p_") if name is None else (name, f"{name}:p_")
+        header += [label, *[f"{p}{n}" for n in clf.label_names]]
     with _output(args.out) as f:
         w = csv.writer(f)
-        w.writerow([first, "prediction", *[f"p_{n}" for n in names]])
-        for key, p in zip(keys, proba, strict=True):
-            w.writerow([key, names[int(p.argmax())], *[f"{x:.6f}" for x in p]])
+        w.writerow(header)
+        for i, key in enumerate(keys):
+            row = [key]
+            for clf, proba in zip(clfs, probas, strict=True):
+                row += [clf.label_names[int(proba[i].argmax())], *[f"{x:.6f}" for x in proba[i]]]
+            w.writerow(row)
+
+
+def _run_names(runs) -> list:
+    """[None] for one run (today's columns); else each run's folder name, distinct."""
+    from spin_jax.errors import SpinError
+
+    if len(runs) == 1:
+        return [None]
+    names = [Path(r).name for r in runs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SpinError(
+            f"several runs are named {', '.join(map(repr, twice))}: predict names each run's "
+            "columns by its folder; pass runs in folders of distinct names."
+        )
+    return names
 
 
 @contextlib.contextmanager
@@ -227,10 +280,25 @@ def _output(path):
 
 
 def cmd_explain(args):
-    """Each token's share of the predicted class's logit (SpinClassifier.explain)."""
+    """Each token's share of the predicted class's logit (SpinClassifier.explain), printed,
+    as JSON, as a page (--html), or a page per text of --data (--out) and an index."""
     from spin_jax.classifier import SpinClassifier
 
+    _check_explain_args(args)
     clf = SpinClassifier.load(args.run, model=args.model)
+    if args.data:
+        from spin_jax.explain_html import write_explanations
+
+        ds = _read(args.data, args, label_names=clf.label_names, require_labels=False)
+        labels = None if ds.labels is None else [ds.label_names[i] for i in ds.labels]
+        print(f"explanations: {write_explanations(clf, ds.texts, args.out, labels)}")
+        return
+    if args.html:
+        from spin_jax.explain_html import write_explanation
+
+        page = write_explanation(clf, args.text, args.html, label=args.label)
+        print(f"explanation: {page} (numbers in {Path(page).with_suffix('.json')})")
+        return
     ex = clf.explain(args.text)
     names = list(clf.label_names)
     k = int(ex.proba.argmax())
@@ -246,6 +314,27 @@ def cmd_explain(args):
         print(f"  {t:>16s} {s:+.3f} {('+' if s > 0 else '-') * round(20 * abs(s) / scale)}")
 
 
+def _check_explain_args(args) -> None:
+    """One text, or --data with --out; --html, --json and --label go with one text."""
+    from spin_jax.errors import DataError
+
+    if (args.text is None) == (args.data is None):
+        raise DataError(
+            "explain takes one text, or --data FILE with --out FOLDER (a page per text), "
+            "not both or neither."
+        )
+    if args.data and (args.html or args.json or args.label):
+        raise DataError("--html, --json and --label explain one text; with --data pass --out.")
+    if args.data and not args.out:
+        raise DataError("explain --data writes a page per text: pass --out FOLDER for them.")
+    if args.out and not args.data:
+        raise DataError("--out is the folder of explain --data; for one text pass --html PAGE.")
+    if args.out:
+        common.check_out_folder(args.out)
+    if args.html:
+        common.check_out_file(args.html)
+
+
 def demo_model_dir() -> str:
     spec = importlib.util.find_spec(DEMO_PACKAGE)
     if spec is None:
@@ -259,23 +348,31 @@ def demo_model_dir() -> str:
 
 
 def cmd_demo(args):
-    """SPIN on the real all-MiniLM-L6-v2 and the shipped reviews, beside the baselines."""
+    """SPIN on the real all-MiniLM-L6-v2 and the shipped reviews, beside the baselines; the
+    run folder gets its report and one explanation page."""
     from spin_jax.classifier import SpinClassifier
     from spin_jax.data import load_texts, stratified_split, subset
+    from spin_jax.explain_html import write_explanation
+    from spin_jax.run_record import fit_record
 
+    common.check_out_folder(args.out)
+    start = time.perf_counter()
     data = load_texts(str(DEMO_DATA))
     rest, test = stratified_split(data.labels, 0.2, seed=1)
-    train = subset(data, rest)
+    train, test = subset(data, rest), subset(data, test)
     print(
         f"demo: all-MiniLM-L6-v2 (6 layers) on {len(data)} shipped reviews: "
         f"{len(train)} train+valid, {len(test)} test",
         flush=True,
     )
     clf = SpinClassifier(demo_model_dir(), progress=not args.quiet)
-    clf.fit(train, None, test=subset(data, test))
+    clf.fit(train, None, test=test)
+    source = {"train": f"{DEMO_DATA.name}: 80% (stratified, seed 1)", "test": "the other 20%"}
+    splits = {"train": train, "valid": None, "test": test}
+    seconds = time.perf_counter() - start
+    clf.report.update(fit_record(clf, data=source, splits=splits, seconds=seconds))
     print_summary(clf.report, out=args.out)
-    if args.out:
-        clf.save(args.out)
+    clf.save(args.out)
     text = "The acting was wooden, but the soundtrack was wonderful."
     ex = clf.explain(text)
     pos = clf.label_names.index("positive")
@@ -284,6 +381,8 @@ def cmd_demo(args):
         f"\neach token's share of the 'positive' logit for {text!r} "
         f"(P(positive) = {ex.proba[pos]:.2f}):\n  {shown}"
     )
+    print(f"explanation: {write_explanation(clf, text, Path(args.out) / 'why.html')}")
+    _write_report(args.out)
 
 
 def _common(p, *, labels=True):
@@ -329,7 +428,7 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict labels for new texts")
-    p.add_argument("run")
+    p.add_argument("runs", nargs="+", metavar="run", help="one run, or several of one model")
     p.add_argument("--data", required=True, help="data file/hf:NAME, or a feature store")
     p.add_argument("--model", default=None)
     p.add_argument("--out", default=None, help="CSV path (default: stdout)")
@@ -337,14 +436,21 @@ def add_commands(sub) -> None:
     p.add_argument("--label-column", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("explain", help="each token's share of the class logits for one text")
+    p = sub.add_parser("explain", help="each token's share of the class logits of a text")
     p.add_argument("run")
-    p.add_argument("text")
+    p.add_argument("text", nargs="?", default=None, help="the text (or pass --data)")
     p.add_argument("--model", default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--html", default=None, help="write a page (and its .json beside it)")
+    p.add_argument("--label", default=None, help="the text's true label, shown on the page")
+    p.add_argument("--data", default=None, help="texts to explain, a page each (with --out)")
+    p.add_argument("--out", default=None, help="with --data: the pages' folder")
+    p.add_argument("--text-column", default=None)
+    p.add_argument("--label-column", default=None)
+    p.add_argument("--split", default=None)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("demo", help="SPIN on the bundled MiniLM and reviews")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default="spin-jax-demo", help="run folder (default: %(default)s)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from typing import Any
@@ -17,6 +18,7 @@ from spin_jax.models.layers import (
     InputError,
     WeightsError,
     check_inputs,
+    check_shapes,
     token_index,
 )
 
@@ -61,8 +63,11 @@ def param_shapes(config, dtype=jnp.float32):
     return family_of(config.model_type).param_shapes(config, dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _forward(config, k, pooled, use_scan, options, params, input_ids, attention_mask):
+@functools.partial(jax.jit, static_argnames=("config", "k", "pooled", "use_scan", "options"))
+def _forward(params, input_ids, attention_mask, *, config, k, pooled, use_scan, options):
+    """The family's forward, jitted: config, k, pooled, use_scan and options (sorted
+    (name, value) pairs, hashable) are static. Callers go through `forward_program` or
+    `forward_params`, which check its inputs."""
     module = family_of(config.model_type)
     kwargs = dict(options)
     return module.forward(
@@ -91,7 +96,7 @@ def _check_k(config, num_layers):
     return k
 
 
-def forward_params(
+def forward_program(
     config,
     params,
     input_ids,
@@ -100,19 +105,38 @@ def forward_params(
     pooled=True,
     num_layers=None,
     use_scan=True,
-    jit=True,
     **options,
 ) -> Features:
-    """Forward with explicit config and params (the functional core of `forward`)."""
-    check_inputs(input_ids, attention_mask, config.vocab_size, config.max_positions)
+    """The forward as a step of a program being traced (jit, shard_map): extraction's and
+    the classifier's device programs call it.
+
+    Checks what tracing knows: the shapes (check_shapes), num_layers, and (in the family's
+    forward) the options. The token values are not known yet: the tokenizer writes them
+    (forward_params checks them on the host). `attention_mask` is bool or 0/1.
+    """
+    check_shapes(input_ids.shape, attention_mask.shape, config.max_positions)
     k = _check_k(config, num_layers)
+    return _forward(
+        params,
+        input_ids,
+        attention_mask,
+        config=config,
+        k=k,
+        pooled=pooled,
+        use_scan=use_scan,
+        options=tuple(sorted(options.items())),
+    )
+
+
+def forward_params(config, params, input_ids, attention_mask, *, jit=True, **options) -> Features:
+    """Forward with explicit config and params (the functional core of `forward`): the
+    inputs checked on the host (check_inputs), then forward_program with `options` (pooled,
+    num_layers, use_scan and the family's options), jitted or eager."""
+    check_inputs(input_ids, attention_mask, config.vocab_size, config.max_positions)
     ids = jnp.asarray(input_ids, jnp.int32)
     mask = jnp.asarray(np.asarray(attention_mask) != 0)
-    opts = tuple(sorted(options.items()))
-    if jit:
-        return _forward(config, k, pooled, use_scan, opts, params, ids, mask)
-    with jax.disable_jit():
-        return _forward.__wrapped__(config, k, pooled, use_scan, opts, params, ids, mask)
+    with contextlib.nullcontext() if jit else jax.disable_jit():
+        return forward_program(config, params, ids, mask, **options)
 
 
 __all__ = [
@@ -125,6 +149,7 @@ __all__ = [
     "decoder_of",
     "family_of",
     "forward_params",
+    "forward_program",
     "param_shapes",
     "single_token_index",
 ]

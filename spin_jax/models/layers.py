@@ -29,12 +29,6 @@ Params = dict[str, Any]
 POOLINGS = ("token", "mean", "max")
 
 
-
-
-
-
-
-
 @flax.struct.dataclass
 class Features:
     """Per-layer activations of one forward pass.
@@ -281,14 +275,27 @@ def cast_params(params: Params, dtype) -> Params:
     return jax.tree.map(cast, params)
 
 
+def check_shapes(ids_shape, mask_shape, max_positions: int | None) -> None:
+    """What can be checked of the inputs while a program is traced: [batch, tokens] ids
+    and mask of one shape, no longer than the model's position table."""
+    if len(ids_shape) != 2 or tuple(mask_shape) != tuple(ids_shape):
+        raise InputError(
+            f"input_ids {tuple(ids_shape)} and attention_mask {tuple(mask_shape)} must both "
+            "be [batch, tokens]."
+        )
+    if max_positions is not None and ids_shape[1] > max_positions:
+        raise InputError(
+            f"sequence length {ids_shape[1]} exceeds the model's position table "
+            f"({max_positions}); truncate with max_length={max_positions}."
+        )
+
+
 def check_inputs(input_ids, attention_mask, vocab_size: int, max_positions: int | None):
-    """Host-side validation with messages that name the problem and the fix."""
+    """Host-side validation with messages that name the problem and the fix: the shapes
+    (check_shapes), then the values."""
     ids = np.asarray(input_ids)
     mask = np.asarray(attention_mask)
-    if ids.ndim != 2 or mask.shape != ids.shape:
-        raise InputError(
-            f"input_ids {ids.shape} and attention_mask {mask.shape} must both be [batch, tokens]."
-        )
+    check_shapes(ids.shape, mask.shape, max_positions)
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
         raise InputError(
             f"token ids must lie in [0, {vocab_size}); got min {ids.min()}, max {ids.max()}. "
@@ -298,9 +305,4 @@ def check_inputs(input_ids, attention_mask, vocab_size: int, max_positions: int 
         raise InputError(
             "attention_mask must be right-padded (real tokens first, then padding); found "
             "padding before a real token. Tokenize with padding_side='right'."
-        )
-    if max_positions is not None and ids.shape[1] > max_positions:
-        raise InputError(
-            f"sequence length {ids.shape[1]} exceeds the model's position table "
-            f"({max_positions}); truncate with max_length={max_positions}."
         )

@@ -258,7 +258,7 @@ def decoder_block(c: T5Config, bias, enc, enc_mask, x, mask, p):
     return x + out, act
 
 
-def _run(c: T5Config, block, x, mask, stack, n, reduce, use_scan, final: bool):
+def _run(c: T5Config, block, x, mask, stack, *, n, reduce, use_scan, final: bool):
     """First n blocks of a stack; its final norm on the last output when `final`."""
     if n == 0:  # an empty Python loop has nothing to stack
         B, T, _ = x.shape
@@ -309,7 +309,9 @@ def forward(c: T5Config, params, input_ids, attention_mask, *, k, pooled, use_sc
     bias = relative_bias(c, enc["relative_attention_bias"], T, T, bidirectional=True)
     ke = min(k, Le)
     block = functools.partial(encoder_block, c, bias)
-    h, hidden, ffn = _run(c, block, x, mask, enc, ke, reduce, use_scan, ke == Le)
+    h, hidden, ffn = _run(
+        c, block, x, mask, enc, n=ke, reduce=reduce, use_scan=use_scan, final=ke == Le
+    )
     hidden = [reduce(x)[None], hidden]
     ffn = [ffn]
     if k > Le:
@@ -329,10 +331,10 @@ def forward(c: T5Config, params, input_ids, attention_mask, *, k, pooled, use_sc
             params["shared"][dec_ids],
             dec_mask,
             dec,
-            kd,
-            dec_reduce,
-            use_scan,
-            kd == c.decoder_layers,
+            n=kd,
+            reduce=dec_reduce,
+            use_scan=use_scan,
+            final=kd == c.decoder_layers,
         )
         hidden.append(dhidden)
         ffn.append(dffn)
