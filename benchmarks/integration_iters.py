@@ -3,7 +3,7 @@
 Runs `fit_spin` on synthetic features (planted signal in three neurons) and, for each
 integration group (representation set x pooling set), prints its seconds, its number of
 candidate columns M, the mean FISTA iterations over its (eta, k, lam) problems, and the
-largest count at each lam. Each (eta, k, lam) problem is a lane of `probes.fit_masks`;
+largest count at each lam. Each (eta, k, lam) problem is a lane of `lanes.fit_masks`;
 converged lanes leave the batch between rounds, so time follows the sum of the lanes'
 iterations (and, on a GPU, the compiles of each batch size).
 

@@ -6,8 +6,9 @@ with spin_jax, features extracted once, then 5 seeds of a stratified 60/20/20 sp
 train/valid/test. Planted: Gaussian features of a 6-layer model where the label is a noisy
 function of a few neurons (one layer; two layers; the embedding layer), 5 seeds each.
 
-Recipes: "paper" (SpinOptions.paper()), "default" (SpinOptions()), and the default with
-the embedding layer (default+emb), which decides whether layer 0 belongs in the default.
+Recipes: "paper" (SpinOptions.paper()), "default" (SpinOptions()), and candidates for the
+default, each one change from the last: +emb (layer 0 probed and usable), +exact (the best
+validation score rather than 1se), +wide (8 lams down to lam_max / 10^4).
 
     python benchmarks/recipes.py            # CPU, a few minutes
 """
@@ -28,7 +29,12 @@ from spin_jax.learner import SpinOptions, fit_spin
 RECIPES = {
     "paper": SpinOptions.paper,
     "default": SpinOptions,
-    "default+emb": lambda: SpinOptions(embedding_layer=True),
+    # Candidates for the default, each one change away from the one above it.
+    "+emb": lambda: SpinOptions(embedding_layer=True),
+    "+emb+exact": lambda: SpinOptions(embedding_layer=True, selection="exact"),
+    "+emb+exact+wide": lambda: SpinOptions(
+        embedding_layer=True, selection="exact", n_lams=8, lam_ratio=1e-4
+    ),
 }
 
 
@@ -65,10 +71,15 @@ def planted(kind: str, seed: int, n=900, L=6, D=48, F=96):
     return {"hidden": hidden, "ffn": ffn}, y, ("a", "b")
 
 
+CHOSEN: list[str] = list(RECIPES)
+
+
 def scores(arrays, labels, names, seed) -> dict:
     train, valid, test = split(arrays, labels, names, seed)
     out = {}
     for name, make in RECIPES.items():
+        if name not in CHOSEN:
+            continue
         _, report = fit_spin(train, valid, test, make())
         out[name] = report["spin"]["test"]
     return out
@@ -78,7 +89,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--skip-reviews", action="store_true")
+    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names")
     args = p.parse_args(argv)
+    CHOSEN[:] = args.recipes.split(",")
     problems = [] if args.skip_reviews else [("reviews (MiniLM)", review_features())]
     rows = []
     for name, (arrays, y, names) in problems:
@@ -90,11 +103,11 @@ def main(argv=None) -> int:
         f"# recipes.py, {datetime.date.today()}, {jax.devices()[0].device_kind}, "
         f"jax {jax.__version__}, {args.seeds} seeds: mean test score (min..max)"
     )
-    print("| problem | " + " | ".join(RECIPES) + " |")
-    print("|---|" + "---|" * len(RECIPES))
+    print("| problem | " + " | ".join(CHOSEN) + " |")
+    print("|---|" + "---|" * len(CHOSEN))
     for name, runs in rows:
         cells = []
-        for r in RECIPES:
+        for r in CHOSEN:
             v = np.array([run[r] for run in runs])
             cells.append(f"{v.mean():.4f} ({v.min():.3f}..{v.max():.3f})")
         print(f"| {name} | " + " | ".join(cells) + " |")

@@ -156,38 +156,9 @@ def what_which_where(report: dict) -> str | None:
         sharey="row",
         height_ratios=[3, 1.3],
     )
-    chosen = report["chosen"]
     for col, rep in enumerate(reps):
-        top, bottom = axes[0][col], axes[1][col]
-        for pooling, marker in POOLING_MARKERS.items():
-            pts = [g for g in grid if g["representation"] == rep and g["pooling"] == pooling]
-            if not pts:
-                continue
-            n = [g["n_neurons"] for g in pts]
-            size = [12 + 60 * (etas.index(g["eta"]) + 1) / len(etas) for g in pts]
-            colour = [g["k"] for g in pts]
-            kw = dict(c=colour, s=size, marker=marker, cmap=cmap, norm=norm, alpha=0.75)
-            kw.update(edgecolors="white", linewidths=0.3, rasterized=len(grid) > 3000)
-            top.scatter(n, [g["valid"] for g in pts], **kw)
-            bottom.scatter(n, [g["k"] for g in pts], **kw)
-            if col == 0:
-                top.scatter([], [], marker=marker, c="grey", label=pooling)
-        if chosen["representation"] == rep:
-            top.scatter(
-                [chosen["n_neurons"]],
-                [chosen["valid"]],
-                s=160,
-                facecolors="none",
-                edgecolors="crimson",
-                linewidths=1.8,
-                label="chosen",
-                zorder=5,
-            )
-        top.set_xscale("log")
-        _log_ticks(top.xaxis)
-        _integer_ticks(bottom.yaxis)
-        top.set_title(REP_TITLES[rep])
-        bottom.set_xlabel("neurons used (log)")
+        style = dict(etas=etas, cmap=cmap, norm=norm, dense=len(grid) > 3000, legend=col == 0)
+        _www_panel(axes[0][col], axes[1][col], grid, rep, report["chosen"], **style)
     axes[0][0].set_ylabel(f"valid {_metric(report)}")
     axes[1][0].set_ylabel("layers k")
     for e in (etas[0], etas[-1]):
@@ -204,6 +175,39 @@ def what_which_where(report: dict) -> str | None:
     bar = fig.colorbar(sm, ax=axes[:, -1].tolist(), label="layers 1..k (colour)", shrink=0.8)
     bar.set_ticks(range(1, n_layers + 1, max(1, n_layers // 12)))
     return _svg(fig)
+
+
+def _www_panel(top, bottom, grid, rep, chosen, *, etas, cmap, norm, dense, legend):
+    """One representation's column of Figure 3: score (top) and k (bottom) against neurons."""
+    for pooling, marker in POOLING_MARKERS.items():
+        pts = [g for g in grid if g["representation"] == rep and g["pooling"] == pooling]
+        if not pts:
+            continue
+        n = [g["n_neurons"] for g in pts]
+        size = [12 + 60 * (etas.index(g["eta"]) + 1) / len(etas) for g in pts]
+        colour = [g["k"] for g in pts]
+        kw = dict(c=colour, s=size, marker=marker, cmap=cmap, norm=norm, alpha=0.75)
+        kw.update(edgecolors="white", linewidths=0.3, rasterized=dense)
+        top.scatter(n, [g["valid"] for g in pts], **kw)
+        bottom.scatter(n, [g["k"] for g in pts], **kw)
+        if legend:
+            top.scatter([], [], marker=marker, c="grey", label=pooling)
+    if chosen["representation"] == rep:
+        top.scatter(
+            [chosen["n_neurons"]],
+            [chosen["valid"]],
+            s=160,
+            facecolors="none",
+            edgecolors="crimson",
+            linewidths=1.8,
+            label="chosen",
+            zorder=5,
+        )
+    top.set_xscale("log")
+    _log_ticks(top.xaxis)
+    _integer_ticks(bottom.yaxis)
+    top.set_title(REP_TITLES[rep])
+    bottom.set_xlabel("neurons used (log)")
 
 
 def eta(report: dict) -> str | None:

@@ -1,6 +1,6 @@
 """Stages 2 and 3: keep each layer's neurons that hold a share eta of its probe's squared
 weight, then fit the aggregated classifier on the kept neurons of layers 1..k, for every
-(eta, k) and lam at once, as lanes of one solver (probes.fit_masks)."""
+(eta, k) and lam at once, as lanes of one solver (lanes.fit_masks)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax import probes
+from spin_jax import lanes, probes
 from spin_jax.columns import REPS, Columns, gather
 from spin_jax.devices import n_devices, round_up, shard_problems
 from spin_jax.head import Choice
@@ -19,7 +19,7 @@ from spin_jax.options import FitData, score, solver_dtype
 # Integration on one device: the (mask, lam) lanes stepped together hold about this many
 # fp32 elements of per-lane work (logits and residuals [N, K], FISTA state [M, K]).
 LANE_BATCH_ELEMENTS = 1 << 28
-# When converged lanes leave the batch (probes.fit_masks `shrink`). On an H100 a round of
+# When converged lanes leave the batch (lanes.fit_masks `shrink`). On an H100 a round of
 # 1296 lanes took ~0.01 s and each new batch size ~1.4 s to compile, so there the batch
 # shrinks rarely; on a CPU the steps dominate, but each size compiles in ~2 s too: a
 # quarter (measured 7% slower than halving on a step-bound fit, with half the compiles).
@@ -181,7 +181,7 @@ def _score_masks(Xv, yv, fit, *, shape, metric, n_classes):
 def _fit_masks(X, y, n_classes, lams, masks, opts):
     """fit_path for each feature mask [G, M] on shared X.
 
-    One device: `probes.fit_masks`, whose converged lanes leave the batch between rounds.
+    One device: `lanes.fit_masks`, whose converged lanes leave the batch between rounds.
     Several: all problems at once, split over the devices by the masks' sharding.
     """
     max_iter, tol, smooth = opts.max_iter, opts.tol, opts.smooth
@@ -195,7 +195,7 @@ def _fit_masks(X, y, n_classes, lams, masks, opts):
     shrink = LANE_SHRINK.get(jax.default_backend(), LANE_SHRINK_ACCELERATOR)
     if masks.shape[0] * len(lams) * N * M < NO_SHRINK_ELEMENTS:
         shrink = 1 << 62  # all rounds at one batch size: one compile, cheap steps
-    return probes.fit_masks(
+    return lanes.fit_masks(
         X,
         y,
         n_classes,
@@ -250,7 +250,8 @@ def integrate_combo(
     scores, fit, used, lams = integrate(data, Xtr, Xv, cand, width)
     grid = [
         dict(representation=rname, pooling=pname, eta=eta, k=int(k), lam=float(lams[r]),
-             valid=float(scores[e, d, r]), n_neurons=int(used[e, d, r]))
+             valid=float(scores[e, d, r]), n_neurons=int(used[e, d, r]),
+             n_iter=int(fit.n_iter[e, d, r]), columns=len(cand))
         for e, eta in enumerate(etas) for d, k in enumerate(ks) for r in range(len(lams))
     ]  # fmt: skip
     r_best = np.argmax(scores, axis=2)  # [E, D]; ties -> larger lam

@@ -35,6 +35,7 @@ class ProbeTable:
     layers: np.ndarray  # [L] the block layer of each row (0: the embedding output)
     slp_valid: np.ndarray | None = None  # [L] single-hidden-layer probes (opts.slp_probes)
     slp_test: np.ndarray | None = None
+    iterations: np.ndarray | None = None  # [L] solver iterations, summed over the lams
 
     def row(self, layer):
         """The rows of block layers `layer` (consecutive layers from layers[0])."""
@@ -112,7 +113,7 @@ def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> Prob
         )
         for name, src, y in data.scored()
     }
-    picked = jax.device_get(_pick_best(scores, fit.weights, fit.intercept))
+    picked = jax.device_get(_pick_best(scores, fit.weights, fit.intercept, fit.n_iter))
     return ProbeTable(
         importance=picked["importance"],
         mean=np.asarray(mean),
@@ -124,6 +125,7 @@ def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> Prob
         layers=np.asarray(layers),
         slp_valid=slp_scores.get("valid"),
         slp_test=slp_scores.get("test"),
+        iterations=picked["iterations"],
     )
 
 
@@ -167,14 +169,14 @@ def _score_chunk(X, y, mean, std, weights, intercept, *, metric, n_classes):
 
 
 @jax.jit
-def _pick_best(scores: dict, weights, intercept) -> dict:
+def _pick_best(scores: dict, weights, intercept, n_iter) -> dict:
     """Each layer's probe at its best validation lam (lams largest first: ties -> sparser)."""
     best = jnp.argmax(scores["valid"], axis=-1)
     pick = jax.vmap(lambda a, i: a[i])
     W = pick(weights, best)
     out = {name: pick(s, best) for name, s in scores.items()}
-    return {**out, "weights": W, "intercept": pick(intercept, best),
-            "importance": jnp.sum(jnp.square(W), axis=-1)}  # fmt: skip
+    out.update(weights=W, intercept=pick(intercept, best), iterations=n_iter.sum(-1))
+    return {**out, "importance": jnp.sum(jnp.square(W), axis=-1)}
 
 
 def _slp_scores(data: FitData, Xs, *, rep, pool, layers, mean, std) -> dict:

@@ -96,7 +96,25 @@ def fit_spin(
         integration_k=[int(k) for k in depths(data)],
         early_exit=early_exit(data, choices),
     )
+    report["solves"].update(iterations(tables, grid))
     return head, report
+
+
+def iterations(tables: dict, grid: list[dict]) -> dict:
+    """The solver iterations each stage took (run_record counts the FLOPs from them)."""
+    probe = {
+        f"{r}/{POOLINGS[p]}": int(np.sum(t.iterations))
+        for (r, p), t in tables.items()
+        if t.iterations is not None
+    }
+    combos = {}
+    for row in grid:
+        c = combos.setdefault(
+            (row["representation"], row["pooling"]), {"columns": row["columns"], "iterations": 0}
+        )
+        c["iterations"] += row["n_iter"]
+    integration = [{"representation": r, "pooling": p, **c} for (r, p), c in combos.items()]
+    return {"probe_iterations": probe, "integration_iterations": integration}
 
 
 def recipe_report(data: FitData, best: Choice, choices: list[Choice]) -> dict:

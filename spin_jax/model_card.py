@@ -8,11 +8,8 @@ from spin_jax.html import num
 
 
 def render(report: dict, meta: dict) -> str:
-    model = meta.get("model", {})
-    source = model.get("source", "?")
+    source = meta.get("model", {}).get("source", "?")
     names = report.get("label_names") or meta.get("label_names") or []
-    c, spin = report["chosen"], report["spin"]
-    L = len(report["neurons_kept_per_layer"])
     metric = report["metric"]
     front = [
         "---",
@@ -25,6 +22,28 @@ def render(report: dict, meta: dict) -> str:
     ]
     lines = [
         *front,
+        *_details(report, meta, names),
+        "## Training data",
+        "",
+        *_data(report),
+        "",
+        "## Evaluation",
+        "",
+        *_scores(report),
+        "",
+        *_limitations(meta),
+        *HOW_TO_LOAD,
+    ]
+    return "\n".join(lines)
+
+
+def _details(report: dict, meta: dict, names) -> list[str]:
+    model = meta.get("model", {})
+    source = model.get("source", "?")
+    c, spin = report["chosen"], report["spin"]
+    L = len(report["neurons_kept_per_layer"])
+    first = 0 if (report.get("recipe") or {}).get("embedding_layer") else 1
+    return [
         f"# SPIN classifier on {source}",
         "",
         "## Model details",
@@ -39,7 +58,7 @@ def render(report: dict, meta: dict) -> str:
         "",
         f"- Classes: {', '.join(f'`{n}`' for n in names)}",
         f"- Representation: {c['representation']}, pooling: {c['pooling']}, eta: {c['eta']}, "
-        f"layers offered: 1..{c['k']}",
+        f"layers offered: {first}..{c['k']}",
         "- Files: `classifier.safetensors`, `classifier.json` (model identity, tokenizer "
         "settings, hashes), `report.json`; `report.html` shows the fit.",
         "",
@@ -50,14 +69,11 @@ def render(report: dict, meta: dict) -> str:
         "is not meant for texts of another domain or language without checking its score "
         "on labelled examples of them first (`spin-jax evaluate`).",
         "",
-        "## Training data",
-        "",
-        *_data(report),
-        "",
-        "## Evaluation",
-        "",
-        *_scores(report),
-        "",
+    ]
+
+
+def _limitations(meta: dict) -> list[str]:
+    return [
         "## Limitations",
         "",
         f"- Texts longer than {meta.get('tokenizer', {}).get('max_length', '?')} tokens are "
@@ -67,28 +83,31 @@ def render(report: dict, meta: dict) -> str:
         "- Token shares explain this classifier's logits exactly, not the model's reasoning.",
         "- Loading refuses a different model or spin_jax version than the one recorded.",
         "",
-        "## How to load",
-        "",
-        "```python",
-        "from spin_jax import SpinClassifier",
-        "",
-        'clf = SpinClassifier.load("path/to/this/folder")  # the model recorded at fit time',
-        'clf.predict(["a new text"])',
-        'clf.explain("a new text")  # each token\'s share of each class logit',
-        "```",
-        "",
-        "```",
-        "spin-jax predict path/to/this/folder --data new.csv --out predictions.csv",
-        'spin-jax explain path/to/this/folder "a new text" --html why.html',
-        "```",
-        "",
-        "## Citation",
-        "",
-        "Jiao et al., *SPIN: Sparsifying and Integrating Internal Neurons in Large Language "
-        "Models for Text Classification*, Findings of ACL 2024 (arXiv 2311.15983).",
-        "",
     ]
-    return "\n".join(lines)
+
+
+HOW_TO_LOAD = [
+    "## How to load",
+    "",
+    "```python",
+    "from spin_jax import SpinClassifier",
+    "",
+    'clf = SpinClassifier.load("path/to/this/folder")  # the model recorded at fit time',
+    'clf.predict(["a new text"])',
+    'clf.explain("a new text")  # each token\'s share of each class logit',
+    "```",
+    "",
+    "```",
+    "spin-jax predict path/to/this/folder --data new.csv --out predictions.csv",
+    'spin-jax explain path/to/this/folder "a new text" --html why.html',
+    "```",
+    "",
+    "## Citation",
+    "",
+    "Jiao et al., *SPIN: Sparsifying and Integrating Internal Neurons in Large Language "
+    "Models for Text Classification*, Findings of ACL 2024 (arXiv 2311.15983).",
+    "",
+]
 
 
 def _data(report: dict) -> list[str]:

@@ -355,8 +355,8 @@ PARAMETER_ROWS = (
 )
 FLOP_ROWS = (
     ("SPIN: extraction (one forward over train + valid, 2N per token)", "flops.spin.extraction"),
-    ("SPIN: per-layer probes (at most max_iter iterations)", "flops.spin.probes"),
-    ("SPIN: integration over k, eta, lam (at most max_iter)", "flops.spin.integration"),
+    ("SPIN: per-layer probes (the iterations they took)", "flops.spin.probes"),
+    ("SPIN: integration over k, eta, lam (the iterations they took)", "flops.spin.integration"),
     ("SPIN: total", "flops.spin.total"),
     ("fine-tuning, {epochs} epochs (6N per token)", "flops.fine_tuning.total"),
 )

@@ -6,8 +6,8 @@ inference time per text at each depth (Table 7).
 FLOPs follow the usual counts (Kaplan et al. 2020): a forward pass costs 2 N FLOPs per token
 for a model of N parameters, a training step 6 N (forward and backward); a solver iteration
 of an L1 logistic regression on n rows, d features and K outputs costs 4 n d K (the product
-X W and the gradient X^T R), and each solve is counted at its iteration limit (max_iter), so
-the probe and integration figures are upper bounds.
+X W and the gradient X^T R), times the iterations the solves took (report.json's
+`solves`; a report of an older fit counts every solve at max_iter, an upper bound).
 """
 
 from __future__ import annotations
@@ -95,12 +95,22 @@ def training_flops(report: dict, size: dict, tokens: dict) -> dict:
     s, N = report["solves"], size["parameters"]
     K, R, L, it = s["outputs"], s["n_lams"], s["n_layers"], s["max_iter"]
     fit_tokens = (tokens.get("train") or 0) + (tokens.get("valid") or 0)
-    solve = 4 * s["n_train"] * K * R * it  # per feature, per solve of every lam
-    probes = sum(
-        solve * L * len(s["probe_poolings"]) * s["widths"][rep]
-        for rep in s["probe_representations"]
-    )
-    integration = sum(solve * s["n_etas"] * L * c["columns"] for c in s["integration"])
+    per_step = 4 * s["n_train"] * K  # per feature, per iteration of one lam
+    if "probe_iterations" in s:  # the iterations the solves took
+        probes = sum(
+            per_step * s["widths"][name.split("/")[0]] * n
+            for name, n in s["probe_iterations"].items()
+        )
+        integration = sum(
+            per_step * c["columns"] * c["iterations"] for c in s["integration_iterations"]
+        )
+    else:  # a report of an older fit: every solve at its iteration limit, an upper bound
+        solve = per_step * R * it
+        probes = sum(
+            solve * L * len(s["probe_poolings"]) * s["widths"][rep]
+            for rep in s["probe_representations"]
+        )
+        integration = sum(solve * s["n_etas"] * L * c["columns"] for c in s["integration"])
     return {
         "tokens": tokens,
         "spin": {
@@ -114,6 +124,7 @@ def training_flops(report: dict, size: dict, tokens: dict) -> dict:
             "total": 6 * N * (tokens.get("train") or 0) * FINE_TUNING_EPOCHS,
         },
         "exact_tokens": all(tokens.get(k) is not None for k in ("train", "valid")),
+        "measured_iterations": "probe_iterations" in s,
     }
 
 

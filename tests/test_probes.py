@@ -10,7 +10,7 @@ import sklearn
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from spin_jax import probes
+from spin_jax import lanes, probes
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -107,11 +107,11 @@ def test_fit_masks_equals_fit_path_per_mask(n_classes, max_lanes):
     X, y = jnp.asarray(X), jnp.asarray(y)
     masks = jnp.asarray(np.random.default_rng(6).random((5, F_SMALL)) > 0.4, jnp.float32)
     lams = probes.default_lams(X, y, n_classes, num=R_SMALL, ratio=0.05)
-    fit = probes.fit_masks(X, y, n_classes, lams, masks, max_lanes=max_lanes)
+    fit = lanes.fit_masks(X, y, n_classes, lams, masks, max_lanes=max_lanes)
     K = probes.n_columns(n_classes)
     assert fit.weights.shape == (5, R_SMALL, F_SMALL, K) and fit.intercept.shape == (5, R_SMALL, K)
     n_iter = np.asarray(fit.n_iter)
-    assert n_iter.max() > 2 * probes.FIRST_ROUND and n_iter.min() < probes.FIRST_ROUND  # rounds
+    assert n_iter.max() > 2 * lanes.FIRST_ROUND and n_iter.min() < lanes.FIRST_ROUND  # rounds
     for g in range(5):
         one = probes.fit_path(X, y, n_classes, lams, featmask=masks[g])
         np.testing.assert_allclose(fit.weights[g], one.weights, rtol=1e-5, atol=1e-6)
@@ -124,17 +124,17 @@ def test_fit_masks_equals_fit_path_per_mask(n_classes, max_lanes):
 def test_fit_masks_without_problems_and_bad_shrink():
     X, y = make_problem(4, N_SMALL, F_SMALL, 2)
     X, y = jnp.asarray(X), jnp.asarray(y)
-    fit = probes.fit_masks(X, y, 2, jnp.asarray([0.1]), jnp.zeros((0, F_SMALL)))
+    fit = lanes.fit_masks(X, y, 2, jnp.asarray([0.1]), jnp.zeros((0, F_SMALL)))
     assert fit.weights.shape == (0, 1, F_SMALL, 1) and fit.n_iter.shape == (0, 1)
     with pytest.raises(ValueError, match="shrink"):
-        probes.fit_masks(X, y, 2, jnp.asarray([0.1]), jnp.ones((1, F_SMALL)), shrink=1)
+        lanes.fit_masks(X, y, 2, jnp.asarray([0.1]), jnp.ones((1, F_SMALL)), shrink=1)
 
 
 def test_fit_masks_stops_at_max_iter():
     X, y = make_problem(4, N_SMALL, F_SMALL, 3, scale=1.0)
     masks = jnp.ones((2, F_SMALL), jnp.float32)
     lams = jnp.asarray([1e-4, 1e-5])
-    fit = probes.fit_masks(jnp.asarray(X), jnp.asarray(y), 3, lams, masks, max_iter=13, tol=0.0)
+    fit = lanes.fit_masks(jnp.asarray(X), jnp.asarray(y), 3, lams, masks, max_iter=13, tol=0.0)
     np.testing.assert_array_equal(fit.n_iter, 13)  # not a round boundary (8, 16)
     assert not np.asarray(fit.converged).any()
 

@@ -151,3 +151,18 @@ def test_slp_probes_sit_beside_the_linear_ones():
     assert slp["test"][1] > 0.8 > max(linear["test"]) + 0.1, (slp, linear)
     _, plain = fit_spin(train, valid, test, SpinOptions(**FAST))
     assert plain["per_layer_slp"] is None
+
+
+def test_report_records_the_iterations_the_solves_took(budget_fit):
+    _, report = budget_fit
+    solves = report["solves"]
+    assert set(solves["probe_iterations"]) == set(report["per_layer_probes"])
+    assert all(n > 0 for n in solves["probe_iterations"].values())
+    per_combo = {(c["representation"], c["pooling"]): c for c in solves["integration_iterations"]}
+    for (rep, pool), c in per_combo.items():
+        rows = [r for r in report["grid"] if (r["representation"], r["pooling"]) == (rep, pool)]
+        assert c["iterations"] == sum(r["n_iter"] for r in rows) > 0
+    from spin_jax.run_record import training_flops
+
+    flops = training_flops(report, {"parameters": 1000}, {"train": 10, "valid": 5})
+    assert flops["measured_iterations"] and flops["spin"]["probes"] > 0

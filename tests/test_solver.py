@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from spin_jax import probes, solver
+from spin_jax import lanes, probes, solver
 from tests.test_probes import make_problem, objective_np
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -89,15 +89,15 @@ def test_masks_lanes_take_a_smooth_part_too():
     X, y, lams = problem(2)
     masks = jnp.asarray(np.arange(F)[None] < np.array([[100], [F]]), jnp.float32)
     adam = solver.smooth("adam", 1e-2)
-    lanes = probes.fit_masks(
+    fit = lanes.fit_masks(
         jnp.asarray(X), jnp.asarray(y), 2, lams, masks, max_iter=200, smooth=adam
     )
     for g in range(2):
         one = probes.fit_path(
             jnp.asarray(X), jnp.asarray(y), 2, lams, featmask=masks[g], max_iter=200, smooth=adam
         )
-        np.testing.assert_allclose(lanes.weights[g], one.weights, atol=1e-6)
-    assert np.all(np.asarray(lanes.weights[0, :, 100:]) == 0)  # masked features held at 0
+        np.testing.assert_allclose(fit.weights[g], one.weights, atol=1e-6)
+    assert np.all(np.asarray(fit.weights[0, :, 100:]) == 0)  # masked features held at 0
 
 
 def test_prox_l1_soft_thresholds_and_holds_masked_rows():

@@ -394,6 +394,16 @@ def _common(p, *, labels=True):
 
 
 def add_commands(sub) -> None:
+    _add_fit(sub)
+    _add_scoring(sub)
+    _add_explain(sub)
+    p = sub.add_parser("demo", help="SPIN on the bundled MiniLM and reviews")
+    p.add_argument("--out", default="spin-jax-demo", help="run folder (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+def _add_fit(sub) -> None:
     p = sub.add_parser("fit", help="fit a SPIN classifier")
     p.add_argument("--model", required=True)
     p.add_argument("--train", required=True, help="data file/hf:NAME, or a feature store")
@@ -419,6 +429,8 @@ def add_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_fit)
 
+
+def _add_scoring(sub) -> None:
     p = sub.add_parser("evaluate", help="score a fitted classifier on labelled data")
     p.add_argument("run")
     p.add_argument("--data", required=True, help="data file/hf:NAME, or a feature store")
@@ -436,6 +448,8 @@ def add_commands(sub) -> None:
     p.add_argument("--label-column", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="each token's share of the class logits of a text")
     p.add_argument("run")
     p.add_argument("text", nargs="?", default=None, help="the text (or pass --data)")
@@ -449,8 +463,3 @@ def add_commands(sub) -> None:
     p.add_argument("--label-column", default=None)
     p.add_argument("--split", default=None)
     p.set_defaults(func=cmd_explain)
-
-    p = sub.add_parser("demo", help="SPIN on the bundled MiniLM and reviews")
-    p.add_argument("--out", default="spin-jax-demo", help="run folder (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_demo)
