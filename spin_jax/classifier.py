@@ -35,6 +35,7 @@ from spin_jax.inference import (  # noqa: F401 - re-exported: tests read the pro
 from spin_jax.learner import fit_spin
 from spin_jax.model import Model, load_model
 from spin_jax.options import recipe_options, score
+from spin_jax.progress import stage
 from spin_jax.selection import (
     is_selective,
     neurons_of,
@@ -160,6 +161,7 @@ class SpinClassifier:
         """A store in work_dir, or features in memory: on the accelerator when they fit
         (extract's placement "auto"), so the probes read them without a host round trip."""
         out = None if self.work_dir is None else Path(self.work_dir) / f"features-{name}"
+        stage(f"{name}: tokenising and extracting {len(ds.texts)} texts", self.progress)
         return extract(
             self.model,
             ds,

@@ -48,6 +48,7 @@ from spin_jax.options import (  # noqa: F401 - the learner's public names
     require_full,
     score,
 )
+from spin_jax.progress import stage
 from spin_jax.report import build_report, spin_scores
 
 log = logging.getLogger("spin_jax")
@@ -74,11 +75,14 @@ def fit_spin(
     data = fit_data(train, valid, test, opts, n_layers)
     times = {}
     t0 = time.perf_counter()
+    stage(f"probes: {opts.recipe()} recipe, {data.n_layers} layers (compiling first)", progress)
     tables = probe_tables(data, progress, checkpoint_dir)
     times["probes_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    stage("integration: every (eta, k, lam) of each combination as lanes of one solve", progress)
     choices, grid = integrate_all(data, tables, progress)
     times["integration_s"] = time.perf_counter() - t0
+    stage(f"selection ({opts.selection}) among {len(choices)} candidates, and the report", progress)
     best = select(choices, opts.selection, valid.n_rows)
     head = best.head()
     report = build_report(

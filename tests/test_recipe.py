@@ -166,3 +166,14 @@ def test_report_records_the_iterations_the_solves_took(budget_fit):
 
     flops = training_flops(report, {"parameters": 1000}, {"train": 10, "valid": 5})
     assert flops["measured_iterations"] and flops["spin"]["probes"] > 0
+
+
+def test_progress_names_every_stage_in_order(capsys):
+    train, valid, test = splits(planted, ("neg", "pos"))
+    fit_spin(train, valid, test, SpinOptions(**FAST), progress=True)
+    err = capsys.readouterr().err
+    marks = ["spin-jax: probes: custom recipe", "spin-jax: integration:", "spin-jax: selection"]
+    at = [err.find(m) for m in marks]
+    assert all(i >= 0 for i in at) and at == sorted(at), err[:2000]
+    fit_spin(train, valid, test, SpinOptions(**FAST))  # progress=False: silent
+    assert "spin-jax:" not in capsys.readouterr().err

