@@ -80,7 +80,7 @@ def layers(report: dict) -> str | None:
             r, pooling = key.split("/")
             if r != rep:
                 continue
-            x = range(1, len(scores["valid"]) + 1)
+            x = scores.get("layers") or range(1, len(scores["valid"]) + 1)  # 0: embeddings
             colour = POOLING_COLOURS.get(pooling)
             ax.plot(x, scores["valid"], "-o", ms=3, color=colour, label=f"{pooling}, valid")
             if scores.get("test") is not None:
@@ -89,11 +89,12 @@ def layers(report: dict) -> str | None:
             if slp:  # the learner's single-layer probes without L1, when it records them
                 ax.plot(x, slp["valid"], ":", color=colour, label=f"{pooling}, SLP valid")
         if per_k:
-            k = range(1, len(per_k) + 1)
-            ax.plot(k, per_k, "-", color="black", lw=2, label="SPIN on layers 1..k, valid")
+            k = report.get("integration_k") or list(range(1, len(per_k) + 1))
+            span = f"{k[0]}..k"
+            ax.plot(k, per_k, "-", color="black", lw=2, label=f"SPIN on layers {span}, valid")
             ax.plot(
                 [chosen["k"]],
-                [per_k[chosen["k"] - 1]],
+                [per_k[list(k).index(chosen["k"])]],
                 "*",
                 color="crimson",
                 ms=14,

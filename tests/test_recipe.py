@@ -40,6 +40,10 @@ def test_paper_recipe_finds_a_signal_planted_in_layer_0():
     assert report["per_layer_probes"]["hidden/mean"]["layers"] == list(range(L + 1))
     assert report["per_layer_probes"]["ffn/mean"]["layers"] == list(range(1, L + 1))
     assert report["integration_k"] == list(range(L + 1))
+    from spin_jax import figures
+
+    svg = figures.layers(report)  # Figure 2 from layer 0, the chosen k marked on its own x
+    assert "<svg" in svg and f"chosen k = {report['chosen']['k']}" in svg
     # The default recipe never reads layer 0, so it cannot find this signal as well.
     head_d, report_d = fit_spin(train, valid, test, SpinOptions(**FAST))
     assert 0 not in head_d.layer.tolist()
