@@ -172,7 +172,7 @@ def _choice(report: dict) -> str:
         ("representation", c["representation"], "chosen.representation"),
         ("pooling", c["pooling"], "chosen.pooling"),
         ("eta", c["eta"], "chosen.eta"),
-        ("k (layers 1..k offered)", c["k"], "chosen.k"),
+        (f"k (layers {_first_layer(report)}..k offered)", c["k"], "chosen.k"),
         ("layers run (deepest used)", c["num_layers"], "chosen.num_layers"),
         ("neurons used", c["n_neurons"], "chosen.n_neurons"),
         ("validation score", c["valid"], "chosen.valid"),
@@ -442,9 +442,15 @@ def _run(report: dict, meta: dict) -> str:
     )
 
 
+def _first_layer(report: dict) -> int:
+    return 0 if (report.get("recipe") or {}).get("embedding_layer") else 1
+
+
 def _plain(value) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_plain(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return ", ".join(_plain(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return "-" if value is None else str(value)
