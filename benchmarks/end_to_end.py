@@ -152,8 +152,8 @@ def sklearn_spin(feats: dict, ys, sample: float, rng) -> dict:
                     np.concatenate([f[rep][:, j, p][:, c] for j, c in cols], 1)
                     for f in (train, valid, test)
                 )
-                if rng.random() > sample:
-                    continue
+                if Xtr.shape[1] == 0 or rng.random() > sample:
+                    continue  # no kept neuron (every probe of these layers all-zero)
                 t0 = time.perf_counter()
                 m, mean, std = _standard(Xtr)
                 fits = jobs(delayed(sk_fit)(m, ytr, C) for C in C_GRID)

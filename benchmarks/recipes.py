@@ -7,8 +7,8 @@ train/valid/test. Planted: Gaussian features of a 6-layer model where the label 
 function of a few neurons (one layer; two layers; the embedding layer), 5 seeds each.
 
 Recipes: "paper" (SpinOptions.paper()), "default" (SpinOptions()), and candidates for the
-default, each one change from the last: +emb (layer 0 probed and usable), +exact (the best
-validation score rather than 1se), +wide (8 lams down to lam_max / 10^4).
+default: +emb (layer 0 probed and usable), +exact (the best validation score rather than
+1se), +wide (8 lams down to lam_max / 10^4).
 
     python benchmarks/recipes.py            # CPU, a few minutes
 """
@@ -31,6 +31,7 @@ RECIPES = {
     "default": SpinOptions,
     # Candidates for the default, each one change away from the one above it.
     "+emb": lambda: SpinOptions(embedding_layer=True),
+    "+emb+wide": lambda: SpinOptions(embedding_layer=True, n_lams=8, lam_ratio=1e-4),
     "+emb+exact": lambda: SpinOptions(embedding_layer=True, selection="exact"),
     "+emb+exact+wide": lambda: SpinOptions(
         embedding_layer=True, selection="exact", n_lams=8, lam_ratio=1e-4
