@@ -28,8 +28,8 @@ from spin_jax.learner import SpinOptions, fit_spin
 
 RECIPES = {
     "paper": SpinOptions.paper,
+    # The default (layers 1..k), and candidates for a new one.
     "default": SpinOptions,
-    # Candidates for the default, each one change away from the one above it.
     "+emb": lambda: SpinOptions(embedding_layer=True),
     "+emb+wide": lambda: SpinOptions(embedding_layer=True, n_lams=8, lam_ratio=1e-4),
     "+emb+exact": lambda: SpinOptions(embedding_layer=True, selection="exact"),

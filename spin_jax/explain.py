@@ -37,13 +37,15 @@ def split_logits(config, k, sel, x, mask):
 
 
 def split_logits_by_layer(config, k, sel, x, mask):
-    """[B, T, k, K]: split_logits further split by the block layer (1..k) of each column,
+    """[B, T, max(k, 1), K]: split_logits further split by the block layer (1..k) of each column,
     so that summing layers 1..j gives the share of the columns read from the first j blocks
     (a hidden layer-0 column, the embeddings, counts with layer 1)."""
     block = jnp.concatenate(  # sel holds store indices: back to block layers
         [sel["h_layer"] - store_layer("hidden", 0), sel["f_layer"] - store_layer("ffn", 0)]
     )
-    onehot = (jnp.maximum(block, 1)[:, None] == jnp.arange(1, k + 1)).astype(jnp.float32)
+    # A head of the embeddings alone (k = 0) still gets one depth: layer 1's, holding them.
+    depth = jnp.arange(1, max(k, 1) + 1)
+    onehot = (jnp.maximum(block, 1)[:, None] == depth).astype(jnp.float32)
     share = column_shares(config, k, sel, x, mask)
     return jnp.einsum("btm,mk,mj->btjk", share, sel["weights"], onehot)
 

@@ -46,7 +46,10 @@ class SpinOptions:
     # of the best validation score; "exact": the best score, ties broken the same way.
     selection: str = "1se"
     # Whether hidden layer 0 (the embedding output) is probed and usable in integration
-    # (layers 0..k, as the paper and its code do) or not (layers 1..k).
+    # (layers 0..k, as the paper and its code do) or not (layers 1..k). Measured to help
+    # (benchmarks/recipes.py: 0.53 against 0.84 with a signal planted in the embeddings,
+    # no change elsewhere), but off by default until the explanation pages split shares
+    # by layer for layer 0 too (README, "Recipes").
     embedding_layer: bool = False
     # Integration uses only the lower share of the blocks (early exit): layers up to
     # ceil(layer_budget * L), so inference never runs a block beyond them.

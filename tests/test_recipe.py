@@ -44,7 +44,7 @@ def test_paper_recipe_finds_a_signal_planted_in_layer_0():
 
     svg = figures.layers(report)  # Figure 2 from layer 0, the chosen k marked on its own x
     assert "<svg" in svg and f"chosen k = {report['chosen']['k']}" in svg
-    # The default recipe never reads layer 0, so it cannot find this signal as well.
+    # The default leaves layer 0 out, so it cannot find this signal.
     head_d, report_d = fit_spin(train, valid, test, SpinOptions(**FAST))
     assert 0 not in head_d.layer.tolist()
     assert report["spin"]["test"] > report_d["spin"]["test"] + 0.1
@@ -181,3 +181,44 @@ def test_progress_names_every_stage_in_order(capsys):
     assert all(i >= 0 for i in at) and at == sorted(at), err[:2000]
     fit_spin(train, valid, test, SpinOptions(**FAST))  # progress=False: silent
     assert "spin-jax:" not in capsys.readouterr().err
+
+
+def test_a_head_of_the_embedding_layer_alone_runs_no_block(folder):
+    """A head that reads only hidden layer 0 runs no block, and predicts as its features say."""
+    import numpy as np
+
+    from spin_jax.classifier import SpinClassifier
+    from spin_jax.head import SpinHead
+    from tests.test_learner import reviews
+
+    texts, labels = reviews(40, 0)
+    clf = SpinClassifier(str(folder), recipe="paper").fit(texts, labels)
+    clf.head = SpinHead(
+        rep=np.array([0]), pool=np.array([1]), layer=np.array([0]), neuron=np.array([3]),
+        mean=np.zeros(1, np.float32), std=np.ones(1, np.float32),
+        weights=np.ones((1, 1), np.float32), intercept=np.zeros(1, np.float32), num_layers=0,
+    )  # fmt: skip
+    feats = spin_jax.extract(clf.model, texts[:5], placement="host")
+    x = feats.read("hidden", layers=[0], poolings=[1], neurons=[3])[:, 0, 0, 0]
+    z = clf.decision_function(texts[:5])
+    np.testing.assert_allclose(np.ravel(z), x, rtol=1e-4, atol=1e-4)
+
+
+def test_explain_splits_a_layer_0_head_exactly(folder):
+    """The paper recipe may keep embedding-layer neurons: their shares still add up."""
+    import numpy as np
+
+    from spin_jax.classifier import SpinClassifier
+    from spin_jax.head import SpinHead
+    from tests.test_learner import reviews
+
+    texts, labels = reviews(40, 0)
+    clf = SpinClassifier(str(folder), recipe="paper").fit(texts, labels)
+    clf.head = SpinHead(
+        rep=np.array([0, 1]), pool=np.array([1, 2]), layer=np.array([0, 1]),
+        neuron=np.array([3, 5]), mean=np.zeros(2, np.float32), std=np.ones(2, np.float32),
+        weights=np.array([[1.0], [-0.5]], np.float32), intercept=np.zeros(1, np.float32),
+        num_layers=1,
+    )  # fmt: skip
+    ex = clf.explain(texts[0])
+    np.testing.assert_allclose(ex.proba, clf.predict_proba([texts[0]])[0], atol=1e-5)

