@@ -137,6 +137,12 @@ def test_cli_fit_with_the_paper_recipe_and_a_budget(tmp_path, folder, capsys):
     assert "Recipe paper: layers 0..k, C in [0.1, 0.2, 1.0, 10.0, 100.0]" in capsys.readouterr().out
     assert main([*args[:-1], str(tmp_path / "r2"), "--layer-budget", "1.5"]) == 2
     assert "layer_budget=1.5" in capsys.readouterr().err
+    flags = ["--quiet", "--embedding-layer", "--solver", "adam", "--slp-probes"]
+    assert main([*args[:-1], str(tmp_path / "r3"), *flags]) == 0
+    r3 = json.loads((tmp_path / "r3" / "report.json").read_text())
+    assert r3["recipe"]["embedding_layer"] and r3["integration_k"][0] == 0
+    assert r3["recipe"]["solver"] == {"name": "adam", "learning_rate": 0.01}
+    assert r3["per_layer_slp"]["hidden/mean"]["layers"][0] == 0
 
 
 def test_slp_probes_sit_beside_the_linear_ones():

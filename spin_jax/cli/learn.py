@@ -418,11 +418,10 @@ def _add_fit(sub) -> None:
     p.add_argument("--lam-grid", default=None, choices=["auto", "paper"])
     p.add_argument("--etas", type=common.eta_list, default=None, help="comma-separated eta grid")
     p.add_argument(
-        "--no-embedding-layer",
-        dest="embedding_layer",
-        action="store_false",
+        "--embedding-layer",
+        action="store_true",
         default=None,
-        help="leave hidden layer 0 (the embeddings) out: layers 1..k",
+        help="probe hidden layer 0 (the embeddings) too: layers 0..k",
     )
     p.add_argument("--slp-probes", action="store_true", help="one-hidden-layer probes too")
     p.add_argument("--layer-budget", type=float, default=None, help=BUDGET_HELP)
