@@ -321,18 +321,8 @@ def fit_path(
     rowmask [N] 0/1 (padded rows: 0), featmask [F] 0/1 (features held at exactly 0).
     Returns ProbeFit with weights [R, F, K], intercept [R, K], n_iter [R], converged [R].
     """
-    return _fit_path(
-        X,
-        y,
-        n_classes,
-        lams,
-        rowmask=rowmask,
-        featmask=featmask,
-        max_iter=max_iter,
-        tol=tol,
-        warm_start=warm_start,
-        smooth=smooth,
-    )
+    solve = dict(max_iter=max_iter, tol=tol, warm_start=warm_start, smooth=smooth)
+    return _fit_path(X, y, n_classes, lams, rowmask=rowmask, featmask=featmask, **solve)
 
 
 def _axis(a: Array | None, shared_ndim: int) -> int | None:
@@ -361,19 +351,10 @@ def fit_many(
     Returns ProbeFit with weights [G, R, F, K], intercept [G, R, K], n_iter/converged [G, R].
     """
 
+    solve = dict(max_iter=max_iter, tol=tol, warm_start=warm_start, smooth=smooth)
+
     def one(X, y, lams, rowmask, featmask):
-        return _fit_path(
-            X,
-            y,
-            n_classes,
-            lams,
-            rowmask=rowmask,
-            featmask=featmask,
-            max_iter=max_iter,
-            tol=tol,
-            warm_start=warm_start,
-            smooth=smooth,
-        )
+        return _fit_path(X, y, n_classes, lams, rowmask=rowmask, featmask=featmask, **solve)
 
     in_axes = (0, _axis(y, 1), _axis(lams, 1), _axis(rowmask, 1), _axis(featmask, 1))
     return jax.vmap(one, in_axes=in_axes)(X, y, lams, rowmask, featmask)
