@@ -43,6 +43,7 @@ from spin_jax.selection import (
     read_head_columns,
 )
 from spin_jax.sources import align_labels, check_features, check_source, is_source, labels_of
+from spin_jax.streaming import budgets, spill_folder
 from spin_jax.text import encode, max_length_of, pad_batch
 
 log = logging.getLogger("spin_jax")
@@ -97,11 +98,14 @@ class SpinClassifier:
         work_dir=None,
         compilation_cache: bool = True,
         recipe: str = "default",
+        device_budget: int | None = None,
+        host_budget: int | None = None,
         **options,
     ):
         if compilation_cache:
             enable_compilation_cache()  # spin_jax/cache.py; before the model's first compile
         self.options = recipe_options(recipe, options)  # checked before the model loads
+        self.budgets = budgets(device_budget, host_budget)  # bytes of features (streaming.py)
         if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
             raise SpinError(f"max_length {max_length!r}: pass a positive number of tokens.")
         self.model = model if isinstance(model, Model) else load_model(model)
@@ -144,12 +148,13 @@ class SpinClassifier:
         else:
             valid = self._as_dataset(valid, names)
         test = None if test is None else self._as_dataset(test, names)
-        feats = [
-            self._extract(ds, name)
-            for ds, name in ((train, "train"), (valid, "valid"), (test, "test"))
-            if ds is not None
-        ]
-        return self.fit_features(*feats)
+        with spill_folder(self.work_dir) as spill:  # features over the host budget
+            feats = [
+                self._extract(ds, name, spill)
+                for ds, name in ((train, "train"), (valid, "valid"), (test, "test"))
+                if ds is not None
+            ]
+            return self.fit_features(*feats)
 
     def _as_dataset(self, data, names) -> TextDataset:
         if isinstance(data, TextDataset):
@@ -157,10 +162,12 @@ class SpinClassifier:
             return data
         return self._dataset(data[0], data[1], names)
 
-    def _extract(self, ds: TextDataset, name: str):
+    def _extract(self, ds: TextDataset, name: str, spill=None):
         """A store in work_dir, or features in memory: on the accelerator when they fit
-        (extract's placement "auto"), so the probes read them without a host round trip."""
+        its budget (extract's placement "auto"), so the probes read them without a host
+        round trip, else on the host; over the host budget, a store in `spill`."""
         out = None if self.work_dir is None else Path(self.work_dir) / f"features-{name}"
+        spill = None if spill is None else spill / f"features-{name}"
         stage(f"{name}: tokenising and extracting {len(ds.texts)} texts", self.progress)
         return extract(
             self.model,
@@ -170,6 +177,8 @@ class SpinClassifier:
             max_length=self.max_length,
             token_budget=self.token_budget,
             progress=self.progress,
+            spill_dir=spill,
+            **self.budgets,
         )
 
     def fit_features(self, train, valid, test=None) -> SpinClassifier:

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 
 import jax
@@ -55,30 +56,21 @@ from spin_jax.runner import BatchRunner, Summary  # noqa: F401 - Summary: re-exp
 from spin_jax.selection import COLUMNS, NeuronSelection, parse_neurons
 from spin_jax.store import DTYPES as STORE_DTYPES
 from spin_jax.store import FeatureStore
+from spin_jax.streaming import (  # noqa: F401 - placement_of: re-exported
+    announce_store,
+    features_bytes,
+    placement_of,
+    require_spill_dir,
+)
 from spin_jax.text import encode_rows, max_length_of
 
 log = logging.getLogger("spin_jax")
 REPRESENTATIONS = ("hidden", "ffn")
 
 
-# ---- where features in memory are kept ---------------------------------------------------
+# ---- where features in memory are kept: "auto" by the budgets (spin_jax/streaming.py) ----
 
 PLACEMENTS = ("auto", "host", "device")
-
-
-def placement_of(placement: str, specs, n_rows: int) -> str:
-    """ "host" or "device". "auto" is the device on an accelerator (one process) when each
-    device's share of the arrays takes under a quarter of its free memory; else the host
-    (always on CPU, and where the backend reports no memory statistics)."""
-    if placement != "auto":
-        return placement
-    if jax.default_backend() == "cpu" or jax.process_count() > 1:
-        return "host"
-    free = device_memory_free()
-    total = sum(n_rows * np.prod(s) * STORE_DTYPES[d].itemsize for s, d in specs.values())
-    mesh = default_mesh()
-    share = total / mesh.size if mesh is not None and n_rows % mesh.size == 0 else total
-    return "device" if free is not None and share < free / 4 else "host"
 
 
 # ---- the run -----------------------------------------------------------------------------
@@ -97,6 +89,12 @@ class ExtractOptions:
     neurons: NeuronSelection | None = None  # selective extraction, as `extract` validated it
     placement: str = "auto"  # without `out`: "host", "device" or "auto" (see placement_of)
     allow_empty: bool = False  # accept empty or whitespace-only texts in a list of texts
+    # Without `out`, "auto" keeps features on the device up to device_budget bytes, on the
+    # host up to host_budget, and writes larger ones to a store in spill_dir (read
+    # memory-mapped); None: the defaults of streaming.placement_of.
+    device_budget: int | None = None
+    host_budget: int | None = None
+    spill_dir: str | os.PathLike | None = None
 
     def __post_init__(self):
         if self.placement not in PLACEMENTS:
@@ -106,9 +104,11 @@ class ExtractOptions:
             raise DataError(f"poolings {self.poolings!r}: pass a tuple of some of {POOLINGS}.")
         if self.dtype not in STORE_DTYPES:
             raise DataError(f"dtype {self.dtype!r}: choose one of {sorted(STORE_DTYPES)}.")
-        for name in ("token_budget", "max_length", "chunk_rows", "chunk_bytes"):
+        budgets = ("device_budget", "host_budget")
+        for name in ("token_budget", "max_length", "chunk_rows", "chunk_bytes", *budgets):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if value is not None and (not whole or value < 1):
                 raise InputError(f"{name}={value!r}: pass a positive whole number.")
         if self.num_layers is not None and (
             not isinstance(self.num_layers, int) or self.num_layers < 0
@@ -180,8 +180,10 @@ def extract(model: Model, data, out=None, *, neurons=None, **options):
     With `out`, writes (or resumes) a FeatureStore there and returns it; without, returns
     the features in memory, where `placement` says: "host" MemoryFeatures (numpy), "device"
     DeviceFeatures (jax Arrays on the accelerator, for probes that read them there), "auto"
-    (the default) the device when they fit comfortably in its memory (placement_of), else
-    the host. Options: see ExtractOptions.
+    (the default) the device when they fit its budget, else the host when they fit the
+    host's, else a FeatureStore written to `spill_dir` and read memory-mapped
+    (streaming.placement_of; `device_budget`, `host_budget` in bytes). Options: see
+    ExtractOptions.
 
     `neurons` extracts only these neurons (spin_jax.selection): {"hidden": {layer: [neuron,
     ...]}, "ffn": {...}} (hidden layers 0..L, 0 = embeddings; ffn layers 1..L = block), the
@@ -203,8 +205,10 @@ def extract(model: Model, data, out=None, *, neurons=None, **options):
     warn_truncated(truncated, len(ids), max_length)
     specs = _array_specs(model, k, opts)
     identity = _identity(model, ds, opts, k, max_length)
+    placement = "store" if out is not None else _placement(opts, specs, len(ids))
+    if placement == "store" and out is None:
+        out = _spill(opts, specs, len(ids))
     if out is None:
-        placement = placement_of(opts.placement, specs, len(ids))
         runner = _Runner(model, k, opts, max_length, placement)
         arrays = runner.run_rows(ids, np.arange(len(ids)), specs)
         runner.summary.truncated = truncated
@@ -224,6 +228,19 @@ def extract(model: Model, data, out=None, *, neurons=None, **options):
     runner.fill_store(store, ids, truncated_rows, specs)
     _write_summary(store, runner.summary)
     return store
+
+
+def _placement(opts: ExtractOptions, specs, n_rows: int) -> str:
+    budgets = dict(device_budget=opts.device_budget, host_budget=opts.host_budget)
+    return placement_of(opts.placement, specs, n_rows, **budgets)
+
+
+def _spill(opts: ExtractOptions, specs, n_rows: int):
+    """The store folder for features over the host budget, announced in one line."""
+    total = features_bytes(specs, n_rows)
+    out = require_spill_dir(opts.spill_dir, total, opts.host_budget)
+    announce_store(f"{n_rows} texts", total, opts.host_budget, out)
+    return out
 
 
 def _check_options(ds: TextDataset, opts: ExtractOptions, out) -> None:

@@ -17,6 +17,7 @@ from spin_jax import probes, slp
 from spin_jax.columns import store_layer
 from spin_jax.devices import n_devices, round_up, shard_problems
 from spin_jax.options import FitData, score, solver_dtype
+from spin_jax.streaming import layer_chunks
 
 log = logging.getLogger("spin_jax")
 
@@ -69,13 +70,11 @@ def read_layers(src, rep, pool, layers, rows=None):
 
 def fit_probe_table(data: FitData, rep: str, pool: int) -> ProbeTable:
     """Probes of every block layer (1..L, or 0..L for hidden with opts.embedding_layer), in
-    chunks of layers that fit opts.memory_bytes."""
-    F = data.train.shape(rep)[-1]
-    chunk = max(1, data.opts.memory_bytes // max(1, 12 * data.train.n_rows * F))
-    chunk = round_up(chunk, n_devices())  # whole problems per device
+    chunks of layers that fit opts.memory_bytes: features not on the device (the host, or
+    a store read memory-mapped) stream through it a chunk at a time (streaming.py)."""
+    F, first = data.train.shape(rep)[-1], data.opts.first_layer(rep)
     parts = []
-    for start in range(data.opts.first_layer(rep), data.n_layers + 1, chunk):
-        layers = np.arange(start, min(start + chunk, data.n_layers + 1))
+    for layers in layer_chunks(data.opts.memory_bytes, data.train.n_rows, F, first, data.n_layers):
         padded = np.pad(layers, (0, round_up(len(layers), n_devices()) - len(layers)), "edge")
         parts.append(_probe_chunk(data, rep, pool, padded).first(len(layers)))
     return ProbeTable.concat(parts)

@@ -50,6 +50,7 @@ from spin_jax.options import (  # noqa: F401 - the learner's public names
 )
 from spin_jax.progress import stage
 from spin_jax.report import build_report, spin_scores
+from spin_jax.streaming import memory_record
 
 log = logging.getLogger("spin_jax")
 Candidates = Columns  # the name of the kept-columns type before columns.py
@@ -99,6 +100,7 @@ def fit_spin(
         grid=grid,
         integration_k=[int(k) for k in depths(data)],
         early_exit=early_exit(data, choices),
+        memory=memory_record(data, sorted({r for _, rs in rep_sets(data.opts) for r in rs})),
     )
     report["solves"].update(iterations(tables, grid))
     return head, report

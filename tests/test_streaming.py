@@ -1,0 +1,214 @@
+"""Features larger than memory (spin_jax/streaming.py), forced at small scale by lowering the
+budgets: over the device budget the probes stream chunks of layers from the host or from a
+store; over the host budget extraction writes a store read memory-mapped. Each path fits the
+classifier of the in-memory path, and each test checks that its path ran.
+
+Synthetic features as in test_learner (L=4 blocks, 600/300/300 rows); the text tests use
+the session's tiny random BERT.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import spin_jax
+from spin_jax import layer_probes, streaming
+from spin_jax.classifier import SpinClassifier
+from spin_jax.errors import SpinError
+from spin_jax.extraction import InputError, extract
+from spin_jax.learner import SpinOptions, fit_spin
+from spin_jax.store import FeatureStore
+from tests.test_extract import SPECS, FakeDevice  # SPECS: 140 bytes a row
+from tests.test_learner import FAST, L, on_device, planted, reviews, splits
+
+HEAD_INDEX = ("rep", "pool", "layer", "neuron")
+HEAD_VALUES = ("mean", "std", "weights", "intercept")
+# Streamed, each layer's probe is solved in a vmapped batch of one problem instead of all L:
+# XLA may block a batched reduction differently by batch size, so the probes' statistics
+# and weights may differ in the last float32 bits (2.4e-7 measured). Everything discrete
+# (kept neurons, the grid's scores and neuron counts, the choice) must be equal.
+ATOL = 1e-6
+
+
+def write_store(path: Path, src, chunk_rows: int) -> FeatureStore:
+    """The synthetic features `src` as a FeatureStore of several chunks of rows."""
+    arrays = {name: (a.shape[1:], "float32") for name, a in src.arrays.items()}
+    store = FeatureStore.create(
+        path,
+        manifest={"model": "synthetic"},
+        n_rows=src.n_rows,
+        chunk_rows=chunk_rows,
+        arrays=arrays,
+        labels=src.labels,
+        label_names=src.label_names,
+    )
+    for i in range(store.n_chunks):
+        start, stop = store.chunk_rows_range(i)
+        store.write_chunk(i, {name: a[start:stop] for name, a in src.arrays.items()})
+    return FeatureStore.open(path)
+
+
+def assert_same_fit(got, want):
+    """(head, report) pairs: the same classifier, grid and scores."""
+    (head, report), (head_w, report_w) = got, want
+    for field in HEAD_INDEX:
+        np.testing.assert_array_equal(getattr(head, field), getattr(head_w, field))
+    for field in HEAD_VALUES:
+        np.testing.assert_allclose(getattr(head, field), getattr(head_w, field), atol=ATOL)
+    assert head.num_layers == head_w.num_layers
+    for key in ("chosen", "spin", "baselines", "integration_k", "metric"):
+        assert report[key] == report_w[key], key
+    assert [g["valid"] for g in report["grid"]] == [g["valid"] for g in report_w["grid"]]
+    assert [g["n_neurons"] for g in report["grid"]] == [g["n_neurons"] for g in report_w["grid"]]
+    for name, per in report["per_layer_probes"].items():
+        np.testing.assert_allclose(per["valid"], report_w["per_layer_probes"][name]["valid"])
+
+
+@pytest.fixture(scope="module")
+def synthetic_splits():
+    return splits(planted, ("neg", "pos"))
+
+
+@pytest.fixture(scope="module")
+def in_memory(synthetic_splits):
+    """The in-memory path: features on the device, every layer's probe in one chunk."""
+    dev = [on_device(s) for s in synthetic_splits]
+    return fit_spin(*dev, SpinOptions(**FAST))
+
+
+# ---- over the device budget: chunks of layers streamed to the device ----------------------
+
+
+@pytest.mark.parametrize("where", ["host", "store"])
+def test_features_over_the_device_budget_stream_by_layers(
+    where, synthetic_splits, in_memory, tmp_path, monkeypatch
+):
+    """The probes read one layer at a time (memory_bytes=1) from the host, or from a store of
+    several chunks of rows read memory-mapped: the same classifier as the in-memory fit."""
+    srcs = synthetic_splits
+    if where == "store":
+        srcs = [write_store(tmp_path / f"s{i}", s, 250) for i, s in enumerate(srcs)]
+        assert srcs[0].n_chunks == 3
+    chunks = []  # the layers of each probe chunk run
+    run_chunk = layer_probes._probe_chunk
+
+    def counted(data, rep, pool, layers):
+        chunks.append(len(layers))
+        return run_chunk(data, rep, pool, layers)
+
+    monkeypatch.setattr(layer_probes, "_probe_chunk", counted)
+    got = fit_spin(*srcs, SpinOptions(**FAST, memory_bytes=1))
+    # Each of the 6 probe groups (2 representations x 3 poolings) streamed L chunks of one layer.
+    assert chunks == [1] * (6 * L)
+    memory = got[1]["memory"]
+    assert memory["probe_chunks"] == {"ffn": L, "hidden": L}
+    assert memory["features"] == {"train": where, "valid": where, "test": where}
+    assert in_memory[1]["memory"]["probe_chunks"] == {"ffn": 1, "hidden": 1}
+    assert in_memory[1]["memory"]["features"]["train"] == "device"
+    assert_same_fit(got, in_memory)
+
+
+def test_layer_chunks_cover_every_layer_once():
+    for budget in (1, 12 * 600 * 20 * 2, 12 * 600 * 20 * 3, 1 << 40):
+        chunks = streaming.layer_chunks(budget, 600, 20, 1, L)
+        np.testing.assert_array_equal(np.concatenate(chunks), np.arange(1, L + 1))
+        assert all(len(c) <= max(1, budget // (12 * 600 * 20)) for c in chunks)
+    assert len(streaming.layer_chunks(12 * 600 * 20 * 3, 600, 20, 0, L)) == 2  # 0..2, 3..4
+
+
+# ---- where extraction keeps the features --------------------------------------------------
+
+@pytest.mark.parametrize(
+    "backend,budgets,want",
+    [
+        ("gpu", {}, "device"),  # 980 bytes: under a quarter of the free 1 GiB
+        ("gpu", {"device_budget": 980}, "device"),
+        ("gpu", {"device_budget": 979}, "host"),
+        ("gpu", {"device_budget": 979, "host_budget": 980}, "host"),
+        ("gpu", {"device_budget": 979, "host_budget": 979}, "store"),
+        ("cpu", {"device_budget": 1 << 40, "host_budget": 979}, "store"),  # CPU: no device
+        ("cpu", {}, "host"),
+    ],
+)
+def test_auto_placement_by_budgets(monkeypatch, backend, budgets, want):
+    """7 rows of SPECS take 980 bytes."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    stats = {"bytes_limit": 1 << 30, "bytes_in_use": 0}
+    monkeypatch.setattr(jax, "local_devices", lambda: [FakeDevice(stats)])
+    assert streaming.placement_of("auto", SPECS, 7, **budgets) == want
+
+
+def test_explicit_placements_over_their_budget_are_refused(monkeypatch):
+    with pytest.raises(SpinError, match=r"980 bytes, more than the 979 bytes of device memory"):
+        streaming.placement_of("device", SPECS, 7, device_budget=979)
+    with pytest.raises(SpinError, match=r"of host memory .*placement='auto'"):
+        streaming.placement_of("host", SPECS, 7, host_budget=979)
+    assert streaming.placement_of("host", SPECS, 7, host_budget=980) == "host"
+    monkeypatch.setattr(jax, "local_devices", lambda: [FakeDevice({"bytes_limit": 979})])
+    with pytest.raises(SpinError, match="device memory"):  # over the device's free memory
+        streaming.placement_of("device", SPECS, 7)
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, True, "1GB"])
+def test_bad_budgets_are_refused_before_any_work(value):
+    with pytest.raises(SpinError, match="host_budget=.*positive whole number"):
+        SpinClassifier("never-loaded", host_budget=value)  # refused before the model loads
+    with pytest.raises(InputError, match="device_budget=.*positive whole number"):
+        spin_jax.extraction.ExtractOptions(device_budget=value)
+
+
+# ---- over the host budget: a feature store read memory-mapped -----------------------------
+
+
+@pytest.fixture(scope="module")
+def model(folder):
+    return spin_jax.load_model(str(folder))
+
+
+KW = dict(dtype="float32", progress=False)
+
+
+def test_extraction_over_the_host_budget_writes_a_store(model, tmp_path, capsys):
+    texts = reviews(30, 3)[0]
+    want = extract(model, texts, placement="host", **KW)
+    got = extract(model, texts, host_budget=1, spill_dir=tmp_path / "spill", **KW)
+    assert isinstance(got, FeatureStore) and (tmp_path / "spill" / "manifest.json").exists()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"spin-jax: 30 texts: features take .*, over the host budget of 1 bytes: writing "
+        r"them to a feature store in .*spill, read memory-mapped",
+        line,
+    ), line
+    for name in ("hidden", "ffn"):  # one chunk of rows: the very batches of the host path
+        np.testing.assert_array_equal(got.read(name), want.read(name))
+    with pytest.raises(SpinError, match=r"over the host budget of 1 bytes: pass out=FOLDER"):
+        extract(model, texts, host_budget=1, **KW)
+
+
+def test_fit_over_the_host_budget_reads_a_store_and_equals_in_memory(model, capsys):
+    """SpinClassifier.fit without a work_dir: every split over host_budget=1 goes to a
+    store in a temporary folder, removed after the fit; the classifier is the in-memory one."""
+    data = {"train": reviews(60, 0), "test": reviews(40, 2)}
+    kw = dict(feature_dtype="float32", **FAST)
+    want = SpinClassifier(model, **kw).fit(*data["train"], test=data["test"])
+    capsys.readouterr()
+    got = SpinClassifier(model, host_budget=1, **kw).fit(*data["train"], test=data["test"])
+    lines = [s for s in capsys.readouterr().err.splitlines() if "feature store" in s]
+    assert len(lines) == 3  # train, valid, test: one line each
+    folders = [Path(re.search(r"feature store in (.*), read", s).group(1)) for s in lines]
+    assert [f.name for f in folders] == ["features-train", "features-valid", "features-test"]
+    assert not any(f.parent.exists() for f in folders)  # the temporary folder is gone
+    assert got.report["memory"]["features"] == {"train": "store", "valid": "store", "test": "store"}
+    assert want.report["memory"]["features"]["train"] in ("host", "device")
+    # The same features read from disk: the same classifier, exactly.
+    for field in HEAD_INDEX + HEAD_VALUES:
+        np.testing.assert_array_equal(getattr(got.head, field), getattr(want.head, field))
+    for key in ("chosen", "spin", "baselines", "grid", "per_layer_probes"):
+        assert got.report[key] == want.report[key], key
+    texts = data["test"][0]
+    np.testing.assert_array_equal(got.predict_proba(texts), want.predict_proba(texts))
