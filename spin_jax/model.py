@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spin_jax import tokenizer
 from spin_jax._version import __version__
 from spin_jax.models import config_from_hf, forward_params
 from spin_jax.models.layers import ConfigError, Features, Params, WeightsError, cast_params
@@ -122,13 +123,20 @@ def _resolve(name_or_path: str, revision: str | None) -> Path:
 
 
 def _looks_like_hub_id(name: str) -> bool:
-    """"gpt2" or "owner/name": at most one slash, no path-like start, hub characters only."""
+    """ "gpt2" or "owner/name": at most one slash, no path-like start, hub characters only."""
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
         return False
     return all(c.isalnum() or c in "-_./" for c in name) and not name.endswith("/")
 
 
 def load_tokenizer(folder: Path, model_type: str):
+    """The folder's tokenizer: its tokenizer.json read directly (spin_jax.tokenizer: no
+    torch import) for the families tested that way, else transformers' AutoTokenizer."""
+    if tokenizer.can_read(folder, model_type):
+        try:
+            return tokenizer.FastTokenizer(folder)
+        except Exception as e:
+            raise ConfigError(f"no usable tokenizer in {folder}: {e}") from None
     from transformers import AutoTokenizer
 
     if (

@@ -426,7 +426,7 @@ def test_float16_overflow_is_refused(tmp_path):
 
 
 def test_fine_tuned_head_labels_are_matched_by_name(folder, tmp_path):
-    from transformers import BertForSequenceClassification
+    from transformers import AutoTokenizer, BertForSequenceClassification
 
     from spin_jax.classifier import head_label_order
 
@@ -450,7 +450,7 @@ def test_fine_tuned_head_labels_are_matched_by_name(folder, tmp_path):
     assert base["label_match"] == "by name (id2label)"
     hf = BertForSequenceClassification.from_pretrained(ft).eval()
     texts, labels = reviews(20, 1)
-    enc = model.tokenizer(texts, padding=True, return_tensors="pt")
+    enc = AutoTokenizer.from_pretrained(ft)(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         pred = hf(**enc).logits.argmax(-1).numpy()  # 0 means Positive here
     want = np.mean(pred == (np.array(labels) == "negative"))

@@ -103,14 +103,22 @@ def reference(model, texts, max_length=MAX_LENGTH):
     Tokenised by the HF tokenizer itself (truncation keeps [SEP] last), independently of
     spin_jax.encode, and padded to a length no bucket uses.
     """
-    enc = model.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    enc = hf_tokenizer(model)(texts, truncation=True, max_length=max_length)["input_ids"]
     ids, mask = spin_jax.pad_batch([np.asarray(e) for e in enc], max_length + 5)
     f = spin_jax.forward(model, ids, mask)
     return np.moveaxis(np.asarray(f.hidden), 0, 1), np.moveaxis(np.asarray(f.ffn), 0, 1)
 
 
 def n_overlong(model, texts, max_length=MAX_LENGTH):
-    return sum(len(e) > max_length for e in model.tokenizer(texts)["input_ids"])
+    return sum(len(e) > max_length for e in hf_tokenizer(model)(texts)["input_ids"])
+
+
+def hf_tokenizer(model):
+    """transformers' own tokenizer of the model's folder (spin_jax reads tokenizer.json
+    itself: spin_jax.tokenizer), so the reference is independent of spin_jax."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model.source)
 
 
 # ---- features --------------------------------------------------------------------------
@@ -140,7 +148,7 @@ def test_empty_text_gives_a_finite_row(store_dir, texts):
 
 def test_summary(store_dir, model, texts):
     summary = json.loads((store_dir / "summary.json").read_text())
-    enc = model.tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+    enc = hf_tokenizer(model)(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
     assert summary["rows"] == len(texts)
     assert summary["tokens"] == sum(map(len, enc))
     assert summary["truncated"] == n_overlong(model, texts)
