@@ -108,7 +108,7 @@ class SpinClassifier:
         self.budgets = budgets(device_budget, host_budget)  # bytes of features (streaming.py)
         if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
             raise SpinError(f"max_length {max_length!r}: pass a positive number of tokens.")
-        self.model = model if isinstance(model, Model) else load_model(model)
+        self.model = model if isinstance(model, Model) else load_model(model, progress=progress)
         self.feature_dtype, self.valid_fraction, self.seed = feature_dtype, valid_fraction, seed
         self.max_length = min(max_length or max_length_of(self.model), max_length_of(self.model))
         self.allow_empty = allow_empty

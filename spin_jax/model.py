@@ -17,6 +17,7 @@ from spin_jax import tokenizer
 from spin_jax._version import __version__
 from spin_jax.models import config_from_hf, forward_params
 from spin_jax.models.layers import ConfigError, Features, Params, WeightsError, cast_params
+from spin_jax.progress import stage
 
 CHECKPOINT_FORMAT = 2  # 2: GPT-2's c_attn stored as q, k, v
 CHECKPOINT_META = "spin_jax_model.json"
@@ -177,21 +178,29 @@ def _apply_options(config, options: dict):
 
 
 def load_model(
-    name_or_path: str, *, dtype: str = "float32", revision: str | None = None, **options
+    name_or_path: str,
+    *,
+    dtype: str = "float32",
+    revision: str | None = None,
+    progress: bool = False,
+    **options,
 ) -> Model:
     """Loads an HF model folder, an HF hub id, or a folder written by `save_model`.
 
-    Extra keyword options set config fields (e.g. T5's mode="encoder").
+    Extra keyword options set config fields (e.g. T5's mode="encoder"). progress=True says
+    on stderr that the weights are loading, once the folder and its config are checked.
     """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}.")
     folder = _resolve(name_or_path, revision)
     if (folder / CHECKPOINT_META).exists():
+        stage(f"loading the converted model in {folder}", progress)
         return _load_converted(folder, dtype, options)
     from weights_convert import convert
 
     hf_config = read_hf_config(folder)
     config = _apply_options(config_from_hf(hf_config), options)
+    stage(f"loading and converting the {config.model_type} weights in {folder}", progress)
     params, head = convert(config, folder)
     return Model(
         config,

@@ -189,6 +189,20 @@ def test_progress_names_every_stage_in_order(capsys):
     assert "spin-jax:" not in capsys.readouterr().err
 
 
+def test_loading_a_model_says_so_after_its_checks(folder, capsys, tmp_path):
+    from spin_jax.model import load_model
+    from spin_jax.models.layers import ConfigError
+
+    load_model(str(folder), progress=True)
+    err = capsys.readouterr().err
+    assert err.startswith("spin-jax: loading and converting the bert weights in "), err
+    load_model(str(folder))
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError):  # a bad folder: the error alone, no stage line first
+        load_model(str(tmp_path / "missing"), progress=True)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_head_of_the_embedding_layer_alone_runs_no_block(folder):
     """A head that reads only hidden layer 0 runs no block, and predicts as its features say."""
     import numpy as np
