@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import sys
 
 import jax
 import numpy as np
 
+from spin_jax.cache import enable_compilation_cache
 from spin_jax.data import load_texts, stratified_split
 from spin_jax.features import MemoryFeatures
 from spin_jax.learner import SpinOptions, fit_spin
@@ -36,16 +39,31 @@ RECIPES = {
     "+emb+exact+wide": lambda: SpinOptions(
         embedding_layer=True, selection="exact", n_lams=8, lam_ratio=1e-4
     ),
+    # The paper's search with "both" representations added (hidden and FFN together).
+    "paper+both": lambda: SpinOptions.paper(representations=("hidden", "ffn", "both")),
+    "paper+both+all": lambda: SpinOptions.paper(
+        representations=("hidden", "ffn", "both"), poolings=("token", "mean", "max", "all")
+    ),
+    "paper+both+1se": lambda: SpinOptions.paper(
+        representations=("hidden", "ffn", "both"), selection="1se"
+    ),
 }
 
 
-def review_features():
+def review_features(cache=None):
+    """MiniLM's features of the shipped reviews; `cache` (.npz) keeps them for later runs."""
     from spin_jax.cli.learn import DEMO_DATA, demo_model_dir
     from spin_jax.extraction import extract
     from spin_jax.model import load_model
 
     data = load_texts(str(DEMO_DATA))
+    if cache and os.path.exists(cache):
+        with np.load(cache, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}, np.asarray(data.labels), data.label_names
     feats = extract(load_model(demo_model_dir()), data, placement="host")
+    if cache:
+        np.savez(cache + ".tmp.npz", **feats.arrays)
+        os.replace(cache + ".tmp.npz", cache)
     return feats.arrays, np.asarray(data.labels), data.label_names
 
 
@@ -89,30 +107,65 @@ def scores(arrays, labels, names, seed) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--skip-reviews", action="store_true")
+    p.add_argument("--problems", default="reviews,one layer,two layers,embedding")
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names")
+    p.add_argument("--json", help="also write every (problem, seed, recipe) score here")
+    p.add_argument("--merge", nargs="*", help="print the table of these --json files only")
+    p.add_argument("--features-cache", help="an .npz that keeps the reviews' features")
     args = p.parse_args(argv)
+    # Seeds of one problem share shapes: later fits read their programs from disk.
+    enable_compilation_cache()
     CHOSEN[:] = args.recipes.split(",")
-    problems = [] if args.skip_reviews else [("reviews (MiniLM)", review_features())]
-    rows = []
-    for name, (arrays, y, names) in problems:
-        rows.append((name, [scores(arrays, y, names, s) for s in range(args.seeds)]))
+    if args.merge:
+        runs = [r for f in args.merge for r in json.load(open(f))]
+    else:
+        runs = measure(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(runs, f)
+    print_table(runs, args)
+    return 0
+
+
+def measure(args) -> list[dict]:
+    """[{problem, seed, scores: {recipe: test score}}] of the chosen problems and seeds."""
+    wanted = args.problems.split(",")
+    if args.skip_reviews and "reviews" in wanted:
+        wanted.remove("reviews")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    runs = []
+    if "reviews" in wanted:
+        arrays, y, names = review_features(args.features_cache)
+        for s in seeds:
+            runs.append(
+                {"problem": "reviews (MiniLM)", "seed": s, "scores": scores(arrays, y, names, s)}
+            )
     for kind in ("one layer", "two layers", "embedding"):
-        runs = [scores(*planted(kind, s), seed=s) for s in range(args.seeds)]
-        rows.append((f"planted: {kind}", runs))
+        if kind in wanted:
+            for s in seeds:
+                sc = scores(*planted(kind, s), seed=s)
+                runs.append({"problem": f"planted: {kind}", "seed": s, "scores": sc})
+    return runs
+
+
+def print_table(runs: list[dict], args) -> None:
+    seeds = sorted({r["seed"] for r in runs})
     print(
         f"# recipes.py, {datetime.date.today()}, {jax.devices()[0].device_kind}, "
-        f"jax {jax.__version__}, {args.seeds} seeds: mean test score (min..max)"
+        f"jax {jax.__version__}, seeds {seeds[0]}..{seeds[-1]}: mean test score (min..max)"
     )
-    print("| problem | " + " | ".join(CHOSEN) + " |")
-    print("|---|" + "---|" * len(CHOSEN))
-    for name, runs in rows:
+    names = [r for r in CHOSEN if all(r in run["scores"] for run in runs)]
+    print("| problem | n | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for problem in dict.fromkeys(r["problem"] for r in runs):
+        rows = [r["scores"] for r in runs if r["problem"] == problem]
         cells = []
-        for r in CHOSEN:
-            v = np.array([run[r] for run in runs])
+        for name in names:
+            v = np.array([row[name] for row in rows])
             cells.append(f"{v.mean():.4f} ({v.min():.3f}..{v.max():.3f})")
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    return 0
+        print(f"| {problem} | {len(rows)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
