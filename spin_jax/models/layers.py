@@ -10,6 +10,7 @@ layer norms, softmax and pooling accumulate in fp32 and cast back.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -127,27 +128,78 @@ def compensated_matmul(x: Array, kernel: Array, block: int = 8) -> Array:
     sequentially; cuBLAS per thread): at D=384 and values near 20 that costs 5-12 ulps, more
     than HF torch's own fp32 error against float64 on the same layers. Here blocks of
     `block` products are summed by small matmuls and the block sums are added with
-    Neumaier's compensation, in a scan (two [..., F] accumulators of memory). Measured on
-    the real all-MiniLM-L6-v2 against HF in float64: FFN max error 9.2e-6 (plain, CPU) and
-    1.2e-5 (plain, H200) -> 3.6e-6 (torch fp32: 1.0e-5 CPU, 2.1e-5 H200).
+    Neumaier's compensation. Measured on the real all-MiniLM-L6-v2 against HF in float64:
+    FFN max error 9.2e-6 (plain, CPU) and 1.2e-5 (plain, H200) -> 3.6e-6 (torch fp32:
+    1.0e-5 CPU, 2.1e-5 H200).
     """
-    D = x.shape[-1]
+    D, F = x.shape[-1], kernel.shape[-1]
     if D % block or D < 2 * block:
         return jnp.einsum("...D,DF->...F", x, kernel)
-    n = D // block
-    xs = jnp.moveaxis(x.reshape(*x.shape[:-1], n, block), -2, 0)  # [n, ..., block]
-    ks = kernel.reshape(n, block, kernel.shape[-1])  # [n, block, F]
+    ks = kernel.reshape(D // block, block, F)  # [n, block, F]
+    rows = x.reshape(-1, D)
+    if jax.default_backend() == "cpu":
+        chunk = max(1, CHUNK_PARTIALS // (D // block * F))
+        y = map_rows(lambda xr: _compensated_rows(xr, ks), (rows,), chunk)
+    else:
+        y = _compensated_scan(rows, ks)
+    return y.reshape(*x.shape[:-1], F)
+
+
+# Block sums [n, rows, F] per chunk of rows of the CPU compensated matmul: 2 MB, so that the
+# sums and the compensation stay in cache. On 2 CPU cores (benchmarks/cpu_block.py, the
+# MiniLM's 32768 x 384 @ 384 x 1536) the unchunked scan took 5.5-6.4 s against 0.55-0.7 s
+# for the plain dot (its two [M, F] accumulators went through memory once per block of 8);
+# chunks of 4 rows with the compensation unrolled take 1.0-1.4 s, bit for bit the same.
+CHUNK_PARTIALS = 1 << 19
+
+
+def _neumaier(carry, v):
+    s, c = carry
+    t = s + v
+    c = c + jnp.where(jnp.abs(s) >= jnp.abs(v), (s - t) + v, (v - t) + s)
+    return (t, c), None
+
+
+def _compensated_rows(x: Array, ks: Array) -> Array:
+    """x [M, D] @ ks [n, block, F], all n block sums at once, then added with compensation
+    in one unrolled pass (a scan step per block cost ~5 us of loop overhead each on CPU)."""
+    parts = jnp.einsum("Mnd,ndF->nMF", x.reshape(x.shape[0], *ks.shape[:2]), ks)
+    init = (parts[0], jnp.zeros_like(parts[0]))
+    (s, c), _ = jax.lax.scan(_neumaier, init, parts[1:], unroll=True)
+    return s + c
+
+
+def _compensated_scan(x: Array, ks: Array) -> Array:
+    """The same sum, one block a scan step (two [M, F] accumulators of memory, not n)."""
+    xs = jnp.moveaxis(x.reshape(x.shape[0], *ks.shape[:2]), 1, 0)  # [n, M, block]
 
     def add(carry, blk):
-        s, c = carry
-        v = jnp.einsum("...d,dF->...F", *blk)
-        t = s + v
-        c = c + jnp.where(jnp.abs(s) >= jnp.abs(v), (s - t) + v, (v - t) + s)
-        return (t, c), None
+        return _neumaier(carry, jnp.einsum("Md,dF->MF", *blk))
 
-    first = jnp.einsum("...d,dF->...F", xs[0], ks[0])
+    first = jnp.einsum("Md,dF->MF", xs[0], ks[0])
     (s, c), _ = jax.lax.scan(add, (first, jnp.zeros_like(first)), (xs[1:], ks[1:]))
     return s + c
+
+
+def map_rows(f: Callable, rows: tuple, chunk: int) -> Array:
+    """f(*rows) computed `chunk` rows (leading axis) at a time by lax.map, the remainder as
+    one more call, for an f whose rows are independent: what f holds per chunk then fits in
+    a CPU's caches between its steps. A divisor of the rows down to half of `chunk` is taken
+    instead where there is one (extraction's batches mostly have one), so that no remainder
+    compiles a second copy of f."""
+    B = rows[0].shape[0]
+    if B <= chunk:
+        return f(*rows)
+    even = max(d for d in range(1, chunk + 1) if B % d == 0)
+    chunk = even if 2 * even >= chunk else chunk
+    n = B // chunk
+    out = jax.lax.map(
+        lambda r: f(*r), tuple(a[: n * chunk].reshape(n, chunk, *a.shape[1:]) for a in rows)
+    )
+    out = out.reshape(n * chunk, *out.shape[2:])
+    if n * chunk == B:
+        return out
+    return jnp.concatenate([out, f(*(a[n * chunk :] for a in rows))])
 
 
 def attention(
@@ -155,9 +207,13 @@ def attention(
 ) -> Array:
     """Multi-head attention, q [B,T,N,H], k/v [B,S,N,H], key_mask [B,S] bool (right-padded).
 
-    On GPU in bf16/fp16 this is cuDNN's fused flash attention, told the real lengths;
-    elsewhere (and in fp32, for exact parity) an XLA path with an fp32 softmax.
+    On GPU in bf16/fp16 this is cuDNN's fused flash attention, told the real lengths; on
+    CPU `chunked_attention`; elsewhere (and in fp32 on GPU, for exact parity) XLA's
+    attention with an fp32 softmax.
     """
+    if jax.default_backend() == "cpu":
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return chunked_attention(q, k, v, key_mask, causal=causal, scale=scale)
     if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         lengths = key_mask.sum(-1, dtype=jnp.int32)
         try:
@@ -180,12 +236,50 @@ def attention(
 
 
 def biased_attention(q: Array, k: Array, v: Array, bias: Array, key_mask: Array) -> Array:
-    """Attention with an additive bias [1 or B, N, T, S] and no score scaling (T5)."""
+    """Attention with an additive bias [1, N, T, S] and no score scaling (T5)."""
+    if jax.default_backend() == "cpu":
+        return chunked_attention(q, k, v, key_mask, causal=False, scale=1.0, bias=bias)
     logits = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
     logits = logits + bias.astype(jnp.float32)
     logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("BNTS,BSNH->BTNH", weights, v)
+
+
+# fp32 scores per chunk of rows in chunked_attention: 4 MB, about what a core's caches hold.
+# On 2 CPU cores (benchmarks/cpu_block.py) the MiniLM's attention at 256 x 128 tokens took
+# 0.46-0.53 s a layer over the whole batch (its [B,N,T,S] scores and softmax go through
+# memory several times) and 0.17-0.25 s in chunks of 4 rows; at 64 x 512, 1.8 -> 0.7 s.
+CHUNK_SCORES = 1 << 20
+
+
+def chunked_attention(q, k, v, key_mask, *, causal: bool, scale: float, bias=None) -> Array:
+    """`_attend` over chunks of rows (map_rows), so that a chunk's scores [c,N,T,S] stay in
+    cache between the score matmul, the softmax and the value matmul. bias, if any, is
+    [1, N, T, S] (shared by every row)."""
+    B, T, N, _ = q.shape
+    chunk = max(1, CHUNK_SCORES // (N * T * k.shape[1]))
+    attend = functools.partial(_attend, bias=bias, causal=causal, scale=scale)
+    return map_rows(attend, (q, k, v, key_mask), chunk)
+
+
+def _attend(q, k, v, key_mask, *, bias, causal: bool, scale: float) -> Array:
+    """Attention in [B,N,T,*] layout (XLA's CPU batched dots run ~1.5-2x faster on it than on
+    [B,T,N,H]): fp32 scores and softmax, whose normalisation divides the [B,N,T,H] output
+    rather than the [B,N,T,S] weights."""
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # [B,N,T,H]
+    s = jnp.einsum("BNTH,BNSH->BNTS", q, k, preferred_element_type=jnp.float32)
+    if scale != 1.0:
+        s = s * np.float32(scale)
+    if bias is not None:
+        s = s + bias.astype(jnp.float32)
+    keep = key_mask[:, None, None, :]
+    if causal:
+        keep = keep & jnp.tril(jnp.ones((q.shape[2], k.shape[2]), bool))
+    s = jnp.where(keep, s, jnp.finfo(jnp.float32).min)
+    e = jnp.exp(s - s.max(-1, keepdims=True))
+    o = jnp.einsum("BNTS,BNSH->BNTH", e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return jnp.swapaxes(o / e.sum(-1)[..., None], 1, 2).astype(v.dtype)
 
 
 def pool(x: Array, mask: Array, token_index: Array) -> Array:
