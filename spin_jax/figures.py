@@ -89,9 +89,10 @@ def layers(report: dict) -> str | None:
             if slp:  # the learner's single-layer probes without L1, when it records them
                 ax.plot(x, slp["valid"], ":", color=colour, label=f"{pooling}, SLP valid")
         if per_k:
-            k = report.get("integration_k") or list(range(1, len(per_k) + 1))
+            k = report.get("integration_k") or _k_axis(report, len(per_k))
             span = f"{k[0]}..k"
             ax.plot(k, per_k, "-", color="black", lw=2, label=f"SPIN on layers {span}, valid")
+        if per_k and chosen["k"] in k:
             ax.plot(
                 [chosen["k"]],
                 [per_k[list(k).index(chosen["k"])]],
@@ -245,6 +246,14 @@ def eta(report: dict) -> str | None:
     return _svg(fig)
 
 
+def _k_axis(report: dict, n: int) -> list[int]:
+    """The k of each per-k score in a report that does not list them (integration_k):
+    from 0 when its probes started at the embedding layer, else from 1."""
+    probes = report.get("per_layer_probes") or {}
+    first = min((min(v.get("layers") or [1]) for v in probes.values()), default=1)
+    return list(range(first, first + n))
+
+
 def kept_per_layer(report: dict) -> str | None:
     by_rep = report.get("neurons_kept_per_layer_by_rep") or {
         "all": report.get("neurons_kept_per_layer") or []
@@ -253,15 +262,19 @@ def kept_per_layer(report: dict) -> str | None:
     if not L:
         return None
     fig, axes = _figure(5.2, 2.6)
-    ax, bottom = axes[0][0], [0] * L
+    emb = int(report.get("neurons_kept_embeddings") or 0)  # layer 0: hidden state only
+    first = 0 if emb else 1
+    ax, bottom = axes[0][0], [0] * (L + 1 - first)
     colours = {"hidden": "#4c72b0", "ffn": "#dd8452", "all": "#8172b3"}
     for rep, counts in by_rep.items():
-        ax.bar(range(1, L + 1), counts, bottom=bottom, color=colours[rep], label=rep)
+        counts = ([emb if rep in ("hidden", "all") else 0] if emb else []) + list(counts)
+        ax.bar(range(first, L + 1), counts, bottom=bottom, color=colours[rep], label=rep)
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer (0: embeddings)" if emb else "layer")
     ax.set_ylabel("neurons kept")
     _integer_ticks(ax.yaxis)
-    ax.set_xticks(range(1, L + 1) if L <= 24 else range(1, L + 1, max(1, L // 12)))
+    step = 1 if L <= 24 else max(1, L // 12)
+    ax.set_xticks(range(first, L + 1, step))
     ax.set_title("the classifier's neurons per layer")
     ax.legend()
     return _svg(fig)

@@ -85,7 +85,7 @@ def test_cli_evaluate_json(cli_run, files, data, capsys):
     result = json.loads(lines[0])
     assert result["n"] == len(data["test"][0])
     assert 0.7 <= result["accuracy"] <= 1 and 0 <= result["macro_f1"] <= 1
-    assert 1 <= result["num_layers"] <= 3
+    assert 0 <= result["num_layers"] <= 3  # 0: a head of the embedding layer alone
     assert result["label_names"] == ["negative", "positive"]
 
 

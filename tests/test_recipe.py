@@ -44,8 +44,8 @@ def test_paper_recipe_finds_a_signal_planted_in_layer_0():
 
     svg = figures.layers(report)  # Figure 2 from layer 0, the chosen k marked on its own x
     assert "<svg" in svg and f"chosen k = {report['chosen']['k']}" in svg
-    # The default leaves layer 0 out, so it cannot find this signal.
-    head_d, report_d = fit_spin(train, valid, test, SpinOptions(**FAST))
+    # Without layer 0 (as the default once was) the signal cannot be found.
+    head_d, report_d = fit_spin(train, valid, test, SpinOptions(**FAST, embedding_layer=False))
     assert 0 not in head_d.layer.tolist()
     assert report["spin"]["test"] > report_d["spin"]["test"] + 0.1
 
@@ -59,7 +59,7 @@ def budget_fit():
 def test_layer_budget_uses_no_block_beyond_it(budget_fit):
     head, report = budget_fit
     assert head.num_layers <= 2 and head.layer.max() <= 2
-    assert report["integration_k"] == [1, 2]
+    assert report["integration_k"] == [0, 1, 2]
     assert all(row["k"] <= 2 for row in report["grid"])
     assert report["recipe"]["layer_budget"] == 0.5
 
@@ -75,7 +75,8 @@ def test_report_names_the_recipe_and_keeps_the_grid(budget_fit):
     assert argmax["valid"] == max(row["valid"] for row in report["grid"])
     # Every (combination, eta, k, lam) is a row; the chosen candidate is one of them.
     n_combos = len(SpinOptions().representations) * len(SpinOptions().poolings)
-    assert len(report["grid"]) == n_combos * len(FAST["etas"]) * 2 * FAST["n_lams"]
+    n_k = len(report["integration_k"])  # k = 0, 1, 2: layer 0 and the budget's 2 blocks
+    assert n_k == 3 and len(report["grid"]) == n_combos * len(FAST["etas"]) * n_k * FAST["n_lams"]
     chosen = report["chosen"]
     assert any(
         (r["representation"], r["pooling"], r["eta"], r["k"], r["valid"], r["n_neurons"])
@@ -157,8 +158,8 @@ def test_slp_probes_sit_beside_the_linear_ones():
     opts = SpinOptions(**FAST, representations=("hidden",), poolings=("max",), slp_probes=True)
     _, report = fit_spin(train, valid, test, opts)
     slp, linear = report["per_layer_slp"]["hidden/max"], report["per_layer_probes"]["hidden/max"]
-    assert slp["layers"] == linear["layers"] == list(range(1, L + 1))
-    assert slp["test"][1] > 0.8 > max(linear["test"]) + 0.1, (slp, linear)
+    assert slp["layers"] == linear["layers"] == list(range(L + 1))  # layer 0 included
+    assert slp["test"][2] > 0.8 > max(linear["test"]) + 0.1, (slp, linear)
     _, plain = fit_spin(train, valid, test, SpinOptions(**FAST))
     assert plain["per_layer_slp"] is None
 

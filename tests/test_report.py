@@ -185,8 +185,9 @@ def test_report_json_holds_what_the_figures_need(report):
     kept = report["kept_activations"]
     assert kept["split"] == "test" and kept["aligned_to"] == "positive"
     assert sum(x["n_neurons"] for x in kept["layers"]) == report["spin"]["n_neurons"]
-    by_rep = report["neurons_kept_per_layer_by_rep"]
-    assert np.sum(list(by_rep.values())) == report["spin"]["n_neurons"]
+    by_rep = report["neurons_kept_per_layer_by_rep"]  # blocks; the embeddings apart
+    n = np.sum(list(by_rep.values())) + report["neurons_kept_embeddings"]
+    assert n == report["spin"]["n_neurons"]
     eff = report["efficiency"]
     assert eff["parameters"]["spin_head"] < eff["parameters"]["fine_tuning"]
     assert eff["flops"]["spin"]["total"] == sum(
@@ -363,7 +364,8 @@ def test_explanation_page_holds_the_shares_of_explain(run, why):
     ex = clf.explain(TEXT)
     assert [t["token"] for t in record["tokens"]] == ex.tokens
     shares = np.array([t["layers"] for t in record["tokens"]])  # [T, k, C]
-    assert shares.shape[1] == clf.head.num_layers
+    # One depth per block; the embeddings count with block 1 (a k = 0 head has that one).
+    assert shares.shape[1] == max(clf.head.num_layers, 1)
     np.testing.assert_allclose(shares.sum(1), ex.shares, atol=1e-5)
     np.testing.assert_allclose(record["proba"], ex.proba, atol=1e-5)
     assert record["label"] == "positive" and record["prediction"] in clf.label_names

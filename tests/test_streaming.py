@@ -103,10 +103,11 @@ def test_features_over_the_device_budget_stream_by_layers(
 
     monkeypatch.setattr(layer_probes, "_probe_chunk", counted)
     got = fit_spin(*srcs, SpinOptions(**FAST, memory_bytes=1))
-    # Each of the 6 probe groups (2 representations x 3 poolings) streamed L chunks of one layer.
-    assert chunks == [1] * (6 * L)
+    # Each of the 6 probe groups (2 representations x 3 poolings) streamed a chunk of one
+    # layer per layer: hidden's L + 1 (layer 0 is probed by default), ffn's L.
+    assert chunks == [1] * (3 * (L + 1) + 3 * L)
     memory = got[1]["memory"]
-    assert memory["probe_chunks"] == {"ffn": L, "hidden": L}
+    assert memory["probe_chunks"] == {"ffn": L, "hidden": L + 1}
     assert memory["features"] == {"train": where, "valid": where, "test": where}
     assert in_memory[1]["memory"]["probe_chunks"] == {"ffn": 1, "hidden": 1}
     assert in_memory[1]["memory"]["features"]["train"] == "device"

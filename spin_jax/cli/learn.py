@@ -419,9 +419,10 @@ def _add_fit(sub) -> None:
     p.add_argument("--etas", type=common.eta_list, default=None, help="comma-separated eta grid")
     p.add_argument(
         "--embedding-layer",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="probe hidden layer 0 (the embeddings) too: layers 0..k",
+        help="probe hidden layer 0 (the embeddings): layers 0..k (on in both recipes; "
+        "--no-embedding-layer integrates layers 1..k)",
     )
     p.add_argument("--slp-probes", action="store_true", help="one-hidden-layer probes too")
     p.add_argument("--layer-budget", type=float, default=None, help=BUDGET_HELP)
