@@ -6,11 +6,12 @@ with spin_jax, features extracted once, then 5 seeds of a stratified 60/20/20 sp
 train/valid/test. Planted: Gaussian features of a 6-layer model where the label is a noisy
 function of a few neurons (one layer; two layers; the embedding layer), 5 seeds each.
 
-Recipes: "paper" (SpinOptions.paper()), "default" (SpinOptions()), and candidates for the
-default: +emb (layer 0 probed and usable), +exact (the best validation score rather than
-1se), +wide (8 lams down to lam_max / 10^4).
+Recipes: "paper" (SpinOptions.paper()), "default" (SpinOptions()), the default before this
+comparison ("old default") and the candidates that were measured against the paper: +emb
+(layer 0 probed and usable), +exact (the best validation score rather than 1se), +wide (8
+lams down to lam_max / 10^4), and the paper's search with "both" and "all" added.
 
-    python benchmarks/recipes.py            # CPU, a few minutes
+    python benchmarks/recipes.py --recipes paper,default --seeds 10   # CPU, ~1 hour on 2 cores
 """
 
 from __future__ import annotations
@@ -29,24 +30,30 @@ from spin_jax.data import load_texts, stratified_split
 from spin_jax.features import MemoryFeatures
 from spin_jax.learner import SpinOptions, fit_spin
 
+# The default before this comparison (2026-12-01): layers 1..k, 9 etas, an automatic lam
+# path of 6 lams down to lam_max / 100, 1se.
+OLD = dict(embedding_layer=False, etas=(0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.8),
+           lam_grid="auto", n_lams=6, lam_ratio=1e-2)  # fmt: skip
+BOTH_ALL = dict(representations=("hidden", "ffn", "both"), poolings=("token", "mean", "max", "all"))
 RECIPES = {
     "paper": SpinOptions.paper,
-    # The default (layers 1..k), and candidates for a new one.
-    "default": SpinOptions,
-    "+emb": lambda: SpinOptions(embedding_layer=True),
-    "+emb+wide": lambda: SpinOptions(embedding_layer=True, n_lams=8, lam_ratio=1e-4),
-    "+emb+exact": lambda: SpinOptions(embedding_layer=True, selection="exact"),
-    "+emb+exact+wide": lambda: SpinOptions(
-        embedding_layer=True, selection="exact", n_lams=8, lam_ratio=1e-4
+    "default": SpinOptions,  # = "paper+both+all+1se" since this comparison
+    "old default": lambda: SpinOptions(**OLD),
+    "old default+emb": lambda: SpinOptions(**{**OLD, "embedding_layer": True}),
+    "old default+emb+exact": lambda: SpinOptions(
+        **{**OLD, "embedding_layer": True}, selection="exact"
     ),
-    # The paper's search with "both" representations added (hidden and FFN together).
-    "paper+both": lambda: SpinOptions.paper(representations=("hidden", "ffn", "both")),
-    "paper+both+all": lambda: SpinOptions.paper(
-        representations=("hidden", "ffn", "both"), poolings=("token", "mean", "max", "all")
+    "old default+emb+exact+wide": lambda: SpinOptions(
+        **{**OLD, "embedding_layer": True, "n_lams": 8, "lam_ratio": 1e-4}, selection="exact"
     ),
+    # The paper's search with "both" representations (hidden and FFN together) and the
+    # "all" pooling (token, mean and max together) added, best score or 1se.
+    "paper+both": lambda: SpinOptions.paper(representations=BOTH_ALL["representations"]),
     "paper+both+1se": lambda: SpinOptions.paper(
-        representations=("hidden", "ffn", "both"), selection="1se"
+        representations=BOTH_ALL["representations"], selection="1se"
     ),
+    "paper+both+all": lambda: SpinOptions.paper(**BOTH_ALL),
+    "paper+both+all+1se": lambda: SpinOptions.paper(**BOTH_ALL, selection="1se"),
 }
 
 
