@@ -13,6 +13,10 @@ them; the compile seconds are read from JAX's own compile events). Then --rounds
 each run every warm contender once, interleaved, so that load from other processes on the
 machine falls on all of them alike; the table gives each one's median and best round.
 
+With --old-batching, ours also runs with the accelerators' batching (one coarse bucket
+grid, 32768-token batches: what the CPU ran before batching.backend_plan gave it finer
+buckets and smaller batches), cold (its own shapes' compiles) and warm in the same rounds.
+
     PYTHONPATH=. python benchmarks/cpu_forward.py [--texts 600] [--join 1] [--rounds 3]
 """
 
@@ -29,6 +33,7 @@ import jax
 import numpy as np
 
 import spin_jax
+from spin_jax import batching, runner
 from spin_jax.cli.learn import DEMO_DATA, demo_model_dir
 
 
@@ -49,12 +54,33 @@ def compile_seconds() -> list[float]:
     return seconds
 
 
-def ours(model, texts, max_length):
+def ours(model, texts, max_length, old_batching: bool = False):
+    """Seconds of one extract call; old_batching: with the accelerators' batch plan."""
+    new = runner.backend_plan
+    if old_batching:
+        runner.backend_plan = lambda _backend, *a: batching.backend_plan("gpu", *a)
     t = time.perf_counter()
-    spin_jax.extract(
-        model, texts, max_length=max_length, dtype="float32", progress=False, placement="host"
-    )
+    try:
+        spin_jax.extract(
+            model, texts, max_length=max_length, dtype="float32", progress=False, placement="host"
+        )
+    finally:
+        runner.backend_plan = new
     return time.perf_counter() - t
+
+
+def plan_line(lengths, max_length: int) -> str:
+    """Padding and distinct (rows, tokens) shapes of our batch plan, CPU and accelerators'."""
+    parts = []
+    for name, backend in (("cpu", "cpu"), ("old/accelerators", "gpu")):
+        plan = batching.backend_plan(backend, lengths, max_length, batching.TOKEN_BUDGET)
+        padded = sum(blen * size for _, blen, size in plan)
+        shapes = sorted({(size, blen) for _, blen, size in plan})
+        parts.append(
+            f"{name} batching: {len(plan)} batches, {1 - lengths.sum() / padded:.1%} padding, "
+            f"{len(shapes)} shapes {shapes}"
+        )
+    return "; ".join(parts)
 
 
 class TorchSide:
@@ -98,10 +124,14 @@ class TorchSide:
 
 
 def measure(args, folder, model, texts, lengths):
-    """{contender: [seconds per call]} and the compile seconds of our cold call."""
+    """{contender: [seconds per call]} and the compile seconds of our cold call(s)."""
     compiles = compile_seconds()
-    cold = ours(model, texts, args.max_length)
-    compiled = sum(compiles)
+    cold = {"spin_jax cold (compiles included)": [ours(model, texts, args.max_length)]}
+    compiled = [sum(compiles)]
+    if args.old_batching:
+        name = "spin_jax cold, old batching (its compiles included)"
+        cold[name] = [ours(model, texts, args.max_length, old_batching=True)]
+        compiled.append(sum(compiles) - compiled[0])
     side = TorchSide(folder, args.max_length, args.batch)
     by_length = [texts[i] for i in np.argsort(lengths, kind="stable")]
     contenders = {
@@ -109,11 +139,15 @@ def measure(args, folder, model, texts, lengths):
         "HF torch + hooks": lambda: side(texts),
         "HF torch + hooks, sorted by length": lambda: side(by_length),
     }
+    if args.old_batching:
+        contenders["spin_jax warm, old batching"] = lambda: ours(
+            model, texts, args.max_length, old_batching=True
+        )
     times = {name: [] for name in contenders}
     for _ in range(args.rounds):
         for name, run in contenders.items():
             times[name].append(run())
-    return {"spin_jax cold (compiles included)": [cold], **times}, compiled
+    return {**cold, **times}, compiled
 
 
 def main():
@@ -123,6 +157,7 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--old-batching", action="store_true", help="also the accelerators' batching")
     args = p.parse_args()
     import torch
     import transformers
@@ -137,8 +172,9 @@ def main():
         f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, torch "
         f"{torch.__version__}, transformers {transformers.__version__}; all-MiniLM-L6-v2, "
         f"{len(texts)} texts, {lengths.sum()} tokens (mean {lengths.mean():.0f}, max "
-        f"{lengths.max()}), fp32; cold call's compiles {compiled:.1f} s"
+        f"{lengths.max()}), fp32; cold calls' compiles " + ", ".join(f"{c:.1f} s" for c in compiled)
     )
+    print(plan_line(lengths, args.max_length))
     ref = statistics.median(times["HF torch + hooks"])
     print("| contender | median s | best s | tokens/s (median) | x torch (median) |")
     print("|---|---:|---:|---:|---:|")

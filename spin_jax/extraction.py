@@ -29,7 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from spin_jax._version import __version__
-from spin_jax.batching import BUCKETS, TOKEN_BUDGET, bucket_length, plan_batches  # noqa: F401
+from spin_jax.batching import (  # noqa: F401
+    BUCKETS,
+    TOKEN_BUDGET,
+    backend_plan,
+    bucket_length,
+    plan_batches,
+)
 from spin_jax.data import DataError, TextDataset, check_texts
 from spin_jax.devices import (  # noqa: F401 - re-exported: tests and benchmarks use them
     default_mesh,

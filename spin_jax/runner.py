@@ -1,7 +1,8 @@
 """The batch runner: a device program over rows of token ids, on all local devices.
 
 Rows are sorted by token length and cut into batches of a few static shapes under a token
-budget (batching.plan_batches), so XLA compiles once per bucket and padding stays small.
+budget (batching.backend_plan: on CPU finer buckets and smaller batches), so XLA compiles
+once per bucket and padding stays small.
 Each batch is split by rows over the mesh (devices.py) and dispatched ahead of the host (up
 to three in flight); its results are put back in the rows' original order, in numpy arrays
 (placement "host") or in device buffers (placement "device", never through the host).
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax.batching import plan_batches
+from spin_jax.batching import backend_plan
 from spin_jax.devices import default_mesh, device_sharding, mesh_put, replicate
 from spin_jax.errors import StoreError
 from spin_jax.store import DTYPES
@@ -108,7 +109,8 @@ class BatchRunner:
         out = self._buffers(len(rows), specs)
         lengths = np.array([len(ids[r]) for r in rows])
         multiple = 1 if self.mesh is None else self.mesh.size
-        plan = plan_batches(lengths, self.max_length, self.token_budget, multiple)
+        backend = jax.default_backend()
+        plan = backend_plan(backend, lengths, self.max_length, self.token_budget, multiple)
         pending = deque()
         start = time.perf_counter()
         for local, blen, size in plan:

@@ -466,7 +466,8 @@ def test_compiles_once_per_shape(model):
     texts = make_texts(200, seed=2, max_words=60)
     budget = 256
     ids, _ = spin_jax.encode(model.tokenizer, texts, 64)
-    plan = plan_batches(np.array([len(i) for i in ids]), 64, budget)
+    backend = jax.default_backend()  # the plan extract runs here (CPU: finer buckets)
+    plan = extract_mod.backend_plan(backend, np.array([len(i) for i in ids]), 64, budget)
     shapes = {(blen, size) for _, blen, size in plan}
     assert len(plan) > len(shapes) >= 3
     # The program extract runs (on GPU it carries compiler options: not _pooled_rows).
