@@ -251,8 +251,9 @@ def main(argv=None) -> int:
 
     model_dir = args.model or demo_model_dir()
     train, valid, test = splits(args.scale)
-    ref = reference(model_dir, train, valid, test, args)
     mine = ours(model_dir, args.recipe, train, valid, test)
+    print(f"ours: {mine}", flush=True)  # before the reference, which may take long
+    ref = reference(model_dir, train, valid, test, args)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ref_total = ref["extract_s"] + ref["probes_s"] + ref["aggregation_s"]
     our_total = mine["load_s"] + mine["fit_s"] + mine["eval_s"]
