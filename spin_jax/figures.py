@@ -145,9 +145,9 @@ def what_which_where(report: dict) -> str | None:
 
     reps = [r for r in REP_TITLES if any(g["representation"] == r for g in grid)]
     etas = sorted({g["eta"] for g in grid})
-    n_layers = max(g["k"] for g in grid)
-    bounds = [b + 0.5 for b in range(n_layers + 1)]
-    cmap = mpl.colormaps["viridis"].resampled(n_layers)
+    n_layers, first = max(g["k"] for g in grid), min(g["k"] for g in grid)  # first: 0 or 1
+    bounds = [b - 0.5 for b in range(first, n_layers + 2)]
+    cmap = mpl.colormaps["viridis"].resampled(n_layers - first + 1)
     norm = mpl.colors.BoundaryNorm(bounds, cmap.N)
     fig, axes = _figure(
         3.5 * len(reps) + 1.2,
@@ -174,8 +174,9 @@ def what_which_where(report: dict) -> str | None:
         )
     fig.legend(loc="outside lower center", ncols=8)
     sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
-    bar = fig.colorbar(sm, ax=axes[:, -1].tolist(), label="layers 1..k (colour)", shrink=0.8)
-    bar.set_ticks(range(1, n_layers + 1, max(1, n_layers // 12)))
+    label = f"layers {first}..k (colour)"
+    bar = fig.colorbar(sm, ax=axes[:, -1].tolist(), label=label, shrink=0.8)
+    bar.set_ticks(range(first, n_layers + 1, max(1, n_layers // 12)))
     return _svg(fig)
 
 

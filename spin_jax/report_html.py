@@ -19,7 +19,8 @@ REPORT_HTML, FIGURES_DIR, MODEL_CARD = "report.html", "figures", "MODEL_CARD.md"
 CAPTIONS = {
     "layers": "Each layer's L1 probe on validation (solid) and test (dashed), per pooling, for "
     "hidden states and FFN activations; the black line is SPIN's classifier on the kept "
-    "neurons of layers 1..k (validation), the star the chosen k. (The paper's Figure 2.)",
+    "neurons of layers 0..k (1..k without the embedding layer; validation), the star the "
+    "chosen k. (The paper's Figure 2.)",
     "what_which_where": "Every validated candidate at its best regularisation: validation "
     "score against the neurons it uses (log scale), by pooling (marker), eta (size: larger "
     "eta keeps more) and depth k (colour); below, the depth each one reaches. The red ring is "

