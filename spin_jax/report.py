@@ -109,9 +109,7 @@ def build_report(
         "per_k_integration_valid": best.per_k_valid,
         "neurons_kept_per_layer": _kept_per_layer(best, data.n_layers),
         "neurons_kept_per_layer_by_rep": _kept_per_layer_by_rep(head, data.n_layers),
-        # Layer 0 (the embedding output) is not a block: its neurons are counted apart,
-        # so the lists above keep one entry per block.
-        "neurons_kept_embeddings": int(np.sum(head.layer == 0)),
+        "neurons_kept_embeddings": int(np.sum(head.layer == 0)),  # layer 0: not a block
         "candidates": _best_per_combo(choices),
         "per_class": {
             name: per_class(labels[name], pred, data.n_classes, names)
