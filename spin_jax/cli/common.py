@@ -58,7 +58,10 @@ def check_out_folder(path: str) -> None:
 
 
 ALLOW_EMPTY_HELP = "accept empty or whitespace-only texts (refused by default)"
-BUDGET_HELP = "tokens per batch, padding included (default: spin_jax.extraction.TOKEN_BUDGET)"
+BUDGET_HELP = (
+    "tokens per batch, padding included (default: spin_jax.extraction.TOKEN_BUDGET; on CPU "
+    "at most batching.CPU_TOKEN_BUDGET = 8192, in batches padded close to their longest row)"
+)
 
 
 def token_budget(args) -> int:
