@@ -102,7 +102,8 @@ class FastTokenizer:
 
 
 def _special_config(folder: Path) -> dict:
-    """tokenizer_config.json, with special_tokens_map.json's tokens where it names them."""
+    """special_tokens_map.json's tokens, then tokenizer_config.json's over them (HF writes
+    both with the same tokens; where they differ, the config wins)."""
     config = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         f = folder / name
