@@ -22,21 +22,41 @@ the reference's own.
 sentences of same-label reviews, each split from its own reviews (no sentence crosses a
 split), for a data size like the issue's 13.7k + 3.4k tweets. Both sides run on the GPU
 when there is one (torch on "cuda").
+
+Per stage (issue #8) it reports seconds, compile seconds and programs compiled (the JAX
+event "/jax/core/compile/backend_compile_duration"), tokens/s of the extraction and
+evaluation stages (real, non-padding tokens: the model's tokenizer at the fit's max length,
+counted after the run so the count costs no stage time), peak device memory
+(`memory_stats()["peak_bytes_in_use"]`; "n/a" where the backend gives none, as on CPU),
+peak host memory, and the bytes of the pooled features held after extraction. Our stages
+are cut by wrapping SpinClassifier's steps from here (restored after): model load,
+extraction (train + valid), probes (fit_spin up to integration), integration, selection
+(choosing the candidate, building the head and the report), evaluation on test. A stage's
+peak memory is the process's high-water mark when the stage raised it, else the largest
+value sampled every 20 ms during it (a lower bound); the reference runs after ours in the
+same process, so its host numbers include what ours left resident. MB are 1e6 bytes.
+`--json PATH` writes every number.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import json
 import os
 import platform
 import resource
+import threading
 import time
 
 import numpy as np
 
 C_GRID = (0.1, 0.2, 1.0, 10.0, 100.0)
 ETAS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+OUR_STAGES = ("model load", "extraction", "probes", "integration", "selection", "evaluation")
+REF_STAGES = ("extraction", "probes", "aggregation")
 
 
 def parse_args(argv=None):
@@ -46,6 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--sk-sample", type=float, default=1.0, help="share of sklearn fits run")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--scale", type=int, default=0, help="N recombined train+valid texts")
+    p.add_argument("--json", default=None, help="also write every number to this JSON file")
     return p.parse_args(argv)
 
 
@@ -80,32 +101,237 @@ def recombined(ds, n: int, seed: int):
     return TextDataset(texts, labels.astype(np.int64), ds.label_names, f"{ds.source}*{n}")
 
 
+# ---- per-stage metrics ---------------------------------------------------------------------
+
+
+def _host_rss() -> int | None:
+    """Bytes resident now (Linux /proc), else None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _host_peak() -> int:
+    """The process's high-water mark in bytes (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if platform.system() == "Darwin" else peak * 1024
+
+
+def jax_device_memory():
+    """(bytes in use, peak bytes in use) of the first local device, or None (CPU)."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats.get("bytes_in_use", 0), stats["peak_bytes_in_use"]
+
+
+def torch_device_memory():
+    """As jax_device_memory for torch's CUDA allocator, or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+
+
+class Stages:
+    """Consecutive named stages: seconds, JAX compile seconds and programs, peak memory.
+
+    `start(name)` ends the running stage and opens the next; a compile listener adds to the
+    running one; a thread samples host RSS and device bytes in use every 20 ms.
+    """
+
+    active: Stages | None = None  # the one the compile listener reports to
+    _listening = False
+
+    def __init__(self, device_memory=None, every: float = 0.02):
+        self.device_memory = device_memory or (lambda: None)
+        self.rows: dict[str, dict] = {}
+        self.current: str | None = None
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(every,), daemon=True)
+
+    @classmethod
+    def listen(cls):
+        if cls._listening:
+            return
+        from jax import monitoring
+
+        def on_event(event, duration, **_):
+            stages = cls.active
+            if event == COMPILE_EVENT and stages is not None and stages.current is not None:
+                with stages._lock:
+                    row = stages.rows[stages.current]
+                    row["compile_s"] += duration
+                    row["programs"] += 1
+
+        monitoring.register_event_duration_secs_listener(on_event)
+        cls._listening = True
+
+    def __enter__(self):
+        Stages.active = self
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        self._stop.set()
+        self._thread.join()
+        Stages.active = None
+
+    def start(self, name: str) -> None:
+        self.stop()
+        device = self.device_memory()
+        with self._lock:
+            self.rows[name] = {
+                "seconds": 0.0, "compile_s": 0.0, "programs": 0,
+                "_t0": time.perf_counter(), "_host0": _host_peak(), "_host_seen": 0,
+                "_dev0": None if device is None else device[1], "_dev_seen": 0,
+            }  # fmt: skip
+            self.current = name
+
+    def stop(self) -> None:
+        if self.current is None:
+            return
+        device = self.device_memory()
+        with self._lock:
+            row = self.rows[self.current]
+            row["seconds"] = time.perf_counter() - row.pop("_t0")
+            host0, host = row.pop("_host0"), _host_peak()
+            seen = max(row.pop("_host_seen"), _host_rss() or 0)
+            row["peak_host_bytes"] = host if host > host0 else seen or host
+            dev0, dev_seen = row.pop("_dev0"), row.pop("_dev_seen")
+            if device is None or dev0 is None:
+                row["peak_device_bytes"] = None
+            else:
+                row["peak_device_bytes"] = (
+                    device[1] if device[1] > dev0 else max(dev_seen, device[0])
+                )
+            self.current = None
+
+    def _sample(self, every: float) -> None:
+        while not self._stop.wait(every):
+            if self.current is None:
+                continue
+            rss, device = _host_rss(), self.device_memory()
+            with self._lock:
+                row = self.rows.get(self.current)
+                if row is None or "_t0" not in row:
+                    continue
+                row["_host_seen"] = max(row["_host_seen"], rss or 0)
+                if device is not None:
+                    row["_dev_seen"] = max(row["_dev_seen"], device[0])
+
+
+@contextlib.contextmanager
+def patched(obj, name: str, wrap):
+    """obj.name replaced by wrap(original) for the block, restored after."""
+    original = getattr(obj, name)
+    setattr(obj, name, wrap(original))
+    try:
+        yield
+    finally:
+        setattr(obj, name, original)
+
+
+def feature_bytes(src) -> int:
+    """Bytes of a feature source's arrays: in memory (numpy / jax), or a store's on disk."""
+    total = 0
+    for value in src.arrays.values():
+        if hasattr(value, "nbytes"):
+            total += int(value.nbytes)
+        else:  # FeatureStore: (shape, dtype)
+            shape, dtype = value
+            total += int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return total
+
+
+def real_tokens(model, texts, max_length: int) -> int:
+    """Non-padding tokens of texts as the fit feeds them (special tokens, truncation)."""
+    from spin_jax.text import encode
+
+    ids, _ = encode(model.tokenizer, texts, max_length)
+    return int(sum(len(i) for i in ids))
+
+
 # ---- ours ----------------------------------------------------------------------------------
 
 
 def ours(model_dir, recipe, train, valid, test) -> dict:
+    import spin_jax.classifier as classifier
+    import spin_jax.learner as learner
     from spin_jax.classifier import SpinClassifier
 
-    t0 = time.perf_counter()
-    clf = SpinClassifier(model_dir, recipe=recipe, compilation_cache=False)
-    load_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    clf.fit(train, None, valid=valid)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    pred = np.argmax(clf.predict_proba(test.texts), axis=-1)
-    eval_s = time.perf_counter() - t0
+    Stages.listen()
+    held = []  # bytes of the feature sources extract returned (train, valid), not the sources:
+    # holding them would keep them resident through evaluation
+
+    def extract(original):
+        def wrapped(self, *a, **k):
+            stages.start("extraction")
+            src = original(self, *a, **k)
+            held.append(feature_bytes(src))
+            return src
+
+        return wrapped
+
+    def fit_spin(original):
+        def wrapped(*a, **k):
+            stages.start("probes")
+            return original(*a, **k)
+
+        return wrapped
+
+    def integrate_all(original):
+        def wrapped(*a, **k):
+            stages.start("integration")
+            out = original(*a, **k)
+            stages.start("selection")
+            return out
+
+        return wrapped
+
+    with contextlib.ExitStack() as stack:
+        stages = stack.enter_context(Stages(jax_device_memory))
+        stack.enter_context(patched(SpinClassifier, "_extract", extract))
+        stack.enter_context(patched(classifier, "fit_spin", fit_spin))
+        stack.enter_context(patched(learner, "integrate_all", integrate_all))
+        stages.start("model load")
+        clf = SpinClassifier(model_dir, recipe=recipe, compilation_cache=False)
+        t0 = time.perf_counter()
+        clf.fit(train, None, valid=valid)
+        fit_s = time.perf_counter() - t0
+        stages.start("evaluation")
+        pred = np.argmax(clf.predict_proba(test.texts), axis=-1)
+        stages.stop()
+    rows = stages.rows
+    counts = {
+        name: real_tokens(clf.model, ds.texts, clf.max_length)
+        for name, ds in (("train", train), ("valid", valid), ("test", test))
+    }
+    rows["extraction"]["tokens"] = counts["train"] + counts["valid"]
+    rows["evaluation"]["tokens"] = counts["test"]
+    for name in ("extraction", "evaluation"):
+        rows[name]["tokens_per_s"] = rows[name]["tokens"] / max(rows[name]["seconds"], 1e-9)
+    rows["extraction"]["feature_bytes"] = sum(held)
     times = clf.report["times"]
     return {
-        "load_s": load_s,
+        "load_s": rows["model load"]["seconds"],
         "fit_s": fit_s,
         "probes_s": times["probes_s"],
         "integration_s": times["integration_s"],
-        "extract_s": fit_s - times["probes_s"] - times["integration_s"],
-        "eval_s": eval_s,
+        "extract_s": rows["extraction"]["seconds"],
+        "selection_s": rows["selection"]["seconds"],
+        "eval_s": rows["evaluation"]["seconds"],
         "test": float(np.mean(pred == test.labels)),
         "layers": clf.head.num_layers,
         "neurons": int(len(clf.head.rep)),
+        "tokens": counts,
+        "stages": rows,
     }
 
 
@@ -158,10 +384,12 @@ def sk_fit(X, y, C):
     return LogisticRegression(solver="saga", C=C, tol=1e-4, max_iter=100, **kind).fit(X, y)
 
 
-def sklearn_spin(feats: dict, ys, sample: float, rng) -> dict:
+def sklearn_spin(feats: dict, ys, sample: float, rng, stages=None) -> dict:
     """The official code's search on torch features; every fit timed, or a sample of them."""
     from joblib import Parallel, delayed
 
+    if stages is not None:
+        stages.start("probes")
     train, valid, test = feats
     ytr, yva, yte = ys
     jobs, seconds = Parallel(n_jobs=-1), {"probes": 0.0, "aggregation": 0.0}
@@ -171,6 +399,8 @@ def sklearn_spin(feats: dict, ys, sample: float, rng) -> dict:
         tables[rep, p], s = _probe_table(train[rep][:, :, p], valid[rep][:, :, p], ytr, yva,
                                          jobs, sample, rng)  # fmt: skip
         seconds["probes"] += s
+    if stages is not None:
+        stages.start("aggregation")
     best = (-1.0, None)
     for rep, p in combos:
         first = 0 if rep == "hidden" else 1
@@ -230,19 +460,61 @@ def _kept(importance, eta):
     return np.sort(order[:n])
 
 
-def reference(model_dir, train, valid, test, args) -> dict:
-    t0 = time.perf_counter()
-    feats = []
-    for ds in (train, valid, test):
-        h, f = torch_features(model_dir, ds.texts, args.batch)
-        feats.append({"hidden": h, "ffn": f})
-    extract_s = time.perf_counter() - t0
-    ys = [np.asarray(d.labels) for d in (train, valid, test)]
-    sk = sklearn_spin(feats, ys, args.sk_sample, np.random.default_rng(0))
+def reference(model_dir, train, valid, test, args, tokens: int) -> dict:
+    """The PyTorch way; `tokens`: real tokens of all three splits (ours' count)."""
+    with Stages(torch_device_memory) as stages:
+        stages.start("extraction")
+        t0 = time.perf_counter()
+        feats = []
+        for ds in (train, valid, test):
+            h, f = torch_features(model_dir, ds.texts, args.batch)
+            feats.append({"hidden": h, "ffn": f})
+        extract_s = time.perf_counter() - t0
+        ys = [np.asarray(d.labels) for d in (train, valid, test)]
+        sk = sklearn_spin(feats, ys, args.sk_sample, np.random.default_rng(0), stages)
+    rows = stages.rows
+    for row in rows.values():  # torch / scikit-learn: no JAX compile to count
+        row["compile_s"] = row["programs"] = None
+    rows["extraction"]["tokens"] = tokens
+    rows["extraction"]["tokens_per_s"] = tokens / max(extract_s, 1e-9)
+    nbytes = sum(a.nbytes for f in feats for a in f.values())
+    rows["extraction"]["feature_bytes"] = nbytes
     scale = 1.0 / args.sk_sample
     return {"extract_s": extract_s, "probes_s": sk["probes"],
             "aggregation_s": sk["aggregation"] * scale, "test": sk["test"], "where": sk["where"],
-            "bytes": sum(a.nbytes for f in feats for a in f.values())}  # fmt: skip
+            "bytes": nbytes, "stages": rows}  # fmt: skip
+
+
+def _s(x, digits=1) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _mb(x) -> str:
+    return "n/a" if x is None else f"{x / 1e6:,.0f}"
+
+
+def _rate(x) -> str:
+    return "n/a" if x is None else f"{x:,.0f}"
+
+
+def stage_table(title: str, rows: dict, names, seconds: dict | None = None) -> None:
+    """One markdown row per stage; `seconds` overrides a stage's wall seconds (the sampled
+    scikit-learn fits, extrapolated)."""
+    print(f"\n{title}\n")
+    print("| stage | s | compile s | programs | tokens/s | peak device MB | peak host MB "
+          "| features MB |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        row = rows.get(name)
+        if row is None:
+            print(f"| {name} | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
+            continue
+        sec = (seconds or {}).get(name, row["seconds"])
+        programs = row["programs"]
+        print(f"| {name} | {sec:.2f} | {_s(row['compile_s'], 2)} | "
+              f"{'n/a' if programs is None else programs} | {_rate(row.get('tokens_per_s'))} | "
+              f"{_mb(row['peak_device_bytes'])} | {_mb(row['peak_host_bytes'])} | "
+              f"{_mb(row.get('feature_bytes'))} |")  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -252,9 +524,10 @@ def main(argv=None) -> int:
     model_dir = args.model or demo_model_dir()
     train, valid, test = splits(args.scale)
     mine = ours(model_dir, args.recipe, train, valid, test)
-    print(f"ours: {mine}", flush=True)  # before the reference, which may take long
-    ref = reference(model_dir, train, valid, test, args)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    brief = {k: v for k, v in mine.items() if k != "stages"}
+    print(f"ours: {brief}", flush=True)  # before the reference, which may take long
+    ref = reference(model_dir, train, valid, test, args, sum(mine["tokens"].values()))
+    peak_mb = _host_peak() / 1e6  # MB as the tables (1e6 bytes)
     ref_total = ref["extract_s"] + ref["probes_s"] + ref["aggregation_s"]
     our_total = mine["load_s"] + mine["fit_s"] + mine["eval_s"]
     import jax
@@ -277,10 +550,34 @@ def main(argv=None) -> int:
     print(f"| evaluate the test split | {mine['eval_s']:.1f} | (in extraction) |")
     print(f"| model load | {mine['load_s']:.1f} | (in extraction) |")
     print(f"| **end to end** | **{our_total:.1f}** | **{ref_total:.1f}** |")
+    stage_table("ours, per stage (train+valid extracted; the test split in evaluation):",
+                mine["stages"], OUR_STAGES)  # fmt: skip
+    sampled = {"probes": ref["probes_s"], "aggregation": ref["aggregation_s"]}
+    stage_table("the PyTorch way, per stage (model load and the test split in extraction; "
+                "probes / aggregation seconds as above):", ref["stages"], REF_STAGES,
+                sampled)  # fmt: skip
     print(f"\nspeedup {ref_total / our_total:.1f}x; test accuracy ours {mine['test']:.4f} "
           f"({args.recipe} recipe, {mine['layers']} layers, {mine['neurons']} neurons), "
           f"reference {ref['test']:.4f} (chosen {ref['where']}); features "
           f"{ref['bytes'] / 1e6:.1f} MB (fp32); peak host memory {peak_mb:.0f} MB")  # fmt: skip
+    if args.json:
+        record = {
+            "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H:%M}Z",
+            "device": jax.devices()[0].device_kind,
+            "cpu_cores": os.cpu_count(),
+            "versions": {
+                "jax": jax.__version__,
+                "torch": torch.__version__,
+                "sklearn": sklearn.__version__,
+            },  # fmt: skip
+            "args": vars(args),
+            "data": {"train": len(train.texts), "valid": len(valid.texts), "test": len(test.texts)},
+            "ours": {**mine, "total_s": our_total},
+            "reference": {**ref, "total_s": ref_total, "where": [str(w) for w in ref["where"]]},
+            "peak_host_mb": peak_mb,
+        }
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1, default=str)
     return 0
 
 
