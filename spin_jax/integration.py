@@ -109,11 +109,16 @@ def _pad_cols(X, width: int | None = None):
     return pad(X, ((0, 0), (0, target - M)))
 
 
+def _padded_layers(cand: Columns, width: int) -> np.ndarray:
+    """The layer of each of `width` columns; padding columns come after every layer."""
+    return np.pad(cand.layer, (0, width - len(cand)), constant_values=np.iinfo(np.int32).max)
+
+
 def integration_masks(cand: Columns, n_etas: int, ks: np.ndarray, width=None) -> np.ndarray:
     """featmask [E, len(ks), Mpad]: columns kept at eta e from layers up to k (padding masked)."""
     M = len(cand)
     Mpad = width or padded_width(M)
-    layer = np.pad(cand.layer, (0, Mpad - M), constant_values=np.iinfo(np.int32).max)
+    layer = _padded_layers(cand, Mpad)
     rank = np.pad(cand.eta_rank, (0, Mpad - M), constant_values=n_etas)
     in_k = layer[None, None] <= np.asarray(ks)[None, :, None]
     at_eta = rank[None, None] <= np.arange(n_etas)[:, None, None]
@@ -134,26 +139,48 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     opts, D = data.opts, len(depths(data))
     E = len(opts.etas)
     masks = integration_masks(cand, E, depths(data), width).reshape(E * D, -1)
-    G = len(masks)
-    masks = np.pad(masks, ((0, round_up(G, n_devices()) - G), (0, 0)), mode="edge")
+    G, Xtr, Xv = len(masks), _pad_cols(Xtr, width), _pad_cols(Xv, width)
+    order = widths = None
+    if by_width(n_devices()):  # columns by layer: the masks of layers up to k are prefixes
+        order = np.argsort(_padded_layers(cand, masks.shape[1]), kind="stable")
+        Xtr, Xv, masks = Xtr[:, order], Xv[:, order], masks[:, order]
+        widths = prefix_widths(masks)
+    Xtr, Xv = _to_device(Xtr, solver_dtype(opts)), _to_device(Xv, jnp.float32)
     # device_put, not jnp.asarray: jax compiles a program per shape to stage numpy input.
-    masks = masks.astype(np.float32)
-    last = jax.device_put(masks[-1])  # the widest: layers up to the last k
-    masks = shard_problems(jax.device_put(masks))
-    Xtr = _to_device(_pad_cols(Xtr, width), solver_dtype(opts))
-    Xv = _to_device(_pad_cols(Xv, width), jnp.float32)
+    last = jax.device_put(masks[-1].astype(np.float32))  # the widest: layers up to the last k
     if opts.lam_grid == "paper":
         lams = probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0])
     else:
         lams = probes.default_lams(
             Xtr, data.y, data.n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=last
         )
-    fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts)
+    masks = np.pad(masks, ((0, round_up(G, n_devices()) - G), (0, 0)), mode="edge")
+    masks = shard_problems(jax.device_put(masks.astype(np.float32)))
+    fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts, widths)
     out = _score_masks(
         Xv, data.yv, fit, shape=(G, E, D), metric=data.metric, n_classes=data.n_classes
     )
     scores, fit, used = jax.device_get(out)  # one copy to the host, no eager op after it
+    if order is not None:  # the weights back in the candidates' order
+        fit = fit.replace(weights=fit.weights[..., np.argsort(order), :])
     return scores, fit, used, np.asarray(lams)
+
+
+# Where steps cost more than compiles (a CPU: a lane program compiles in ~0.5 s, while the
+# demo's lanes stepped ~130 s at the shared width, most of it on zero padding), each mask's
+# lanes are stepped on only the columns it uses (`lanes.fit_masks` widths).
+BY_WIDTH = {"cpu": True}
+
+
+def by_width(devices: int) -> bool:
+    return devices == 1 and BY_WIDTH.get(jax.default_backend(), False)
+
+
+def prefix_widths(masks: np.ndarray) -> np.ndarray:
+    """Each mask's columns up to its last kept one, padded to `padded_width` (at most all)."""
+    used = masks.shape[1] - np.argmax(masks[:, ::-1], axis=1)
+    used = np.where(masks.any(axis=1), used, 1)
+    return np.minimum([padded_width(int(u)) for u in used], masks.shape[1])
 
 
 def _to_device(X, dtype):
@@ -178,7 +205,7 @@ def _score_masks(Xv, yv, fit, *, shape, metric, n_classes):
     return scores, fit, used
 
 
-def _fit_masks(X, y, n_classes, lams, masks, opts):
+def _fit_masks(X, y, n_classes, lams, masks, opts, widths=None):
     """fit_path for each feature mask [G, M] on shared X.
 
     One device: `lanes.fit_masks`, whose converged lanes leave the batch between rounds.
@@ -206,6 +233,7 @@ def _fit_masks(X, y, n_classes, lams, masks, opts):
         max_lanes=max_lanes,
         shrink=shrink,
         smooth=smooth,
+        widths=widths,
     )
 
 

@@ -40,6 +40,7 @@ def fit_masks(
     max_lanes: int | None = None,
     shrink: int = 2,
     smooth: solver.Smooth | None = None,
+    widths: np.ndarray | None = None,
 ) -> ProbeFit:
     """`fit_path` on one shared X [N, F] (standardised, no padded rows) for every feature
     mask of masks [G, F] (0/1) at every lam of lams [R].
@@ -48,6 +49,9 @@ def fit_masks(
     stepped together (memory). The batch shrinks to the next power of two once the active
     lanes are 1/shrink of it: each new size is one more compile, so a fast device, where
     a compile costs more than the steps it saves, wants a larger `shrink`.
+    widths [G] (optional): each mask is zero beyond its first widths[g] columns, so its
+    lanes are stepped on that prefix of X alone, a batch per width (batches padded to a
+    power of two, so that a few programs serve every width and problem count).
     Returns ProbeFit with weights [G, R, F, K], intercept [G, R, K], n_iter and converged
     [G, R]: the same solutions as `fit_path` per mask.
     """
@@ -60,24 +64,44 @@ def fit_masks(
     lams = jnp.asarray(lams, jnp.float32)
     T, m_over_n, Ls, theta0 = _masks_setup(X, y, n_classes, masks)
     state = _lanes_start(theta0, n=G * R, smooth=smooth)
-    steps = np.zeros(G * R, np.int64)  # each lane's iterations so far
-    active = np.arange(G * R)
-    size = min(len(active), max_lanes or len(active))
     problem = (X, T, m_over_n, masks, Ls, lams)
+    run = dict(max_iter=max_iter, tol=tol, shrink=shrink, smooth=smooth)
+    if widths is None:
+        size = min(G * R, max_lanes or G * R)
+        state = _lanes_rounds(problem, state, np.arange(G * R), size, None, **run)
+    else:
+        lane_width = np.repeat(np.asarray(widths), R)
+        for width in np.unique(lane_width):
+            active = np.nonzero(lane_width == width)[0]
+            size = min(_pow2(len(active)), max_lanes or G * R)
+            state = _lanes_rounds(problem, state, active, size, int(width), **run)
+    return _lanes_result(state, tol, shape=(G, R, K))
+
+
+def _pow2(n: int) -> int:
+    return 1 << int(n - 1).bit_length()
+
+
+def _lanes_rounds(problem, state, active, size, width, *, max_iter, tol, shrink, smooth):
+    """Rounds of the lanes `active` in batches of `size`, on the first `width` columns."""
+    n = len(state.n_iter)
+    steps = np.zeros(n, np.int64)  # each lane's iterations so far
     while active.size:
         # Lanes at equal counts share a batch: a fresh lane does not wait on a slow one.
         active = active[np.argsort(steps[active], kind="stable")]
         take = active[:size]
         idx = jax.device_put(np.resize(take, size))  # padded with repeats of active lanes
         # The repeats are not stored: their index is out of range, and the scatter drops it.
-        stored = jax.device_put(np.append(take, np.full(size - len(take), G * R)))
-        state, k, change = _lanes_step(problem, state, idx, stored, max_iter, tol, smooth=smooth)
+        stored = jax.device_put(np.append(take, np.full(size - len(take), n)))
+        state, k, change = _lanes_step(
+            problem, state, idx, stored, max_iter, tol, smooth=smooth, width=width
+        )
         k, change = np.asarray(k)[: len(take)], np.asarray(change)[: len(take)]
         steps[take] = k
         active = np.concatenate([take[(k < max_iter) & (change > tol)], active[size:]])
         if 0 < len(active) <= size // shrink:
-            size = 1 << int(len(active) - 1).bit_length()
-    return _lanes_result(state, tol, shape=(G, R, K))
+            size = _pow2(len(active))
+    return state
 
 
 @partial(jax.jit, static_argnames=("shape",))
@@ -114,19 +138,38 @@ def _lanes_start(theta0, *, n: int, smooth):
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), run)
 
 
-@partial(jax.jit, static_argnames=("smooth",), donate_argnums=1)
-def _lanes_step(problem, state, idx, stored, max_iter, tol, *, smooth):
+@partial(jax.jit, static_argnames=("smooth", "width"), donate_argnums=1)
+def _lanes_step(problem, state, idx, stored, max_iter, tol, *, smooth, width):
     """One round of the lanes idx [B], written back at `stored` (out of range: dropped), in
-    one program: (state, their iterations [B], their last change [B])."""
-    part = _lanes_round(problem, jax.tree.map(lambda a: a[idx], state), idx, max_iter, tol, smooth)
-    state = jax.tree.map(lambda a, b: a.at[stored].set(b, mode="drop"), state, part)
+    one program: (state, their iterations [B], their last change [B]). width: step only
+    the first `width` weight rows and the intercept (None: all)."""
+    part = jax.tree.map(lambda a: _narrow(a[idx], width), state)
+    part = _lanes_round(problem, part, idx, max_iter, tol, smooth, width)
+    state = jax.tree.map(lambda a, b: _store(a, b, stored, width), state, part)
     return state, part.n_iter, part.change
 
 
-def _lanes_round(problem, state, idx, max_iter, tol, smooth):
+# A lane's weight-shaped arrays (params, FISTA's point, adam's moments) are [lanes, M + 1, K]:
+# M weight rows, then the intercept; every other leaf of its state is per lane.
+def _narrow(a, width):
+    if width is None or a.ndim != 3:
+        return a
+    return jnp.concatenate([a[:, :width], a[:, -1:]], axis=1)
+
+
+def _store(a, b, stored, width):
+    if width is None or a.ndim != 3:
+        return a.at[stored].set(b, mode="drop")
+    a = a.at[stored, :width].set(b[:, :width], mode="drop")
+    return a.at[stored, -1].set(b[:, -1], mode="drop")
+
+
+def _lanes_round(problem, state, idx, max_iter, tol, smooth, width=None):
     """One round of `fit_masks` for the lanes idx [B] (lane = mask * R + lam index)."""
     X, T, m_over_n, masks, Ls, lams = problem
     R = lams.shape[0]
+    if width is not None:
+        X, masks = X[:, :width], masks[:, :width]
     grad_fn = partial(_smooth_grad, X, T, m_over_n)
 
     def one(run, i):
@@ -136,5 +179,3 @@ def _lanes_round(problem, state, idx, max_iter, tol, smooth):
         return solver.minimize(grad_fn, tx, run, stop, tol)
 
     return jax.vmap(one)(state, idx)
-
-

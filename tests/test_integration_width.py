@@ -1,5 +1,6 @@
 """Integration with one padded width for every group (what accelerators use, so each
-program compiles once) chooses as integration with each group's own width (CPU's)."""
+program compiles once) chooses as integration with each group's own width; and stepping
+each mask on only the prefix of layer-sorted columns it uses (CPU's) as at full width."""
 
 from __future__ import annotations
 
@@ -22,6 +23,31 @@ def test_one_shared_width_fits_like_a_width_per_group(monkeypatch):
     monkeypatch.setattr(learner, "shared_width", shared)
     head_s, report_s = fit_spin(train, valid, test, SpinOptions(**FAST))
     assert len(seen) == 1 and len(seen[0]) == 12  # one width for the 12 groups
+    assert_same_fit(valid, (head, report), (head_s, report_s))
+
+
+def test_prefix_widths_fit_like_the_full_width(monkeypatch):
+    train, valid, test = splits(planted, ("neg", "pos"))
+    monkeypatch.setattr(integration, "BY_WIDTH", {"cpu": True})
+    widths = []
+    real = integration.prefix_widths
+    monkeypatch.setattr(integration, "prefix_widths", lambda m: widths.append(real(m)) or real(m))
+    # One wide group (every layer's hidden and FFN columns at every pooling), so that the
+    # masks of shallow k fit in fewer columns than the deep ones.
+    opts = SpinOptions(**{**FAST, "etas": (0.1, 0.5, 0.99)}, representations=("both",),
+                       poolings=("all",))  # fmt: skip
+    by_width = fit_spin(train, valid, test, opts)
+    assert len({int(w) for ws in widths for w in ws}) > 1  # some masks did use a prefix
+    # The reference: the same layer-sorted columns (so the same Lipschitz constants from
+    # the power iteration), every mask at full width.
+    monkeypatch.setattr(integration, "prefix_widths", lambda m: np.full(len(m), m.shape[1]))
+    full = fit_spin(train, valid, test, opts)
+    assert full[1]["chosen"] == by_width[1]["chosen"]
+    assert_same_fit(valid, full, by_width, atol=1e-5)
+
+
+def assert_same_fit(valid, first, second, atol=1e-3):
+    (head, report), (head_s, report_s) = first, second
     # The same problems: on a GPU the products' rounding order differs with the width, so
     # scores may move by a validation row or two and a near tie may pick another candidate.
     rows = 2 / valid.n_rows + 1e-9
@@ -32,6 +58,9 @@ def test_one_shared_width_fits_like_a_width_per_group(monkeypatch):
         assert abs(a["n_neurons"] - b["n_neurons"]) <= 2
     if report_s["chosen"] == report["chosen"]:
         np.testing.assert_array_equal(head.neuron, head_s.neuron)
-        np.testing.assert_allclose(head.weights, head_s.weights, atol=1e-3)
+        np.testing.assert_allclose(head.weights, head_s.weights, atol=atol)
+
+
+def test_shared_width():
     assert integration.shared_width([100, 3000], 600) == 4096  # small: one width
     assert integration.shared_width([100, 3000], 50000) is None  # large: each its own

@@ -10,7 +10,7 @@ import sklearn
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from spin_jax import lanes, probes
+from spin_jax import integration, lanes, probes, solver
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -119,6 +119,36 @@ def test_fit_masks_equals_fit_path_per_mask(n_classes, max_lanes):
         assert np.all(np.abs(n_iter[g] - one.n_iter) <= 1)  # a rounding tie at tol
         np.testing.assert_array_equal(fit.converged[g], one.converged)
         assert np.all(np.asarray(fit.weights[g])[:, np.asarray(masks[g]) == 0] == 0.0)
+
+
+@pytest.mark.parametrize("smooth", [None, solver.smooth("adam", 1e-2)])
+@pytest.mark.parametrize("max_lanes", [None, 3])
+def test_fit_masks_on_prefix_widths_equals_full_width(smooth, max_lanes):
+    """Masks zero beyond their first widths[g] columns (integration's, columns sorted by
+    layer) are stepped on that prefix alone, and solve the same problems: fit_path's."""
+    F = 300
+    X, y = make_problem(7, 200, F, 2, scale=1.0)
+    X, y = jnp.asarray(X), jnp.asarray(y)
+    widths = np.array([128, 300, 128, 256, 300])
+    rng = np.random.default_rng(8)
+    masks = (rng.random((5, F)) > 0.3) & (np.arange(F) < [[40], [300], [128], [200], [250]])
+    masks = jnp.asarray(masks, jnp.float32)
+    lams = probes.default_lams(X, y, 2, num=3, ratio=0.05)
+    solve = dict(max_lanes=max_lanes, smooth=smooth, max_iter=300)
+    fit = lanes.fit_masks(X, y, 2, lams, masks, widths=widths, **solve)
+    for g in range(5):
+        one = probes.fit_path(X, y, 2, lams, featmask=masks[g], max_iter=300, smooth=smooth)
+        # The Lipschitz constant's power iteration sees the columns in another layout.
+        np.testing.assert_allclose(fit.weights[g], one.weights, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(fit.intercept[g], one.intercept, rtol=1e-4, atol=1e-5)
+        assert np.all(np.asarray(fit.weights[g])[:, np.asarray(masks[g]) == 0] == 0.0)
+
+
+def test_prefix_widths():
+    masks = np.zeros((3, 600), bool)
+    masks[0, :5], masks[1, [3, 300]] = True, True
+    np.testing.assert_array_equal(integration.prefix_widths(masks), [128, 512, 128])
+    np.testing.assert_array_equal(integration.prefix_widths(masks[:, :400]), [128, 400, 128])
 
 
 def test_fit_masks_without_problems_and_bad_shrink():
