@@ -9,6 +9,7 @@ layer 0 is the embedding output. `store_layer` is that rule, written once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -83,13 +84,16 @@ def reciprocal(std) -> np.ndarray:
     return np.float32(1.0) / np.asarray(std, np.float32)
 
 
-def gather(src, cols: Columns, mean, std, rows=None):
+def gather(src, cols: Columns, mean, std, rows=None, width: int | None = None):
     """[N, M] standardised features of the columns, read group by group.
 
-    numpy; from a source on the device (DeviceFeatures), a jax Array built there.
+    numpy; from a source on the device (DeviceFeatures), a jax Array built there, with
+    `width` (>= M) columns, zeros after the M.
     """
     if hasattr(src, "read_columns"):
-        return _gather_on_device(src, cols, mean, std, rows)
+        if {"hidden", "ffn"} <= set(src.arrays):
+            return _gather_padded(src, cols, mean, std, rows, width or len(cols))
+        return _pad_to(_gather_on_device(src, cols, mean, std, rows), width)
     out = np.empty((src.n_rows if rows is None else len(rows), len(cols)), np.float32)
     keys = np.stack([cols.rep, cols.pool, cols.layer], axis=1)
     for r, p, j in np.unique(keys, axis=0) if len(cols) else []:
@@ -104,6 +108,44 @@ def gather(src, cols: Columns, mean, std, rows=None):
         )[:, 0, 0]
         out[:, at] = standardize_columns(x, mean[at], std[at])
     return out
+
+
+def _gather_padded(src, cols: Columns, mean, std, rows, width: int) -> jax.Array:
+    """gather from a DeviceFeatures in one program whose shapes depend only on `width`,
+    so that every integration group of one padded width reuses it (on a GPU, gathering
+    each group's own column count compiled ~10 small programs a group)."""
+
+    def pad(a, keep):
+        return np.pad(np.where(keep, a, 0), (0, width - len(cols)))
+
+    h, f = cols.rep == 0, cols.rep == 1
+    index = (
+        np.pad(h, (0, width - len(cols))),  # is_hidden: False on the padding
+        tuple(pad(a, h) for a in (store_layer("hidden", cols.layer), cols.pool, cols.neuron)),
+        tuple(pad(a, f) for a in (store_layer("ffn", cols.layer), cols.pool, cols.neuron)),
+    )
+    scale = (pad(np.asarray(mean, np.float32), True), pad(reciprocal(std), True))
+    rows = None if rows is None else np.arange(src.n_rows, dtype=np.int32)[np.asarray(rows)]
+    return _take_standardized(src.arrays["hidden"], src.arrays["ffn"], rows, index, scale)
+
+
+@jax.jit
+def _take_standardized(hidden, ffn, rows, index, scale):
+    """Columns of hidden or ffn (is_hidden), standardised as `standardize_columns`; padding
+    columns have mean 0 and reciprocal std 0, so they are 0."""
+    if rows is not None:
+        take = functools.partial(jnp.take, indices=rows, axis=0, mode="clip")  # in range
+        hidden, ffn = take(hidden), take(ffn)
+    is_hidden, h, f = index
+    x = jnp.where(is_hidden, hidden[:, h[0], h[1], h[2]], ffn[:, f[0], f[1], f[2]])
+    mean, rstd = scale
+    return (x.astype(jnp.float32) - mean) * rstd
+
+
+def _pad_to(x, width):
+    if width is None or width == x.shape[1]:
+        return x
+    return jnp.pad(x, ((0, 0), (0, width - x.shape[1])))
 
 
 def _gather_on_device(src, cols: Columns, mean, std, rows=None) -> jax.Array:

@@ -105,6 +105,8 @@ def _pad_cols(X, width: int | None = None):
     """Pads columns with zeros (masked out) to `width`, or to `padded_width`."""
     M = X.shape[1]
     target = width or padded_width(M)
+    if target == M:
+        return X
     pad = jnp.pad if isinstance(X, jax.Array) else np.pad  # a device array stays there
     return pad(X, ((0, 0), (0, target - M)))
 
@@ -274,7 +276,8 @@ def integrate_combo(
     if len(cand) == 0:
         return [], []  # every probe of this combination is all-zero
     mean, std = column_stats(cand, tables)
-    Xtr, Xv = gather(data.train, cand, mean, std), gather(data.valid, cand, mean, std)
+    cols = width or padded_width(len(cand))  # a device gather pads to it (one program)
+    Xtr, Xv = (gather(src, cand, mean, std, width=cols) for src in (data.train, data.valid))
     scores, fit, used, lams = integrate(data, Xtr, Xv, cand, width)
     grid = [
         dict(representation=rname, pooling=pname, eta=eta, k=int(k), lam=float(lams[r]),

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 from jax import monitoring
 
-from spin_jax.features import MemoryFeatures
+from spin_jax.features import DeviceFeatures, MemoryFeatures
 from spin_jax.learner import SpinOptions, fit_spin
 
 COMPILES = []
 monitoring.register_event_duration_secs_listener(
-    lambda event, duration, **_: COMPILES.append(duration)
-    if event == "/jax/core/compile/backend_compile_duration"
-    else None
+    lambda event, duration, **_: (
+        COMPILES.append(duration) if event == "/jax/core/compile/backend_compile_duration" else None
+    )
 )
 BOUND = 40  # programs in one whole fit (measured: 33 at 4 layers, 25-33 at 8)
+# On the device the features are read in jitted gathers and a few eager ops: 57 and 59.
+BOUND_DEVICE = 64
 
 
 def features(n, L, seed, D=16, F=32):
@@ -28,15 +31,26 @@ def features(n, L, seed, D=16, F=32):
     return MemoryFeatures({"hidden": hidden, "ffn": ffn}, y, ("a", "b"), {})
 
 
-def compiles_of_a_fit(n, L, etas) -> int:
+def on_device(src: MemoryFeatures) -> DeviceFeatures:
+    arrays = {k: jax.device_put(v) for k, v in src.arrays.items()}
+    return DeviceFeatures(arrays, src.labels, src.label_names, src.manifest)
+
+
+def compiles_of_a_fit(n, L, etas, place=lambda src: src) -> int:
     jax.clear_caches()  # as a new process: nothing compiled yet
     COMPILES.clear()
-    fit_spin(features(n, L, 0), features(n // 2, L, 1), opts=SpinOptions(n_lams=3, etas=etas))
+    train, valid = place(features(n, L, 0)), place(features(n // 2, L, 1))
+    fit_spin(train, valid, opts=SpinOptions(n_lams=3, etas=etas))
     return len(COMPILES)
 
 
-def test_a_whole_fit_compiles_a_bounded_number_of_programs():
-    small = compiles_of_a_fit(300, 4, (0.1, 0.5, 0.8))
-    large = compiles_of_a_fit(600, 8, (0.05, 0.1, 0.3, 0.5, 0.8))
-    assert 0 < small <= BOUND and 0 < large <= BOUND, (small, large)
+# Features on the device (a GPU's default) are gathered there: before one program per
+# group, that path compiled ~15 programs a group (186 in a MiniLM fit on an H200).
+@pytest.mark.parametrize(
+    "place, bound", [(lambda src: src, BOUND), (on_device, BOUND_DEVICE)], ids=["host", "device"]
+)
+def test_a_whole_fit_compiles_a_bounded_number_of_programs(place, bound):
+    small = compiles_of_a_fit(300, 4, (0.1, 0.5, 0.8), place)
+    large = compiles_of_a_fit(600, 8, (0.05, 0.1, 0.3, 0.5, 0.8), place)
+    assert 0 < small <= bound and 0 < large <= bound, (small, large)
     assert large <= small + 3, (small, large)  # twice the layers and rows, more etas

@@ -4,6 +4,7 @@ each mask on only the prefix of layer-sorted columns it uses (CPU's) as at full 
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from spin_jax import integration, learner
@@ -28,7 +29,7 @@ def test_one_shared_width_fits_like_a_width_per_group(monkeypatch):
 
 def test_prefix_widths_fit_like_the_full_width(monkeypatch):
     train, valid, test = splits(planted, ("neg", "pos"))
-    monkeypatch.setattr(integration, "BY_WIDTH", {"cpu": True})
+    monkeypatch.setattr(integration, "BY_WIDTH", {jax.default_backend(): True})
     widths = []
     real = integration.prefix_widths
     monkeypatch.setattr(integration, "prefix_widths", lambda m: widths.append(real(m)) or real(m))

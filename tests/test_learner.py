@@ -21,6 +21,7 @@ import pytest
 import spin_jax
 from spin_jax import probes
 from spin_jax.classifier import WEIGHTS_FILE, ArtifactError, SpinClassifier
+from spin_jax.columns import Columns, gather
 from spin_jax.data import DataError
 from spin_jax.extraction import DeviceFeatures, MemoryFeatures, extract
 from spin_jax.learner import (
@@ -205,6 +206,24 @@ def test_fit_features_aligns_label_ids_across_sources(model):
 def on_device(src: MemoryFeatures) -> DeviceFeatures:
     arrays = {k: jax.numpy.asarray(v) for k, v in src.arrays.items()}
     return DeviceFeatures(arrays, src.labels, src.label_names, src.manifest)
+
+
+def test_device_gather_equals_host_padded_to_a_width():
+    """Candidate columns read on the device in one program, padded with zero columns to a
+    width shared by groups: the host's standardised values, bit for bit."""
+    host = splits(planted, ("neg", "pos"))[0]
+    rng = np.random.default_rng(0)
+    rep = rng.integers(0, 2, 40)
+    layer = np.where(rep == 0, rng.integers(0, L + 1, 40), rng.integers(1, L + 1, 40))
+    neuron = np.where(rep == 0, rng.integers(0, D, 40), rng.integers(0, F, 40))
+    cols = Columns(rep, rng.integers(0, 3, 40), layer, neuron, np.zeros(40, np.int64))
+    mean, std = rng.normal(size=40).astype(np.float32), rng.uniform(0.5, 2, 40).astype(np.float32)
+    for rows in (None, [5, 1, 7]):
+        want = gather(host, cols, mean, std, rows=rows)
+        got = np.asarray(gather(on_device(host), cols, mean, std, rows=rows, width=128))
+        assert got.shape == (len(want), 128)
+        np.testing.assert_array_equal(got[:, :40], want)
+        assert not got[:, 40:].any()
 
 
 def test_fit_on_device_features_equals_host(model):
