@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spin_jax.devices import solver_jit
+
 REPS = ("hidden", "ffn")  # the codes 0 and 1 of Columns.rep
 
 
@@ -129,7 +131,7 @@ def _gather_padded(src, cols: Columns, mean, std, rows, width: int) -> jax.Array
     return _take_standardized(src.arrays["hidden"], src.arrays["ffn"], rows, index, scale)
 
 
-@jax.jit
+@solver_jit
 def _take_standardized(hidden, ffn, rows, index, scale):
     """Columns of hidden or ffn (is_hidden), standardised as `standardize_columns`; padding
     columns have mean 0 and reciprocal std 0, so they are 0."""

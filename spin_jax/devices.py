@@ -7,6 +7,8 @@ identity (no mesh, no sharding).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,3 +84,30 @@ def device_sharding(mesh, n_rows: int):
     if mesh is not None and n_rows % mesh.size == 0:
         return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+# The learner's programs on a GPU compile without XLA's Triton GEMM emitter: its autotuning
+# made them compile 2.7x slower (23 s against 8.6 s for a MiniLM-sized fit on an H200) and
+# step slower too; their products are thin (a few columns per lane, memory-bound), where
+# cuBLAS does as well (benchmarks/RESULTS.md). The model's forward keeps XLA's defaults.
+GPU_SOLVER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
+
+def solver_jit(fun=None, **jit_kwargs):
+    """jax.jit for the learner's programs, with `GPU_SOLVER_OPTIONS` when the default
+    backend is a GPU (decided at the first call, not at import, which would start JAX)."""
+    if fun is None:
+        return functools.partial(solver_jit, **jit_kwargs)
+    by_backend = {}
+
+    @functools.wraps(fun)
+    def call(*args, **kwargs):
+        backend = jax.default_backend()
+        if backend not in by_backend:
+            options = GPU_SOLVER_OPTIONS if backend == "gpu" else None
+            by_backend[backend] = jax.jit(fun, compiler_options=options, **jit_kwargs)
+        return by_backend[backend](*args, **kwargs)
+
+    call.clear_cache = lambda: [jitted.clear_cache() for jitted in by_backend.values()]
+    call._cache_size = lambda: sum(jitted._cache_size() for jitted in by_backend.values())
+    return call

@@ -12,7 +12,7 @@ import numpy as np
 
 from spin_jax import lanes, probes
 from spin_jax.columns import REPS, Columns, gather
-from spin_jax.devices import n_devices, round_up, shard_problems
+from spin_jax.devices import n_devices, round_up, shard_problems, solver_jit
 from spin_jax.head import Choice
 from spin_jax.options import FitData, score, solver_dtype
 
@@ -192,7 +192,7 @@ def _to_device(X, dtype):
     return jax.device_put(np.asarray(X).astype(dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "metric", "n_classes"))
+@functools.partial(solver_jit, static_argnames=("shape", "metric", "n_classes"))
 def _score_masks(Xv, yv, fit, *, shape, metric, n_classes):
     """Valid scores [E, D, R], the fit as [E, D, ...] and the neurons used [E, D, R] of the
     first G (unpadded) problems."""
@@ -239,7 +239,7 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, widths=None):
     )
 
 
-@functools.partial(jax.jit, static_argnames=("n_classes", "max_iter", "smooth"))
+@functools.partial(solver_jit, static_argnames=("n_classes", "max_iter", "smooth"))
 def _fit_masks_sharded(X, y, n_classes, lams, masks, *, max_iter, tol, smooth):
     def one(m):
         return probes._fit_path(

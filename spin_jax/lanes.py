@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spin_jax import solver
+from spin_jax.devices import solver_jit
 from spin_jax.probes import (
     Array,
     ProbeFit,
@@ -104,7 +105,7 @@ def _lanes_rounds(problem, state, active, size, width, *, max_iter, tol, shrink,
     return state
 
 
-@partial(jax.jit, static_argnames=("shape",))
+@partial(solver_jit, static_argnames=("shape",))
 def _lanes_result(state, tol, *, shape) -> ProbeFit:
     G, R, K = shape
     x = solver.solution(state.params, state.opt_state)
@@ -116,7 +117,7 @@ def _lanes_result(state, tol, *, shape) -> ProbeFit:
     )
 
 
-@partial(jax.jit, static_argnames=("n_classes",))
+@partial(solver_jit, static_argnames=("n_classes",))
 def _masks_setup(X, y, n_classes, masks):
     """Targets, row weights / N, Lipschitz constant per mask [G], starting theta."""
     m = jnp.ones(X.shape[0], jnp.float32)
@@ -131,14 +132,14 @@ def _lane_tx(f: Array, lam, L, smooth):
     return solver.proximal(jnp.append(f, 0.0) * lam, jnp.append(f, 1.0), L, smooth)
 
 
-@partial(jax.jit, static_argnames=("n", "smooth"))
+@partial(solver_jit, static_argnames=("n", "smooth"))
 def _lanes_start(theta0, *, n: int, smooth):
     # The transformation's state does not depend on the lane's mask or lam, only its shape.
     run = solver.start(_lane_tx(jnp.ones(theta0.shape[0] - 1), 0.0, 1.0, smooth), theta0)
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), run)
 
 
-@partial(jax.jit, static_argnames=("smooth", "width"), donate_argnums=1)
+@partial(solver_jit, static_argnames=("smooth", "width"), donate_argnums=1)
 def _lanes_step(problem, state, idx, stored, max_iter, tol, *, smooth, width):
     """One round of the lanes idx [B], written back at `stored` (out of range: dropped), in
     one program: (state, their iterations [B], their last change [B]). width: step only

@@ -15,7 +15,7 @@ import numpy as np
 
 from spin_jax import probes, slp
 from spin_jax.columns import store_layer
-from spin_jax.devices import n_devices, round_up, shard_problems
+from spin_jax.devices import n_devices, round_up, shard_problems, solver_jit
 from spin_jax.options import FitData, score, solver_dtype
 from spin_jax.streaming import layer_chunks
 
@@ -135,13 +135,13 @@ def _problems(x):
     return jax.device_put(np.ascontiguousarray(x[:, :, 0].swapaxes(0, 1)))
 
 
-@jax.jit
+@solver_jit
 def _swap(x):
     return x[:, :, 0].swapaxes(0, 1)
 
 
 @functools.partial(
-    jax.jit,
+    solver_jit,
     static_argnames=("n_classes", "dtype", "lam_grid", "n_lams", "lam_ratio", "max_iter", "smooth"),
 )
 def _solve_chunk(X, y, tol, *, n_classes, dtype, lam_grid, n_lams, lam_ratio, max_iter, smooth):
@@ -160,14 +160,14 @@ def _solve_chunk(X, y, tol, *, n_classes, dtype, lam_grid, n_lams, lam_ratio, ma
     return mean, std, Xs, fit
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "n_classes"))
+@functools.partial(solver_jit, static_argnames=("metric", "n_classes"))
 def _score_chunk(X, y, mean, std, weights, intercept, *, metric, n_classes):
     """Metric [g, R] of every layer's probe at every lam on X [g, N, F]."""
     pred = jax.vmap(probes.predict)(_standardize_many(X, mean, std), weights, intercept)
     return score(metric, y, pred, n_classes)
 
 
-@jax.jit
+@solver_jit
 def _pick_best(scores: dict, weights, intercept, n_iter) -> dict:
     """Each layer's probe at its best validation lam (lams largest first: ties -> sparser)."""
     best = jnp.argmax(scores["valid"], axis=-1)
@@ -191,7 +191,7 @@ def _slp_scores(data: FitData, Xs, *, rep, pool, layers, mean, std) -> dict:
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("dtype",))
+@functools.partial(solver_jit, static_argnames=("dtype",))
 def _standardize_many(X, mean, std, dtype=jnp.float32):
     return ((X.astype(jnp.float32) - mean[:, None]) / std[:, None]).astype(dtype)
 

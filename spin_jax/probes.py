@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from spin_jax import solver
+from spin_jax.devices import solver_jit
 
 Array = jax.Array
 
@@ -301,7 +302,7 @@ def _fit_path(
     return ProbeFit(thetas[:, :-1], thetas[:, -1], n_iter, converged)
 
 
-@partial(jax.jit, static_argnames=_STATIC)
+@partial(solver_jit, static_argnames=_STATIC)
 def fit_path(
     X: Array,
     y: Array,
@@ -330,7 +331,7 @@ def _axis(a: Array | None, shared_ndim: int) -> int | None:
     return None if a is None or a.ndim == shared_ndim else 0
 
 
-@partial(jax.jit, static_argnames=_STATIC)
+@partial(solver_jit, static_argnames=_STATIC)
 def fit_many(
     X: Array,
     y: Array,
@@ -360,7 +361,7 @@ def fit_many(
     return jax.vmap(one, in_axes=in_axes)(X, y, lams, rowmask, featmask)
 
 
-@partial(jax.jit, static_argnames=_STATIC)
+@partial(solver_jit, static_argnames=_STATIC)
 def fit_many_standardized(
     X: Array,
     y: Array,
@@ -400,7 +401,7 @@ def fit_many_standardized(
 # ----------------------------------------------------------------------------- grids
 
 
-@partial(jax.jit, static_argnames=("n_classes", "num"))
+@partial(solver_jit, static_argnames=("n_classes", "num"))
 def default_lams(
     X: Array,
     y: Array,

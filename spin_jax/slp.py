@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from spin_jax.devices import solver_jit
+
 Array = jax.Array
 
 
@@ -40,7 +42,7 @@ def _loss(params, X, y, n_classes):
     return optax.softmax_cross_entropy(z, jax.nn.one_hot(y, n_classes)).mean()
 
 
-@partial(jax.jit, static_argnames=("n_classes", "hidden", "steps"))
+@partial(solver_jit, static_argnames=("n_classes", "hidden", "steps"))
 def fit(
     X: Array,
     y: Array,
@@ -71,7 +73,7 @@ def fit(
     return jax.vmap(one)(keys, X)
 
 
-@jax.jit
+@solver_jit
 def predict(params: dict, X: Array) -> Array:
     """Class ids [G, N] of the G probes on X [G, N, F]."""
     return jnp.argmax(jax.vmap(logits)(params, X), axis=-1).astype(jnp.int32)

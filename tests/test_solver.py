@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from spin_jax import lanes, probes, solver
+from spin_jax import devices, lanes, probes, solver
 from tests.test_probes import make_problem, objective_np
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -115,3 +115,21 @@ def test_unknown_smooth_optimizer_is_refused():
         solver.smooth("nosuch", 1e-3)
     with pytest.raises(ValueError, match="positive"):
         solver.smooth("adam", 0.0)
+
+
+def test_solver_programs_compile_without_triton_gemms_on_a_gpu(monkeypatch):
+    """On a GPU the learner's programs get devices.GPU_SOLVER_OPTIONS; elsewhere none."""
+    seen, real = [], jax.jit
+
+    def jit(fun, **kwargs):
+        seen.append(kwargs.get("compiler_options"))
+        return real(fun, **kwargs)
+
+    monkeypatch.setattr(devices.jax, "jit", jit)
+    double = devices.solver_jit(lambda x: x * 2)
+    assert float(double(jnp.float32(3))) == 6.0
+    monkeypatch.setattr(devices.jax, "default_backend", lambda: "gpu")
+    assert float(double(jnp.float32(4))) == 8.0  # XLA takes the GPU option on any backend
+    assert seen == [None, devices.GPU_SOLVER_OPTIONS]
+    double(jnp.float32(5))
+    assert len(seen) == 2  # one jitted function per backend, kept
