@@ -133,3 +133,7 @@ def test_solver_programs_compile_without_triton_gemms_on_a_gpu(monkeypatch):
     assert seen == [None, devices.GPU_SOLVER_OPTIONS]
     double(jnp.float32(5))
     assert len(seen) == 2  # one jitted function per backend, kept
+    # Called inside another program it is inlined: jax refuses options on a nested jit.
+    outer = devices.solver_jit(lambda x: double(x) + 1)
+    assert float(outer(jnp.float32(1))) == 3.0
+    assert seen == [None, devices.GPU_SOLVER_OPTIONS, devices.GPU_SOLVER_OPTIONS, None]
