@@ -117,23 +117,26 @@ def test_unknown_smooth_optimizer_is_refused():
         solver.smooth("adam", 0.0)
 
 
-def test_solver_programs_compile_without_triton_gemms_on_a_gpu(monkeypatch):
+def test_solver_programs_take_compiler_options_on_a_gpu(monkeypatch):
     """On a GPU the learner's programs get devices.GPU_SOLVER_OPTIONS; elsewhere none."""
     seen, real = [], jax.jit
+    options = {"xla_gpu_enable_triton_gemm": False}
 
     def jit(fun, **kwargs):
         seen.append(kwargs.get("compiler_options"))
         return real(fun, **kwargs)
 
     monkeypatch.setattr(devices.jax, "jit", jit)
+    monkeypatch.setattr(devices, "GPU_SOLVER_OPTIONS", options)
+    monkeypatch.setattr(devices.jax, "default_backend", lambda: "cpu")
     double = devices.solver_jit(lambda x: x * 2)
     assert float(double(jnp.float32(3))) == 6.0
     monkeypatch.setattr(devices.jax, "default_backend", lambda: "gpu")
     assert float(double(jnp.float32(4))) == 8.0  # XLA takes the GPU option on any backend
-    assert seen == [None, devices.GPU_SOLVER_OPTIONS]
+    assert seen == [None, options]
     double(jnp.float32(5))
     assert len(seen) == 2  # one jitted function per backend, kept
     # Called inside another program it is inlined: jax refuses options on a nested jit.
     outer = devices.solver_jit(lambda x: double(x) + 1)
     assert float(outer(jnp.float32(1))) == 3.0
-    assert seen == [None, devices.GPU_SOLVER_OPTIONS, devices.GPU_SOLVER_OPTIONS, None]
+    assert seen == [None, options, options, None]
