@@ -116,32 +116,44 @@ def _gather_padded(src, cols: Columns, mean, std, rows, width: int) -> jax.Array
     """gather from a DeviceFeatures in one program whose shapes depend only on `width`,
     so that every integration group of one padded width reuses it (on a GPU, gathering
     each group's own column count compiled ~10 small programs a group)."""
+    hidden, ffn = src.arrays["hidden"], src.arrays["ffn"]
 
-    def pad(a, keep):
-        return np.pad(np.where(keep, a, 0), (0, width - len(cols)))
+    def at(a, keep, axis, x):  # in range (else IndexError, as a read); 0 elsewhere
+        a = np.where(keep, a, 0)
+        return np.pad(_in_range(a, x.shape[axis]), (0, width - len(cols)))
 
     h, f = cols.rep == 0, cols.rep == 1
+    at_h = (store_layer("hidden", cols.layer), cols.pool, cols.neuron)
+    at_f = (store_layer("ffn", cols.layer), cols.pool, cols.neuron)
     index = (
-        np.pad(h, (0, width - len(cols))),  # is_hidden: False on the padding
-        tuple(pad(a, h) for a in (store_layer("hidden", cols.layer), cols.pool, cols.neuron)),
-        tuple(pad(a, f) for a in (store_layer("ffn", cols.layer), cols.pool, cols.neuron)),
+        np.arange(width) < len(cols),  # the real columns: the padding is exactly 0
+        np.pad(h, (0, width - len(cols))),  # is_hidden
+        tuple(at(a, h, axis + 1, hidden) for axis, a in enumerate(at_h)),
+        tuple(at(a, f, axis + 1, ffn) for axis, a in enumerate(at_f)),
     )
-    scale = (pad(np.asarray(mean, np.float32), True), pad(reciprocal(std), True))
-    rows = None if rows is None else np.arange(src.n_rows, dtype=np.int32)[np.asarray(rows)]
-    return _take_standardized(src.arrays["hidden"], src.arrays["ffn"], rows, index, scale)
+    pad = (0, width - len(cols))
+    scale = (np.pad(np.asarray(mean, np.float32), pad), np.pad(reciprocal(std), pad))
+    rows = None if rows is None else _in_range(rows, src.n_rows)
+    return _take_standardized(hidden, ffn, rows, index, scale)
+
+
+def _in_range(idx, n: int) -> np.ndarray:
+    """idx as int32 indices into n, as numpy reads them (negatives from the end; one out
+    of range is an IndexError)."""
+    return np.arange(n, dtype=np.int32)[np.asarray(idx, np.int64)]
 
 
 @solver_jit
 def _take_standardized(hidden, ffn, rows, index, scale):
-    """Columns of hidden or ffn (is_hidden), standardised as `standardize_columns`; padding
-    columns have mean 0 and reciprocal std 0, so they are 0."""
+    """Columns of hidden or ffn (is_hidden), standardised as `standardize_columns`; the
+    padding columns are 0 (a where, not a product with 0: an inf read there stays out)."""
     if rows is not None:
         take = functools.partial(jnp.take, indices=rows, axis=0, mode="clip")  # in range
         hidden, ffn = take(hidden), take(ffn)
-    is_hidden, h, f = index
+    real, is_hidden, h, f = index
     x = jnp.where(is_hidden, hidden[:, h[0], h[1], h[2]], ffn[:, f[0], f[1], f[2]])
     mean, rstd = scale
-    return (x.astype(jnp.float32) - mean) * rstd
+    return jnp.where(real, (x.astype(jnp.float32) - mean) * rstd, 0.0)
 
 
 def _pad_to(x, width):

@@ -104,14 +104,16 @@ def solver_jit(fun=None, **jit_kwargs):
 
     @functools.wraps(fun)
     def call(*args, **kwargs):
-        # Inside another program's trace it is inlined there, and jax refuses compiler
-        # options on a nested jit.
-        nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs)))
-        key = "nested" if nested else jax.default_backend()
-        if key not in by_backend:
-            options = (GPU_SOLVER_OPTIONS or None) if key == "gpu" else None
-            by_backend[key] = jax.jit(fun, compiler_options=options, **jit_kwargs)
-        return by_backend[key](*args, **kwargs)
+        # Inside another program's trace: traced into it, as XLA would inline a nested jit
+        # anyway (and jax refuses compiler options on one). A call made there with only
+        # concrete arguments would miss this test; none is.
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+            return fun(*args, **kwargs)
+        backend = jax.default_backend()
+        if backend not in by_backend:
+            options = (GPU_SOLVER_OPTIONS or None) if backend == "gpu" else None
+            by_backend[backend] = jax.jit(fun, compiler_options=options, **jit_kwargs)
+        return by_backend[backend](*args, **kwargs)
 
     call.clear_cache = lambda: [jitted.clear_cache() for jitted in by_backend.values()]
     call._cache_size = lambda: sum(jitted._cache_size() for jitted in by_backend.values())

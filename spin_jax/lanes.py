@@ -42,6 +42,7 @@ def fit_masks(
     shrink: int = 2,
     smooth: solver.Smooth | None = None,
     widths: np.ndarray | None = None,
+    order: np.ndarray | None = None,
 ) -> ProbeFit:
     """`fit_path` on one shared X [N, F] (standardised, no padded rows) for every feature
     mask of masks [G, F] (0/1) at every lam of lams [R].
@@ -53,6 +54,7 @@ def fit_masks(
     widths [G] (optional): each mask is zero beyond its first widths[g] columns, so its
     lanes are stepped on that prefix of X alone, a batch per width (batches padded to a
     power of two, so that a few programs serve every width and problem count).
+    order [F] (optional): X's columns are another layout's in this order (see `_lipschitz`).
     Returns ProbeFit with weights [G, R, F, K], intercept [G, R, K], n_iter and converged
     [G, R]: the same solutions as `fit_path` per mask.
     """
@@ -63,7 +65,7 @@ def fit_masks(
         zeros = jnp.zeros((G, R), jnp.int32)
         return ProbeFit(jnp.zeros((G, R, X.shape[1], K)), jnp.zeros((G, R, K)), zeros, zeros > 0)
     lams = jnp.asarray(lams, jnp.float32)
-    T, m_over_n, Ls, theta0 = _masks_setup(X, y, n_classes, masks)
+    T, m_over_n, Ls, theta0 = _masks_setup(X, y, n_classes, masks, order)
     state = _lanes_start(theta0, n=G * R, smooth=smooth)
     problem = (X, T, m_over_n, masks, Ls, lams)
     run = dict(max_iter=max_iter, tol=tol, shrink=shrink, smooth=smooth)
@@ -118,11 +120,11 @@ def _lanes_result(state, tol, *, shape) -> ProbeFit:
 
 
 @partial(solver_jit, static_argnames=("n_classes",))
-def _masks_setup(X, y, n_classes, masks):
+def _masks_setup(X, y, n_classes, masks, order=None):
     """Targets, row weights / N, Lipschitz constant per mask [G], starting theta."""
     m = jnp.ones(X.shape[0], jnp.float32)
     T = _targets(y, n_classes)
-    lipschitz_of = partial(_lipschitz, X, m, n_classes=n_classes)
+    lipschitz_of = partial(_lipschitz, X, m, n_classes=n_classes, order=order)
     Ls = jax.vmap(lambda f: lipschitz_of((f > 0).astype(jnp.float32)))(masks)
     return T, m / X.shape[0], Ls, _init_theta(T, m, X.shape[1])
 

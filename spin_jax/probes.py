@@ -221,8 +221,10 @@ def lipschitz(X: Array, rowmask: Array | None = None, n_classes: int = 2) -> Arr
     return _lipschitz(_masked_rows(X, rowmask), m, jnp.ones(X.shape[1]), n_classes)
 
 
-def _lipschitz(Xm: Array, m: Array, f: Array, n_classes: int) -> Array:
-    """As `lipschitz`, for X with padded rows zeroed and feature mask f [F] (0/1)."""
+def _lipschitz(Xm: Array, m: Array, f: Array, n_classes: int, order=None) -> Array:
+    """As `lipschitz`, for X with padded rows zeroed and feature mask f [F] (0/1). order
+    [F]: X's columns are those of another layout in this order; the power iteration starts
+    from the same vector as in that layout, so both find the same constant."""
 
     def apply(v):  # [X diag(f), m] v, then its transpose: power iteration on A^T A.
         u = _dot("NF,FK->NK", Xm, (v[:-1] * f)[:, None])[:, 0] + v[-1] * m
@@ -235,6 +237,8 @@ def _lipschitz(Xm: Array, m: Array, f: Array, n_classes: int) -> Array:
 
     # A fixed random start: deterministic, yet almost surely not orthogonal to the top vector.
     v0 = jax.random.normal(jax.random.key(0), (Xm.shape[1] + 1,), jnp.float32)
+    if order is not None:
+        v0 = jnp.append(v0[:-1][order], v0[-1])
     v = jax.lax.fori_loop(0, _POWER_ITERS, body, v0 / jnp.linalg.norm(v0))
     sigma2 = v @ apply(v)  # Rayleigh quotient of A^T A: <= ||A||_2^2, converging to it
     curvature = 0.25 if n_classes == 2 else 0.5

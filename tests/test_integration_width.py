@@ -13,6 +13,7 @@ from tests.test_learner import FAST, planted, splits
 
 
 def test_one_shared_width_fits_like_a_width_per_group(monkeypatch):
+    monkeypatch.setattr(integration, "BY_WIDTH", {})  # every lane at the padded width
     train, valid, test = splits(planted, ("neg", "pos"))
     head, report = fit_spin(train, valid, test, SpinOptions(**FAST))
     seen = []
@@ -45,6 +46,12 @@ def test_prefix_widths_fit_like_the_full_width(monkeypatch):
     full = fit_spin(train, valid, test, opts)
     assert full[1]["chosen"] == by_width[1]["chosen"]
     assert_same_fit(valid, full, by_width, atol=1e-5)
+    # And against the way accelerators integrate (columns in the candidates' order, all at
+    # the padded width): the weights come back in the candidates' order.
+    monkeypatch.setattr(integration, "BY_WIDTH", {})
+    unsorted = fit_spin(train, valid, test, opts)
+    assert unsorted[1]["chosen"] == by_width[1]["chosen"]
+    assert_same_fit(valid, unsorted, by_width, atol=1e-5)
 
 
 def assert_same_fit(valid, first, second, atol=1e-3):

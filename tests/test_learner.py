@@ -218,12 +218,19 @@ def test_device_gather_equals_host_padded_to_a_width():
     neuron = np.where(rep == 0, rng.integers(0, D, 40), rng.integers(0, F, 40))
     cols = Columns(rep, rng.integers(0, 3, 40), layer, neuron, np.zeros(40, np.int64))
     mean, std = rng.normal(size=40).astype(np.float32), rng.uniform(0.5, 2, 40).astype(np.float32)
-    for rows in (None, [5, 1, 7]):
+    # An inf in a neuron no column reads (the padding's gather index) stays out.
+    host.arrays["ffn"][:, 0, 0, 0] = np.inf
+    cols.neuron[(cols.rep == 1) & (cols.layer == 1) & (cols.pool == 0) & (cols.neuron == 0)] = 1
+    dev = on_device(host)
+    for rows in (None, [5, 1, 7], []):
         want = gather(host, cols, mean, std, rows=rows)
-        got = np.asarray(gather(on_device(host), cols, mean, std, rows=rows, width=128))
+        got = np.asarray(gather(dev, cols, mean, std, rows=rows, width=128))
         assert got.shape == (len(want), 128)
         np.testing.assert_array_equal(got[:, :40], want)
         assert not got[:, 40:].any()
+    cols.neuron[np.argmax(cols.rep == 1)] = F  # out of range: refused as a host read is
+    with pytest.raises(IndexError):
+        gather(dev, cols, mean, std, width=128)
 
 
 def test_fit_on_device_features_equals_host(model):
