@@ -158,7 +158,7 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
         )
     masks = np.pad(masks, ((0, round_up(G, n_devices()) - G), (0, 0)), mode="edge")
     masks = shard_problems(jax.device_put(masks.astype(np.float32)))
-    fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts, widths, order)
+    fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts, widths=widths, order=order)
     out = _score_masks(
         Xv, data.yv, fit, shape=(G, E, D), metric=data.metric, n_classes=data.n_classes
     )
@@ -207,7 +207,7 @@ def _score_masks(Xv, yv, fit, *, shape, metric, n_classes):
     return scores, fit, used
 
 
-def _fit_masks(X, y, n_classes, lams, masks, opts, widths=None, order=None):
+def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
     """fit_path for each feature mask [G, M] on shared X.
 
     One device: `lanes.fit_masks`, whose converged lanes leave the batch between rounds.
