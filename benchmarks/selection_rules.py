@@ -4,7 +4,9 @@ One default-recipe fit per seed (`SpinOptions()`); its candidates are then chose
 rule and each chosen head scored on the test split: "exact" (the best validation score, the
 paper's rule), "1se" (the default: the fewest layers, then neurons, within one standard
 error of the best), "half-se" (the same within half a standard error) and
-"1se-layers-best" (the fewest layers within one standard error, then the best score).
+"1se-layers-best" (the fewest layers within one standard error, then the best score);
+"paper-first" (the best of the paper's six combinations unless the wider search's best
+beats it by more than a standard error) and "paper-first-1se" (1se within that family).
 Problems and splits as `recipes.py` (reviews: MiniLM on the 600 shipped reviews; planted:
 "one layer", "two layers", "embedding"). One JSON line per seed.
 
@@ -41,6 +43,17 @@ def rules(choices, n_valid):
     close = [c for c in choices if c.valid >= best.valid - se]
     fewest = min(c.layers_used for c in close)
     out["1se-layers-best"] = min([c for c in close if c.layers_used == fewest], key=Choice.key)
+    # The paper's six combinations first: the wider search's candidates only when its best
+    # beats theirs on validation by more than a standard error.
+    paper = [c for c in choices if c.rep != "both" and c.pooling != "all"]
+    if paper:
+        narrow = min(paper, key=Choice.key)
+        wide = best.valid > narrow.valid + se_of(narrow, n_valid)
+        out["paper-first"] = best if wide else narrow
+        family = choices if wide else paper
+        top = min(family, key=Choice.key)
+        close = [c for c in family if c.valid >= top.valid - se_of(top, n_valid)]
+        out["paper-first-1se"] = min(close, key=lambda c: (c.layers_used, c.n_neurons, -c.valid))
     return out
 
 
