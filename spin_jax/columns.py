@@ -90,12 +90,12 @@ def gather(src, cols: Columns, mean, std, rows=None, width: int | None = None):
     """[N, M] standardised features of the columns, read group by group.
 
     numpy; from a source on the device (DeviceFeatures), a jax Array built there, with
-    `width` (>= M) columns, zeros after the M.
+    `width` (>= M) columns, zeros after the M, when it holds both representations.
     """
     if hasattr(src, "read_columns"):
         if {"hidden", "ffn"} <= set(src.arrays):
             return _gather_padded(src, cols, mean, std, rows, width or len(cols))
-        return _pad_to(_gather_on_device(src, cols, mean, std, rows), width)
+        return _gather_on_device(src, cols, mean, std, rows)  # M columns: callers pad
     out = np.empty((src.n_rows if rows is None else len(rows), len(cols)), np.float32)
     keys = np.stack([cols.rep, cols.pool, cols.layer], axis=1)
     for r, p, j in np.unique(keys, axis=0) if len(cols) else []:
@@ -120,7 +120,7 @@ def _gather_padded(src, cols: Columns, mean, std, rows, width: int) -> jax.Array
 
     def at(a, keep, axis, x):  # in range (else IndexError, as a read); 0 elsewhere
         a = np.where(keep, a, 0)
-        return np.pad(_in_range(a, x.shape[axis]), (0, width - len(cols)))
+        return np.pad(in_range(a, x.shape[axis]), (0, width - len(cols)))
 
     h, f = cols.rep == 0, cols.rep == 1
     at_h = (store_layer("hidden", cols.layer), cols.pool, cols.neuron)
@@ -133,13 +133,13 @@ def _gather_padded(src, cols: Columns, mean, std, rows, width: int) -> jax.Array
     )
     pad = (0, width - len(cols))
     scale = (np.pad(np.asarray(mean, np.float32), pad), np.pad(reciprocal(std), pad))
-    rows = None if rows is None else _in_range(rows, src.n_rows)
+    rows = None if rows is None else in_range(rows, src.n_rows)
     return _take_standardized(hidden, ffn, rows, index, scale)
 
 
-def _in_range(idx, n: int) -> np.ndarray:
-    """idx as int32 indices into n, as numpy reads them (negatives from the end; one out
-    of range is an IndexError)."""
+def in_range(idx, n: int) -> np.ndarray:
+    """idx as int32 indices into an axis of n, as np.take reads them: negatives count from
+    the end, one out of range is an IndexError (jax's gathers would clamp it)."""
     return np.arange(n, dtype=np.int32)[np.asarray(idx, np.int64)]
 
 
@@ -154,12 +154,6 @@ def _take_standardized(hidden, ffn, rows, index, scale):
     x = jnp.where(is_hidden, hidden[:, h[0], h[1], h[2]], ffn[:, f[0], f[1], f[2]])
     mean, rstd = scale
     return jnp.where(real, (x.astype(jnp.float32) - mean) * rstd, 0.0)
-
-
-def _pad_to(x, width):
-    if width is None or width == x.shape[1]:
-        return x
-    return jnp.pad(x, ((0, 0), (0, width - x.shape[1])))
 
 
 def _gather_on_device(src, cols: Columns, mean, std, rows=None) -> jax.Array:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spin_jax.columns import in_range
 from spin_jax.store import StoreError, _selection
 
 
@@ -52,29 +53,23 @@ class DeviceFeatures(_ArrayFeatures):
     def read(self, name, *, rows=None, layers=None, poolings=None, neurons=None, dtype=np.float32):
         x = self.arrays[name]
         sels = (rows, layers, poolings, neurons)
-        index = tuple(None if s is None else _bounded(s, x.shape[a]) for a, s in enumerate(sels))
+        index = tuple(None if s is None else in_range(s, x.shape[a]) for a, s in enumerate(sels))
         return _take(x, index, None if dtype is None else jnp.dtype(dtype))
 
     def read_columns(self, name, layers, poolings, neurons, *, rows=None, dtype=np.float32):
         """[N, M]: column m is x[:, layers[m], poolings[m], neurons[m]] of "hidden" / "ffn"
         [N, L, P, F], read in one gather (the learner's candidate columns)."""
         x = self.arrays[name]
-        rows = None if rows is None else _bounded(rows, x.shape[0])
+        rows = None if rows is None else in_range(rows, x.shape[0])
         cols = tuple(
-            _bounded(i, n) for i, n in zip((layers, poolings, neurons), x.shape[1:], strict=True)
+            in_range(i, n) for i, n in zip((layers, poolings, neurons), x.shape[1:], strict=True)
         )
         return _take_columns(x, rows, cols, jnp.dtype(dtype))
 
 
-def _bounded(sel, n: int) -> np.ndarray:
-    """Indices in [0, n) as np.take reads `sel`: negatives count from the end, one out of
-    range is an IndexError."""
-    return np.arange(n, dtype=np.int32)[np.asarray(sel, np.int64)]
-
-
 @functools.partial(jax.jit, static_argnames="dtype")
 def _take_columns(x, rows, cols, dtype):
-    x = x if rows is None else jnp.take(x, rows, axis=0, mode="clip")  # in range: _bounded
+    x = x if rows is None else jnp.take(x, rows, axis=0, mode="clip")  # in range: in_range
     return x[:, cols[0], cols[1], cols[2]].astype(dtype)
 
 
@@ -82,5 +77,5 @@ def _take_columns(x, rows, cols, dtype):
 def _take(x, index, dtype=None):
     for axis, idx in enumerate(index):
         if idx is not None:
-            x = jnp.take(x, idx, axis=axis, mode="clip")  # in range: _bounded
+            x = jnp.take(x, idx, axis=axis, mode="clip")  # in range: in_range
     return x if dtype is None else x.astype(dtype)
