@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from spin_jax import probes
-from spin_jax.columns import Columns, reciprocal, standardize_columns  # noqa: F401
+from spin_jax.columns import REPS, Columns, reciprocal, standardize_columns  # noqa: F401
 from spin_jax.errors import SpinError
 from spin_jax.head import Choice, SpinHead
 from spin_jax.integration import (  # noqa: F401
@@ -205,9 +205,9 @@ def integrate_all(data: FitData, tables: dict, progress: bool) -> tuple[list[Cho
     choices, grid = [], []
     combos = [(r, p) for r in rep_sets(data.opts) for p in pool_sets(data.opts)]
     cands = [combo_candidates(data, tables, r, p) for r, p in combos]
-    width = shared_width([len(c) for c in cands if len(c)], data.train.n_rows)
+    widths = family_widths(combos, [len(c) for c in cands], data.train.n_rows)
     bar = _progress(len(combos), "integration", progress)
-    for (rep_set, pool_set), cand in zip(combos, cands, strict=True):
+    for (rep_set, pool_set), cand, width in zip(combos, cands, widths, strict=True):
         bar.set_postfix_str(f"{rep_set[0]}/{pool_set[0]}")
         combo_choices, combo_grid = integrate_combo(
             data, tables, rep_set, pool_set, cand=cand, width=width
@@ -225,15 +225,45 @@ def integrate_all(data: FitData, tables: dict, progress: bool) -> tuple[list[Cho
     return choices, grid
 
 
+def family_widths(combos: list[tuple], sizes: list[int], n_rows: int) -> list[int | None]:
+    """A padded width per group (`shared_width`), shared within each family: the paper's
+    six (one representation, one pooling) and the wider search's groups. So a default
+    fit's paper groups run the very programs of the paper recipe's, and "paper-first"
+    chooses among exactly the paper recipe's candidates (a GPU's products round
+    differently at another width)."""
+    paper = [len(reps) == 1 and len(pools) == 1 for (_, reps), (_, pools) in combos]
+    width = {
+        fam: shared_width([n for n, f in zip(sizes, paper, strict=True) if f == fam and n], n_rows)
+        for fam in (True, False)
+    }
+    return [width[f] for f in paper]
+
+
 def select(choices: list[Choice], rule: str, n_valid: int) -> Choice:
-    """Best validation score, or the simplest candidate within one standard error of it."""
+    """The candidate a selection rule picks (SpinOptions.selection says what each does)."""
     best = min(choices, key=Choice.key)
     if rule == "exact":
         return best
-    p = min(max(best.valid, 0.0), 1.0)
-    se = np.sqrt(p * (1 - p) / max(n_valid, 1))
-    close = [c for c in choices if c.valid >= best.valid - se]
+    if rule == "paper-first":
+        return _paper_first(choices, best, n_valid)
+    close = [c for c in choices if c.valid >= best.valid - _se(best, n_valid)]
     return min(close, key=lambda c: (c.layers_used, c.n_neurons, -c.valid))
+
+
+def _paper_first(choices: list[Choice], best: Choice, n_valid: int) -> Choice:
+    """The best of the paper's six (representation, pooling) combinations, unless the best
+    of the whole search beats it on validation by more than its standard error."""
+    paper = [c for c in choices if c.rep in REPS and c.pooling in POOLINGS]
+    if not paper:
+        return best
+    narrow = min(paper, key=Choice.key)
+    return best if best.valid > narrow.valid + _se(narrow, n_valid) else narrow
+
+
+def _se(c: Choice, n_valid: int) -> float:
+    """The standard error of a candidate's validation score, read as a proportion."""
+    p = min(max(c.valid, 0.0), 1.0)
+    return float(np.sqrt(p * (1 - p) / max(n_valid, 1)))
 
 
 def _run_key(opts: SpinOptions, *sources) -> str:

@@ -219,6 +219,8 @@ def _is_number(v) -> bool:
 
 def _rule(rule: str) -> str:
     return {
+        "paper-first": "paper-first: the best of the paper's six combinations, unless the "
+        "whole search's best beats it by more than one standard error",
         "1se": "1se: the fewest layers, then neurons, within one standard error of the best",
         "exact": "exact: the best validation score",
     }.get(rule, rule)

