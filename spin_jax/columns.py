@@ -86,6 +86,11 @@ def reciprocal(std) -> np.ndarray:
     return np.float32(1.0) / np.asarray(std, np.float32)
 
 
+def padded_width(M: int) -> int:
+    """Columns padded to a power of two (at least 128), so shapes repeat across runs."""
+    return max(128, 1 << int(M - 1).bit_length())
+
+
 def gather(src, cols: Columns, mean, std, rows=None, width: int | None = None):
     """[N, M] standardised features of the columns, read group by group.
 

@@ -86,13 +86,12 @@ def device_sharding(mesh, n_rows: int):
     return jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
-# Compiler options for the learner's programs on a GPU (`solver_jit`). Measured on an H200
-# with the learner alone on MiniLM-shaped device features (13.6k + 3.4k rows, the default
-# recipe): without XLA's Triton GEMMs, {"xla_gpu_enable_triton_gemm": False}, the fit took
-# 21.1 s against 35.5 s, its compiles 11.8 s against 22.9 s (benchmarks/RESULTS.md). It is
-# not on yet: with cuBLAS GEMMs the vmapped probes no longer equal a loop of single solves
-# at tests/test_probes.py's tolerance on that GPU, and that has to be settled first.
-GPU_SOLVER_OPTIONS: dict = {}
+# Compiler options for the learner's programs on a GPU (`solver_jit`): without XLA's
+# Triton GEMMs. The learner's products are thin (a few columns per lane), Triton's
+# autotuning dominated their compiles and its kernels stepped slower: on an H200, the
+# learner alone on MiniLM-shaped device features (13.6k + 3.4k rows, the default recipe)
+# took 20.5 s against 63.4 s, its compiles 12.8 s against 52.1 s (benchmarks/RESULTS.md).
+GPU_SOLVER_OPTIONS: dict = {"xla_gpu_enable_triton_gemm": False}
 
 
 def solver_jit(fun=None, **jit_kwargs):

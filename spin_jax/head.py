@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from spin_jax import probes
-from spin_jax.columns import Columns, gather
+from spin_jax.columns import Columns, gather, padded_width
 
 
 @dataclasses.dataclass
@@ -35,6 +36,24 @@ class SpinHead:
     def features(self, src, rows=None):
         """[N, M] standardised kept columns of `src` (numpy, or jax from a device source)."""
         return gather(src, self.columns(), self.mean, self.std, rows)
+
+    def padded_features(self, src):
+        """features(src) with zero columns after the M, to `padded_width(M)`."""
+        M = len(self.rep)
+        X = gather(src, self.columns(), self.mean, self.std, width=padded_width(M))
+        if X.shape[1] == padded_width(M):
+            return X
+        return np.pad(np.asarray(X), ((0, 0), (0, padded_width(M) - M)))  # a host read
+
+    def padded_proba(self, src) -> np.ndarray:
+        """proba(features(src)) on the padded columns, with zero weights there (the same
+        logits), so heads of other sizes share one program: a report scores many heads."""
+        M = len(self.rep)
+        X = self.padded_features(src)
+        W = np.pad(np.asarray(self.weights, np.float32), ((0, X.shape[1] - M), (0, 0)))
+        X = X if isinstance(X, jax.Array) else jax.device_put(X)
+        b = jax.device_put(np.asarray(self.intercept, np.float32))
+        return np.asarray(probes.predict_proba(X, jax.device_put(W), b))
 
     def proba(self, Xs) -> np.ndarray:
         return np.asarray(

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spin_jax import lanes, probes
-from spin_jax.columns import REPS, Columns, gather
+from spin_jax.columns import REPS, Columns, gather, padded_width
 from spin_jax.devices import n_devices, round_up, shard_problems, solver_jit
 from spin_jax.head import Choice
 from spin_jax.options import FitData, score, solver_dtype
@@ -73,11 +73,6 @@ def column_stats(cand: Columns, tables) -> tuple[np.ndarray, np.ndarray]:
         mean[cols] = t.mean[row, cand.neuron[cols]]
         std[cols] = t.std[row, cand.neuron[cols]]
     return mean, std
-
-
-def padded_width(M: int) -> int:
-    """Columns padded to a power of two (at least 128), so shapes repeat across runs."""
-    return max(128, 1 << int(M - 1).bit_length())
 
 
 # Below this many elements in a full batch's products (lanes x N x width), stepping

@@ -205,9 +205,9 @@ def integrate_all(data: FitData, tables: dict, progress: bool) -> tuple[list[Cho
     choices, grid = [], []
     combos = [(r, p) for r in rep_sets(data.opts) for p in pool_sets(data.opts)]
     cands = [combo_candidates(data, tables, r, p) for r, p in combos]
-    widths = family_widths(combos, [len(c) for c in cands], data.train.n_rows)
+    width = shared_width([len(c) for c in cands if len(c)], data.train.n_rows)
     bar = _progress(len(combos), "integration", progress)
-    for (rep_set, pool_set), cand, width in zip(combos, cands, widths, strict=True):
+    for (rep_set, pool_set), cand in zip(combos, cands, strict=True):
         bar.set_postfix_str(f"{rep_set[0]}/{pool_set[0]}")
         combo_choices, combo_grid = integrate_combo(
             data, tables, rep_set, pool_set, cand=cand, width=width
@@ -223,20 +223,6 @@ def integrate_all(data: FitData, tables: dict, progress: bool) -> tuple[list[Cho
             "probes could use. Check that labels match texts."
         )
     return choices, grid
-
-
-def family_widths(combos: list[tuple], sizes: list[int], n_rows: int) -> list[int | None]:
-    """A padded width per group (`shared_width`), shared within each family: the paper's
-    six (one representation, one pooling) and the wider search's groups. So a default
-    fit's paper groups run the very programs of the paper recipe's, and "paper-first"
-    chooses among exactly the paper recipe's candidates (a GPU's products round
-    differently at another width)."""
-    paper = [len(reps) == 1 and len(pools) == 1 for (_, reps), (_, pools) in combos]
-    width = {
-        fam: shared_width([n for n, f in zip(sizes, paper, strict=True) if f == fam and n], n_rows)
-        for fam in (True, False)
-    }
-    return [width[f] for f in paper]
 
 
 def select(choices: list[Choice], rule: str, n_valid: int) -> Choice:

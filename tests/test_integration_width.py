@@ -7,7 +7,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-import spin_jax
 from spin_jax import integration, learner
 from spin_jax.learner import SpinOptions, fit_spin
 from tests.test_learner import FAST, planted, splits
@@ -25,37 +24,8 @@ def test_one_shared_width_fits_like_a_width_per_group(monkeypatch):
 
     monkeypatch.setattr(learner, "shared_width", shared)
     head_s, report_s = fit_spin(train, valid, test, SpinOptions(**FAST))
-    assert [len(ws) for ws in seen] == [6, 6]  # one width per family of 6 groups
+    assert len(seen) == 1 and len(seen[0]) == 12  # one width for the 12 groups
     assert_same_fit(valid, (head, report), (head_s, report_s))
-
-
-def test_the_default_fits_the_paper_groups_as_the_paper_recipe_does(monkeypatch):
-    """The paper's six groups share a width of their own, so a default fit solves them in
-    the paper recipe's programs and "paper-first" chooses among its very candidates."""
-    monkeypatch.setattr(integration, "BY_WIDTH", {})  # every lane at the padded width
-    widths = {}
-    real = learner.integrate_combo
-
-    def integrate_combo(data, tables, rep_set, pool_set, **kw):
-        fit = "wide" if "both" in data.opts.representations else "paper"
-        widths.setdefault(fit, {})[rep_set, pool_set] = kw["width"]
-        return real(data, tables, rep_set, pool_set, **kw)
-
-    monkeypatch.setattr(learner, "integrate_combo", integrate_combo)
-    train, valid, test = splits(planted, ("neg", "pos"))
-    wide = {**FAST, "etas": (0.1, 0.5, 0.99)}  # the wide groups keep more columns
-    _, paper = fit_spin(train, valid, test, SpinOptions.paper(**wide))
-    _, default = fit_spin(train, valid, test, SpinOptions(**wide))
-    mine = {g: w for g, w in widths["wide"].items() if g in widths["paper"]}
-    assert len(mine) == 6 and len(widths["wide"]) == 12
-    assert mine == widths["paper"]
-    assert max(widths["wide"].values()) > max(mine.values())  # the wide groups: wider
-    narrow = [
-        row
-        for row in default["grid"]
-        if row["representation"] in ("hidden", "ffn") and row["pooling"] in spin_jax.POOLINGS
-    ]
-    assert narrow == paper["grid"]
 
 
 def test_prefix_widths_fit_like_the_full_width(monkeypatch):
