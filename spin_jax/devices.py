@@ -90,7 +90,7 @@ def device_sharding(mesh, n_rows: int):
 # Triton GEMMs. The learner's products are thin (a few columns per lane), Triton's
 # autotuning dominated their compiles and its kernels stepped slower: on an H200, the
 # learner alone on MiniLM-shaped device features (13.6k + 3.4k rows, the default recipe)
-# took 20.5 s against 63.4 s, its compiles 12.8 s against 52.1 s (benchmarks/RESULTS.md).
+# took 17.9 s (9.0 s of compiles) against 35.5 s (22.9 s) with them (benchmarks/RESULTS.md).
 GPU_SOLVER_OPTIONS: dict = {"xla_gpu_enable_triton_gemm": False}
 
 
