@@ -39,18 +39,16 @@ class SpinHead:
 
     def padded_features(self, src):
         """features(src) with zero columns after the M, to `padded_width(M)`."""
-        M = len(self.rep)
-        X = gather(src, self.columns(), self.mean, self.std, width=padded_width(M))
-        if X.shape[1] == padded_width(M):
+        M, width = len(self.rep), padded_width(len(self.rep))
+        X = gather(src, self.columns(), self.mean, self.std, width=width)
+        if X.shape[1] == width:
             return X
-        return np.pad(np.asarray(X), ((0, 0), (0, padded_width(M) - M)))  # a host read
+        return np.pad(np.asarray(X), ((0, 0), (0, width - M)))  # a host read
 
-    def padded_proba(self, src) -> np.ndarray:
-        """proba(features(src)) on the padded columns, with zero weights there (the same
-        logits), so heads of other sizes share one program: a report scores many heads."""
-        M = len(self.rep)
-        X = self.padded_features(src)
-        W = np.pad(np.asarray(self.weights, np.float32), ((0, X.shape[1] - M), (0, 0)))
+    def padded_proba(self, X) -> np.ndarray:
+        """proba of padded_features X, with zero weights on the padding (the same logits),
+        so that heads of other sizes share one program: a report scores many heads."""
+        W = np.pad(np.asarray(self.weights, np.float32), ((0, X.shape[1] - len(self.rep)), (0, 0)))
         X = X if isinstance(X, jax.Array) else jax.device_put(X)
         b = jax.device_put(np.asarray(self.intercept, np.float32))
         return np.asarray(probes.predict_proba(X, jax.device_put(W), b))

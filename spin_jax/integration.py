@@ -173,25 +173,12 @@ def by_width(devices: int) -> bool:
     return devices == 1 and BY_WIDTH.get(jax.default_backend(), False)
 
 
-# Prefix widths come in steps of this factor from 128: each width is a program of its own,
-# and a wider step pads more columns. The demo, cold, on 2 cores: integration 58 s at steps
-# of 2, 68 s at 4 (fewer programs, 32 against 45, but more padding; benchmarks/RESULTS.md).
-PREFIX_STEP = 2
-
-
 def prefix_widths(masks: np.ndarray) -> np.ndarray:
-    """Each mask's columns up to its last kept one, padded to 128 * PREFIX_STEP^j (at most
-    all)."""
+    """Each mask's columns up to its last kept one, padded to `padded_width` (at most all).
+    (Coarser steps, 4x apart, made fewer programs but a slower demo: RESULTS.md.)"""
     used = masks.shape[1] - np.argmax(masks[:, ::-1], axis=1)
     used = np.where(masks.any(axis=1), used, 1)
-    return np.minimum([_step_width(int(u)) for u in used], masks.shape[1])
-
-
-def _step_width(used: int) -> int:
-    width = 128
-    while width < used:
-        width *= PREFIX_STEP
-    return width
+    return np.minimum([padded_width(int(u)) for u in used], masks.shape[1])
 
 
 def _to_device(X, dtype):

@@ -22,7 +22,7 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)  # the boxes of Figure 4a: whiskers, b
 
 
 def head_score(data: FitData, head: SpinHead, src, y) -> float:
-    pred = np.argmax(head.padded_proba(src), axis=-1)
+    pred = np.argmax(head.padded_proba(head.padded_features(src)), axis=-1)
     return float(data.score(y, jnp.asarray(pred)))
 
 
@@ -131,8 +131,8 @@ def _label_names(data: FitData) -> list[str]:
 
 def _outputs(head: SpinHead, src) -> tuple[np.ndarray, np.ndarray]:
     """The head's standardised features [N, M] of a split and its predictions [N]."""
-    X = np.asarray(head.padded_features(src))[:, : len(head.rep)]
-    return X, np.argmax(head.padded_proba(src), axis=-1)
+    X = head.padded_features(src)
+    return np.asarray(X)[:, : len(head.rep)], np.argmax(head.padded_proba(X), axis=-1)
 
 
 def per_class(y, pred, n_classes: int, names) -> dict:

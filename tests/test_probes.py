@@ -151,7 +151,7 @@ def test_prefix_widths():
     masks[0, :5], masks[1, [3, 300]] = True, True
     np.testing.assert_array_equal(integration.prefix_widths(masks), [128, 512, 128])
     np.testing.assert_array_equal(integration.prefix_widths(masks[:, :400]), [128, 400, 128])
-    masks[2, 199] = True  # 200 columns: the next step of PREFIX_STEP = 2 from 128
+    masks[2, 199] = True  # 200 columns: the next power of two
     np.testing.assert_array_equal(integration.prefix_widths(masks), [128, 512, 256])
 
 
