@@ -46,7 +46,7 @@ from spin_jax.learner import SpinOptions, fit_spin
 # The default before this comparison (2026-12-01): layers 1..k, 9 etas, an automatic lam
 # path of 6 lams down to lam_max / 100, 1se.
 OLD = dict(embedding_layer=False, etas=(0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.8),
-           lam_grid="auto", n_lams=6, lam_ratio=1e-2)  # fmt: skip
+           lam_grid="auto", n_lams=6, lam_ratio=1e-2, selection="1se")  # fmt: skip
 BOTH_ALL = dict(representations=("hidden", "ffn", "both"), poolings=("token", "mean", "max", "all"))
 RECIPES = {
     "paper": SpinOptions.paper,
@@ -54,10 +54,10 @@ RECIPES = {
     "old default": lambda: SpinOptions(**OLD),
     "old default+emb": lambda: SpinOptions(**{**OLD, "embedding_layer": True}),
     "old default+emb+exact": lambda: SpinOptions(
-        **{**OLD, "embedding_layer": True}, selection="exact"
+        **{**OLD, "embedding_layer": True, "selection": "exact"}
     ),
     "old default+emb+exact+wide": lambda: SpinOptions(
-        **{**OLD, "embedding_layer": True, "n_lams": 8, "lam_ratio": 1e-4}, selection="exact"
+        **{**OLD, "embedding_layer": True, "n_lams": 8, "lam_ratio": 1e-4, "selection": "exact"}
     ),
     # The paper's search with "both" representations (hidden and FFN together) and the
     # "all" pooling (token, mean and max together) added, best score or 1se.
