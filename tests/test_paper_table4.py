@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
+from tests.benchmark_scripts import load_script
 from tests.test_learner import reviews, write_csv
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "paper_table4.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("paper_table4", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_table4_recipe_runs_end_to_end(folder, tmp_path, capsys):
@@ -23,7 +13,7 @@ def test_table4_recipe_runs_end_to_end(folder, tmp_path, capsys):
     write_csv(tmp_path / "test.csv", *reviews(40, 2))
     out = tmp_path / "rows.json"
     args = ["--smoke-model", str(folder), "--smoke-data", str(tmp_path), "--out", str(out)]
-    assert load_script().main(args) == 0
+    assert load_script("paper_table4").main(args) == 0
     (row,) = json.loads(out.read_text())
     assert (row["model"], row["task"], row["metric"]) == ("gpt2", "imdb", "accuracy")
     assert (row["paper_base"], row["paper_spin"]) == (87.72, 91.94)  # the paper's GPT-2 IMDb

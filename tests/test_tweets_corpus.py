@@ -3,24 +3,15 @@ running its code: each text once (its first label), the binary task without "neu
 
 from __future__ import annotations
 
-import importlib.util
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "recipes.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("recipes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmark_scripts import load_script
 
 
 def test_tweets_come_from_the_wheel_deduplicated(tmp_path):
-    recipes = load_script()
+    recipes = load_script("recipes")
     rows = [
         b"sentiment,confidence,text",
         b"negative,0.75,I can't see how this won't cause wrecks",
