@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax.batching import backend_plan
+from spin_jax.batching import backend_plan, compile_tokens
 from spin_jax.devices import default_mesh, device_sharding, mesh_put, replicate
 from spin_jax.errors import StoreError
 from spin_jax.store import DTYPES
@@ -52,6 +52,11 @@ class Summary:
             f"{self.rows / max(self.seconds, 1e-9):,.1f} rows/s; chunks written "
             f"{self.chunks_done}, already done {self.chunks_skipped}"
         )
+
+
+def flops_per_token(params) -> float:
+    """A forward's FLOPs per token, roughly: two per parameter (a multiply and an add)."""
+    return 2.0 * sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
 @functools.cache
@@ -96,6 +101,7 @@ class BatchRunner:
         self.dispatch = program(self.mesh)
         self.check_float16 = check_float16
         self.pad_id = int(getattr(model.tokenizer, "pad_token_id", None) or 0)
+        self.flops_per_token = flops_per_token(model.params)
         self.summary = Summary()
         self.bar = None  # a progress bar (tqdm) to update by rows, if any
 
@@ -110,7 +116,9 @@ class BatchRunner:
         lengths = np.array([len(ids[r]) for r in rows])
         multiple = 1 if self.mesh is None else self.mesh.size
         backend = jax.default_backend()
-        plan = backend_plan(backend, lengths, self.max_length, self.token_budget, multiple)
+        # A compile weighed against padding: on all devices at once, tokens are cheaper.
+        cost = compile_tokens(backend, self.flops_per_token / multiple)
+        plan = backend_plan(backend, lengths, self.max_length, self.token_budget, multiple, cost)
         pending = deque()
         start = time.perf_counter()
         for local, blen, size in plan:

@@ -1,5 +1,6 @@
 """The CPU batch plan (batching.backend_plan): little padding on mixed lengths, few shapes,
-every row once; and extraction's features do not depend on the plan."""
+every row once; buckets merged where a compile costs more than their padding; and
+extraction's features do not depend on the plan."""
 
 from __future__ import annotations
 
@@ -46,6 +47,58 @@ def test_cpu_plan_keeps_a_smaller_token_budget():
     assert all(size * blen <= 1024 for _, blen, size in plan)
 
 
+def brute_force_buckets(lengths, grid, compile_cost):
+    """The cheapest subset of the reached buckets, by trying every one (few buckets)."""
+    from itertools import combinations
+
+    reached = sorted({batching.bucket_length(int(n), 10**6, grid) for n in lengths})
+    best = None
+    for r in range(1, len(reached) + 1):
+        for subset in combinations(reached[:-1], r - 1):
+            kept = (*subset, reached[-1])
+            pad = sum(batching.bucket_length(int(n), 10**6, kept) for n in lengths)
+            cost = pad + compile_cost * len(kept)
+            if best is None or cost < best[0]:
+                best = (cost, kept)
+    return best[1]
+
+
+@pytest.mark.parametrize("compile_cost", [0.0, 300.0, 3000.0, 30000.0, 1e9])
+def test_cheapest_buckets_are_the_best_subset(compile_cost):
+    lengths = MIXED["uniform"][:400]
+    grid = batching.BUCKETS
+    kept = batching.cheapest_buckets(lengths, 512, grid, compile_cost)
+    assert kept == brute_force_buckets(lengths, grid, compile_cost)
+    reached = {batching.bucket_length(int(n), 512, grid) for n in lengths}
+    if compile_cost == 0:
+        assert set(kept) == reached  # free compiles: the grid as it was
+    if compile_cost == 1e9:
+        assert kept == (max(reached),)  # compiles dear: one bucket, the longest
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_a_compile_cost_trades_shapes_for_padding(backend):
+    """A small model on a GPU: fewer shapes, and a plan no costlier in padding + compiles."""
+    lengths = MIXED["lognormal"]
+    free = batching.backend_plan(backend, lengths, 512, batching.TOKEN_BUDGET)
+    for cost in (1e3, 1e5, 1e7):
+        plan = batching.backend_plan(backend, lengths, 512, batching.TOKEN_BUDGET, 1, cost)
+        rows = np.concatenate([r for r, _, _ in plan])
+        np.testing.assert_array_equal(np.sort(rows), np.arange(len(lengths)))
+        assert all((np.minimum(lengths[r], 512) <= blen).all() for r, blen, _ in plan)
+        shapes = {(b, s) for _, b, s in plan}
+        assert len(shapes) <= len({(b, s) for _, b, s in free})
+        assert batching.plan_cost(plan, cost) <= batching.plan_cost(free, cost)
+    assert len(shapes) == 1  # at 1e7 tokens a compile, one shape serves every row
+
+
+def test_compile_tokens_follow_the_model_size():
+    small, large = (batching.compile_tokens("gpu", f) for f in (4.5e7, 3e9))  # MiniLM, GPT2-XL
+    assert small == pytest.approx(large * 3e9 / 4.5e7)
+    assert batching.compile_tokens("gpu", 3e9) < 10 * batching.TOKEN_BUDGET * 10
+    assert batching.compile_tokens("unknown", 4.5e7) == 0.0
+
+
 def test_cpu_buckets_are_close():
     grid = np.array(batching.CPU_BUCKETS)
     assert (np.diff(grid) > 0).all() and grid[0] == 16 and grid[-1] == batching.BUCKETS[-1]
@@ -65,8 +118,8 @@ def test_features_do_not_depend_on_the_plan(folder, monkeypatch):
     plans = []
     real = batching.backend_plan
 
-    def spy(backend):
-        return lambda _backend, *a: plans.append(real(backend, *a)) or plans[-1]
+    def spy(backend):  # each backend's grid, without the compile cost (a[4]): many shapes
+        return lambda _backend, *a: plans.append(real(backend, *a[:4])) or plans[-1]
 
     feats = {}
     for backend in ("cpu", "gpu"):
