@@ -52,11 +52,11 @@ class SpinOptions:
     # pooling) combinations, unless the best of the whole search beats it by more than one
     # standard error of its score; "exact": the best score (the paper's rule), ties broken
     # by fewer layers, then neurons; "1se": the simplest candidate (fewest layers, then
-    # neurons) within one standard error of the best. "paper-first" is the default: it was
-    # at or above the paper recipe's test score on the shipped reviews, the binary tweets
-    # and every planted problem (0.1 point below on the 3-class tweets, by rounding), where
-    # "exact" fell 1.6 points below it on a planted problem and "1se" 1.0 on the binary
-    # tweets: more candidates overfit a small validation split (RESULTS.md, session 10).
+    # neurons) within one standard error of the best. "paper-first" is the default: its
+    # mean test score was at or above the paper recipe's on the shipped reviews, both
+    # tweets tasks (11 seeds) and every planted problem, where "exact" fell 1.6 points
+    # below it on a planted problem and "1se" 0.4 on the binary tweets: more candidates
+    # overfit a small validation split (benchmarks/RESULTS.md, sessions 10 and 11).
     selection: str = "paper-first"
     # Whether hidden layer 0 (the embedding output) is probed and usable in integration
     # (layers 0..k, as the paper and its code do) or not (layers 1..k). On by default:

@@ -177,7 +177,9 @@ KW = dict(dtype="float32", progress=False)
 def test_extraction_over_the_host_budget_writes_a_store(model, tmp_path, capsys):
     texts = reviews(30, 3)[0]
     want = extract(model, texts, placement="host", **KW)
-    got = extract(model, texts, host_budget=1, spill_dir=tmp_path / "spill", **KW)
+    # device_budget=1 too: on an accelerator "auto" would keep them on the device first.
+    over = dict(device_budget=1, host_budget=1)
+    got = extract(model, texts, spill_dir=tmp_path / "spill", **over, **KW)
     assert isinstance(got, FeatureStore) and (tmp_path / "spill" / "manifest.json").exists()
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.fullmatch(
@@ -188,7 +190,7 @@ def test_extraction_over_the_host_budget_writes_a_store(model, tmp_path, capsys)
     for name in ("hidden", "ffn"):  # one chunk of rows: the very batches of the host path
         np.testing.assert_array_equal(got.read(name), want.read(name))
     with pytest.raises(SpinError, match=r"over the host budget of 1 bytes: pass out=FOLDER"):
-        extract(model, texts, host_budget=1, **KW)
+        extract(model, texts, **over, **KW)
 
 
 def test_fit_over_the_host_budget_reads_a_store_and_equals_in_memory(model, capsys):
@@ -198,7 +200,8 @@ def test_fit_over_the_host_budget_reads_a_store_and_equals_in_memory(model, caps
     kw = dict(feature_dtype="float32", **FAST)
     want = SpinClassifier(model, **kw).fit(*data["train"], test=data["test"])
     capsys.readouterr()
-    got = SpinClassifier(model, host_budget=1, **kw).fit(*data["train"], test=data["test"])
+    over = dict(device_budget=1, host_budget=1)  # on a GPU the device budget comes first
+    got = SpinClassifier(model, **over, **kw).fit(*data["train"], test=data["test"])
     lines = [s for s in capsys.readouterr().err.splitlines() if "feature store" in s]
     assert len(lines) == 3  # train, valid, test: one line each
     folders = [Path(re.search(r"feature store in (.*), read", s).group(1)) for s in lines]
