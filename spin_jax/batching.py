@@ -48,13 +48,16 @@ def backend_plan(
     token_budget: int,
     multiple: int = 1,
     compile_cost: float = 0.0,
+    known: frozenset = frozenset(),
 ):
     """plan_batches with `backend`'s (jax.default_backend()) buckets and batch limits.
 
     compile_cost: what one more program (shape) costs in padded tokens (compile_tokens);
     with it, neighbouring buckets are merged, and a bucket's last batch is kept at full size,
     wherever the padding that adds costs less than the compiles it saves. A small model on
-    a GPU then runs one or two shapes where the grid alone would compile six."""
+    a GPU then runs one or two shapes where the grid alone would compile six. `known`:
+    (padded length, batch size) shapes already compiled, which cost nothing (a fit's valid
+    split then pads to the train split's lengths)."""
     grid, budget, rows = BUCKETS, token_budget, None
     if backend == "cpu":
         grid, budget, rows = CPU_BUCKETS, min(token_budget, CPU_TOKEN_BUDGET), CPU_ROWS
@@ -67,33 +70,52 @@ def backend_plan(
 
     if compile_cost <= 0:
         return plan(grid)
+    # Known lengths are free only at the size a full batch of them has in this plan.
+    free = {b for b, size in known if size == _full_size(b, budget, multiple, rows)}
+    cheap = cheapest_buckets(lengths, max_length, grid, compile_cost, free)
     # The buckets' model pads each row to its own bucket, where batches also take shorter
     # rows: so the whole grid's plan is a candidate too, and the cheaper plan is run.
-    plans = [plan(grid), plan(cheapest_buckets(lengths, max_length, grid, compile_cost))]
-    return min(plans, key=lambda p: plan_cost(p, compile_cost))
+    return min([plan(grid), plan(cheap)], key=lambda p: plan_cost(p, compile_cost, known))
 
 
-def plan_cost(plan, compile_cost: float) -> float:
-    """Padded tokens a plan runs, plus compile_cost per distinct shape."""
-    shapes = {(blen, size) for _, blen, size in plan}
+def plan_cost(plan, compile_cost: float, known=frozenset()) -> float:
+    """Padded tokens a plan runs, plus compile_cost per distinct shape not yet `known`."""
+    shapes = {(blen, size) for _, blen, size in plan} - set(known)
     return sum(blen * size for _, blen, size in plan) + compile_cost * len(shapes)
 
 
-def cheapest_buckets(lengths, max_length: int, grid: tuple[int, ...], compile_cost: float):
-    """The subset of `grid` that pads `lengths` at the least padded tokens plus
-    compile_cost per bucket used (a dynamic programme over the buckets the rows reach)."""
-    used, counts = np.unique([bucket_length(int(n), max_length, grid) for n in lengths],
-                             return_counts=True)  # fmt: skip
-    # best[j]: the cost of the rows of buckets 0..j-1, with bucket j-1 kept; prev: the choice.
-    best, prev = [0.0] + [np.inf] * len(used), [0] * (len(used) + 1)
-    for j in range(1, len(used) + 1):
+def _full_size(blen: int, token_budget: int, multiple: int, max_rows: int | None) -> int:
+    """The rows of a full batch padded to blen (plan_batches' batch size)."""
+    size = max(multiple, (token_budget // blen) // multiple * multiple)
+    if max_rows is not None:
+        size = max(multiple, min(size, max_rows // multiple * multiple))
+    return size
+
+
+def cheapest_buckets(
+    lengths, max_length: int, grid: tuple[int, ...], compile_cost: float, free=frozenset()
+):
+    """The bucket lengths that pad `lengths` at the least padded tokens plus compile_cost
+    per bucket used (a dynamic programme over the buckets the rows reach); lengths in
+    `free` (compiled already) cost no compile and may serve rows of shorter buckets."""
+    reached = [bucket_length(int(n), max_length, grid) for n in lengths]
+    top = max(reached)
+    extra = {b for b in free if min(reached) < b <= max_length}
+    cands = np.array(sorted(set(reached) | extra))
+    counts = np.array([np.count_nonzero(np.equal(reached, b)) for b in cands])
+    # best[j]: the cost of the rows of cands[:j], with cands[j-1] kept; prev: the choice.
+    best, prev = [0.0] + [np.inf] * len(cands), [0] * (len(cands) + 1)
+    for j in range(1, len(cands) + 1):
+        compile_j = 0.0 if int(cands[j - 1]) in free else compile_cost
         for i in range(j):
-            cost = best[i] + used[j - 1] * counts[i:j].sum() + compile_cost
+            cost = best[i] + cands[j - 1] * counts[i:j].sum() + compile_j
             if cost < best[j]:
                 best[j], prev[j] = cost, i
-    kept, j = [], len(used)
+    ends = [j for j in range(1, len(cands) + 1) if cands[j - 1] >= top]  # covers every row
+    j = min(ends, key=lambda j: best[j])
+    kept = []
     while j > 0:
-        kept.append(int(used[j - 1]))
+        kept.append(int(cands[j - 1]))
         j = prev[j]
     return tuple(sorted(kept))
 
@@ -134,9 +156,7 @@ def plan_batches(
     while start < len(order):
         blen = int(buckets[start])
         if blen not in sizes:
-            size = max(multiple, (token_budget // blen) // multiple * multiple)
-            if max_rows is not None:
-                size = max(multiple, min(size, max_rows // multiple * multiple))
+            size = _full_size(blen, token_budget, multiple, max_rows)
             n = int(np.count_nonzero(buckets[start:] == blen))
             left = len(order) - start
             if n < min(size, left) and 2 * buckets[start + n] <= blen:

@@ -311,6 +311,7 @@ class _Runner(BatchRunner):
             run = pooled_program(None, mesh) if on_device else pooled_dispatcher(mesh)
             return functools.partial(run, **static)
 
+        neurons = None if opts.neurons is None else str(opts.neurons.to_json())
         super().__init__(
             model,
             program,
@@ -319,6 +320,7 @@ class _Runner(BatchRunner):
             token_budget=opts.token_budget,
             placement=placement,
             check_float16=opts.dtype == "float16",
+            shapes_key=("extract", placement, model.dtype, neurons, *static.items()),
         )
         self.k, self.opts = k, opts
 

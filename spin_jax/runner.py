@@ -54,6 +54,12 @@ class Summary:
         )
 
 
+# (padded length, batch size) shapes each program ran in this process, by its shapes_key:
+# a fit's valid and test splits then pad to the train split's shapes where that is cheaper
+# than compiling their own (batching.backend_plan `known`).
+SHAPES_RUN: dict = {}
+
+
 def flops_per_token(params) -> float:
     """A forward's FLOPs per token, roughly: two per parameter (a multiply and an add)."""
     return 2.0 * sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -80,6 +86,8 @@ class BatchRunner:
     rows first, filler rows after them). `aux` is what the program reads besides the model
     (a selection's gather indices, the heads), replicated on every device like the params.
     With `check_float16`, a batch whose outputs overflow float16 is refused.
+    `shapes_key` (hashable: the program and its static arguments) lets later runs of the
+    same program plan their batches at shapes it already compiled (SHAPES_RUN).
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class BatchRunner:
         token_budget: int,
         placement: str = "host",
         check_float16: bool = False,
+        shapes_key=None,
     ):
         self.model, self.max_length, self.token_budget = model, max_length, token_budget
         self.mesh = default_mesh()
@@ -102,6 +111,7 @@ class BatchRunner:
         self.check_float16 = check_float16
         self.pad_id = int(getattr(model.tokenizer, "pad_token_id", None) or 0)
         self.flops_per_token = flops_per_token(model.params)
+        self.shapes_key = shapes_key  # the program's identity in SHAPES_RUN (None: none)
         self.summary = Summary()
         self.bar = None  # a progress bar (tqdm) to update by rows, if any
 
@@ -118,7 +128,12 @@ class BatchRunner:
         backend = jax.default_backend()
         # A compile weighed against padding: on all devices at once, tokens are cheaper.
         cost = compile_tokens(backend, self.flops_per_token / multiple)
-        plan = backend_plan(backend, lengths, self.max_length, self.token_budget, multiple, cost)
+        known = SHAPES_RUN.setdefault(self.shapes_key, set()) if self.shapes_key else set()
+        plan = backend_plan(
+            backend, lengths, self.max_length, self.token_budget, multiple, cost,
+            frozenset(known),
+        )  # fmt: skip
+        known.update((blen, size) for _, blen, size in plan)
         pending = deque()
         start = time.perf_counter()
         for local, blen, size in plan:

@@ -92,6 +92,19 @@ def test_a_compile_cost_trades_shapes_for_padding(backend):
     assert len(shapes) == 1  # at 1e7 tokens a compile, one shape serves every row
 
 
+def test_known_shapes_are_free():
+    """A later split of shorter rows pads to a length already compiled, at its full size."""
+    long, short = MIXED["uniform"], MIXED["reviews-like"]
+    cost = 1e6
+    first = batching.backend_plan("gpu", long, 512, batching.TOKEN_BUDGET, 1, cost)
+    known = frozenset((b, s) for _, b, s in first)
+    alone = batching.backend_plan("gpu", short, 512, batching.TOKEN_BUDGET, 1, cost)
+    after = batching.backend_plan("gpu", short, 512, batching.TOKEN_BUDGET, 1, cost, known)
+    assert {(b, s) for _, b, s in alone} - known  # alone it compiles a shape of its own
+    assert {(b, s) for _, b, s in after} <= known  # after the long split: none
+    assert batching.plan_cost(after, cost, known) <= batching.plan_cost(alone, cost, known)
+
+
 def test_compile_tokens_follow_the_model_size():
     small, large = (batching.compile_tokens("gpu", f) for f in (4.5e7, 3e9))  # MiniLM, GPT2-XL
     assert small == pytest.approx(large * 3e9 / 4.5e7)

@@ -486,6 +486,26 @@ def test_compiles_once_per_shape(model):
     assert 1 <= program._cache_size() <= len(shapes)
 
 
+def test_a_later_split_pads_to_the_shapes_an_earlier_one_compiled(model):
+    """A fit extracts train, then valid: where a compile costs more than padding (a tiny
+    model: always), the shorter split runs at the train split's shape, compiling nothing."""
+    from spin_jax import runner
+
+    long, short = make_texts(40, seed=3, max_words=60), make_texts(40, seed=4, max_words=4)
+    opts = dict(max_length=64, dtype="float32", progress=False, allow_empty=True)
+    program = extract_mod.pooled_program(None, extract_mod.default_mesh())
+    runner.SHAPES_RUN.clear()
+    program.clear_cache()
+    extract(model, long, placement="host", **opts)
+    compiled = program._cache_size()
+    want = extract(model, short, placement="host", **opts).read("hidden")
+    assert program._cache_size() == compiled  # the long split's shape served
+    runner.SHAPES_RUN.clear()  # forgotten: the short split plans a shape of its own
+    got = extract(model, short, placement="host", **opts).read("hidden")
+    assert program._cache_size() > compiled
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("selective", [False, True])
 def test_program_writing_to_pinned_host_equals_device_program(model, selective):
     """The GPU path (outputs placed in pinned host memory by the program), run on CPU."""
