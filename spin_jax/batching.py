@@ -68,7 +68,7 @@ def backend_plan(
             compile_cost=compile_cost,
         )  # fmt: skip
 
-    if compile_cost <= 0:
+    if compile_cost <= 0 or len(lengths) == 0:
         return plan(grid)
     # Known lengths are free only at the size a full batch of them has in this plan.
     free = {b for b, size in known if size == _full_size(b, budget, multiple, rows)}

@@ -90,6 +90,7 @@ def test_a_compile_cost_trades_shapes_for_padding(backend):
         assert len(shapes) <= len({(b, s) for _, b, s in free})
         assert batching.plan_cost(plan, cost) <= batching.plan_cost(free, cost)
     assert len(shapes) == 1  # at 1e7 tokens a compile, one shape serves every row
+    assert batching.backend_plan(backend, np.zeros(0, int), 512, 1024, 1, 1e7) == []
 
 
 def test_known_shapes_are_free():
