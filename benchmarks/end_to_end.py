@@ -286,37 +286,31 @@ def ours(model_dir, recipe, train, valid, test) -> dict:
 
         return wrapped
 
-    def encode_rows(original):
-        def wrapped(*a, **k):
-            stages.start("tokenising")
-            out = original(*a, **k)
-            stages.start("extraction")
-            return out
+    def staged(name, then=None):
+        """A wrap: stage `name` opens at the call, and `then` (if any) when it returns."""
 
-        return wrapped
+        def wrap(original):
+            def wrapped(*a, **k):
+                stages.start(name)
+                out = original(*a, **k)
+                if then is not None:
+                    stages.start(then)
+                return out
 
-    def fit_spin(original):
-        def wrapped(*a, **k):
-            stages.start("probes")
-            return original(*a, **k)
+            return wrapped
 
-        return wrapped
-
-    def integrate_all(original):
-        def wrapped(*a, **k):
-            stages.start("integration")
-            out = original(*a, **k)
-            stages.start("selection")
-            return out
-
-        return wrapped
+        return wrap
 
     with contextlib.ExitStack() as stack:
         stages = stack.enter_context(Stages(jax_device_memory))
         stack.enter_context(patched(SpinClassifier, "_extract", extract))
-        stack.enter_context(patched(extraction, "encode_rows", encode_rows))
-        stack.enter_context(patched(classifier, "fit_spin", fit_spin))
-        stack.enter_context(patched(learner, "integrate_all", integrate_all))
+        stack.enter_context(
+            patched(extraction, "encode_rows", staged("tokenising", then="extraction"))
+        )
+        stack.enter_context(patched(classifier, "fit_spin", staged("probes")))
+        stack.enter_context(
+            patched(learner, "integrate_all", staged("integration", then="selection"))
+        )
         stages.start("model load")
         clf = SpinClassifier(model_dir, recipe=recipe, compilation_cache=False)
         t0 = time.perf_counter()
