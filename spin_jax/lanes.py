@@ -20,6 +20,7 @@ from spin_jax.probes import (
     _smooth_grad,
     _targets,
     n_columns,
+    transposed,
 )
 
 # `fit_masks` steps its (mask, lam) lanes in rounds. A lane's round ends when its iteration
@@ -52,8 +53,8 @@ def fit_masks(
     lanes are 1/shrink of it: each new size is one more compile, so a fast device, where
     a compile costs more than the steps it saves, wants a larger `shrink`.
     widths [G] (optional): each mask is zero beyond its first widths[g] columns, so its
-    lanes are stepped on that prefix of X alone, a batch per width (batches padded to a
-    power of two, so that a few programs serve every width and problem count).
+    lanes are stepped on that prefix of X alone, in chunks of two sizes per width (`chunks`),
+    so that a few programs serve every width and problem count.
     order [F] (optional): X's columns are another layout's in this order (see `_lipschitz`).
     Returns ProbeFit with weights [G, R, F, K], intercept [G, R, K], n_iter and converged
     [G, R]: the same solutions as `fit_path` per mask.
@@ -73,12 +74,64 @@ def fit_masks(
         size = min(G * R, max_lanes or G * R)
         state = _lanes_rounds(problem, state, np.arange(G * R), size, None, **run)
     else:
+        del run["shrink"]  # chunks of two sizes replace the shrinking batch
         lane_width = np.repeat(np.asarray(widths), R)
         for width in np.unique(lane_width):
             active = np.nonzero(lane_width == width)[0]
-            size = min(_pow2(len(active)), max_lanes or G * R)
-            state = _lanes_rounds(problem, state, active, size, int(width), **run)
+            big = min(max_lanes or G * R, chunk_lanes(int(width)))
+            state = _chunked_rounds(problem, state, active, big, int(width), **run)
     return _lanes_result(state, tol, shape=(G, R, K))
+
+
+# On the prefix widths (a CPU), a round steps its lanes in chunks of at most
+# `chunk_lanes(width)` lanes, one call each, and what is left in chunks of SMALL_CHUNK: a
+# CPU step costs about its lanes x width (the products), so a batch padded to a power of two
+# stepped ~1.4x the useful lanes (the demo: 1.1M padded lane-steps beside 0.8M useful), and
+# each power of two it shrank to compiled again (44 programs, 17 s). Two sizes a width cost
+# ~15% more per lane-step on the small one (benchmarks/RESULTS.md, session 12).
+CHUNK_ELEMENTS = 1 << 16  # lanes x width of a full chunk
+SMALL_CHUNK = 16
+
+
+def chunk_lanes(width: int) -> int:
+    return max(SMALL_CHUNK, min(256, _pow2(max(1, CHUNK_ELEMENTS // width))))
+
+
+def chunks(n: int, big: int) -> list[tuple[int, int]]:
+    """(start, size) of the calls that step n lanes: full chunks of `big`, then the rest
+    in chunks of SMALL_CHUNK (one more `big` where those would be as many slots)."""
+    small = min(SMALL_CHUNK, big)
+    out = [(s, big) for s in range(0, n - n % big, big)]
+    rest = n % big
+    if rest and -(-rest // small) * small >= big:
+        out.append((n - rest, big))
+    elif rest:
+        out += [(s, small) for s in range(n - rest, n, small)]
+    return out
+
+
+def _chunked_rounds(problem, state, active, big, width, *, max_iter, tol, smooth):
+    """Rounds of the lanes `active`, each round in `chunks`, on the first `width` columns."""
+    n = len(state.n_iter)
+    steps = np.zeros(n, np.int64)
+    while active.size:
+        active = active[np.argsort(steps[active], kind="stable")]  # equal counts together
+        stepped = []
+        for start, size in chunks(len(active), big):  # dispatched before any is read
+            take = active[start : start + size]
+            idx = jax.device_put(np.resize(take, size))
+            stored = jax.device_put(np.append(take, np.full(size - len(take), n)))
+            state, k, change = _lanes_step(
+                problem, state, idx, stored, max_iter, tol, smooth=smooth, width=width
+            )
+            stepped.append((take, k, change))
+        left = []
+        for take, k, change in stepped:
+            k, change = np.asarray(k)[: len(take)], np.asarray(change)[: len(take)]
+            steps[take] = k
+            left.append(take[(k < max_iter) & (change > tol)])
+        active = np.concatenate(left)
+    return state
 
 
 def _pow2(n: int) -> int:
@@ -173,7 +226,7 @@ def _lanes_round(problem, state, idx, max_iter, tol, smooth, width=None):
     R = lams.shape[0]
     if width is not None:
         X, masks = X[:, :width], masks[:, :width]
-    grad_fn = partial(_smooth_grad, X, T, m_over_n)
+    grad_fn = partial(_smooth_grad, X, T, m_over_n, XT=transposed(X))
 
     def one(run, i):
         f = (masks[i // R] > 0).astype(jnp.float32)

@@ -189,17 +189,38 @@ def _split_dot(spec: str, X: Array, v: Array) -> Array:
     return (out[..., :k] + out[..., k:]) * scale
 
 
+def transposed(X: Array) -> Array | None:
+    """X.T as its own array, made once before a solver's loop, on CPU (None elsewhere).
+
+    XLA's CPU dot that contracts X's first axis (the gradient's X^T r) transposes X on every
+    call: 2.1 ms per product for a 384 x 4096 X whatever r's width, against 0.1 ms from a
+    transposed copy at 8 columns of r (benchmarks/RESULTS.md, session 12). A GPU's GEMM
+    reads either layout, so there the copy would only double the features' memory. The
+    barrier keeps XLA from folding the copy back into the dot inside the loop."""
+    if jax.default_backend() != "cpu":
+        return None
+    return jax.lax.optimization_barrier(X.astype(jnp.float32).T)
+
+
+def _dot_t(X: Array, XT: Array | None, r: Array) -> Array:
+    """X^T r [F, K] in fp32, from `transposed(X)` where there is one."""
+    if XT is None:
+        return _dot("NF,NK->FK", X, r)
+    return jnp.einsum("FN,NK->FK", XT, r, precision=_HIGHEST)
+
+
 def _logits(X: Array, theta: Array) -> Array:
     """theta [F+1, K] stacks W [F, K] over the intercept row b [K]."""
     return _dot("NF,FK->NK", X, theta[:-1]) + theta[-1]
 
 
-def _smooth_grad(X: Array, T: Array, m_over_n: Array, theta: Array) -> Array:
-    """Gradient [F+1, K] of (1/N_eff) sum_i m_i loss_i; X has padded rows zeroed."""
+def _smooth_grad(X: Array, T: Array, m_over_n: Array, theta: Array, XT=None) -> Array:
+    """Gradient [F+1, K] of (1/N_eff) sum_i m_i loss_i; X has padded rows zeroed, XT is
+    `transposed(X)`."""
     z = _logits(X, theta)
     p = jax.nn.sigmoid(z) if z.shape[-1] == 1 else jax.nn.softmax(z, axis=-1)
     r = (p - T) * m_over_n[:, None]
-    g_w = _dot("NF,NK->FK", X, r)
+    g_w = _dot_t(X, XT, r)
     return jnp.concatenate([g_w, r.sum(0, keepdims=True)], axis=0)
 
 
@@ -226,9 +247,11 @@ def _lipschitz(Xm: Array, m: Array, f: Array, n_classes: int, order=None) -> Arr
     [F]: X's columns are those of another layout in this order; the power iteration starts
     from the same vector as in that layout, so both find the same constant."""
 
+    XT = transposed(Xm)
+
     def apply(v):  # [X diag(f), m] v, then its transpose: power iteration on A^T A.
         u = _dot("NF,FK->NK", Xm, (v[:-1] * f)[:, None])[:, 0] + v[-1] * m
-        g = _dot("NF,NK->FK", Xm, u[:, None])[:, 0] * f
+        g = _dot_t(Xm, XT, u[:, None])[:, 0] * f
         return jnp.append(g, m @ u)
 
     def body(_, v):
@@ -282,8 +305,10 @@ def _fit_path(
     Xm, T, m, f, m_over_n, penalty, keep, theta0 = _setup(X, y, n_classes, rowmask, featmask)
     L = _lipschitz(Xm, m, f, n_classes)  # once per feature matrix, shared by the whole path
 
+    XT = transposed(Xm)
+
     def grad_fn(theta):
-        return _smooth_grad(Xm, T, m_over_n, theta)
+        return _smooth_grad(Xm, T, m_over_n, theta, XT)
 
     def solve(theta, lam):
         theta, k, change = _solve(
