@@ -138,9 +138,7 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     masks = integration_masks(cand, E, depths(data), width).reshape(E * D, -1)
     G, Xtr, Xv = len(masks), _pad_cols(Xtr, width), _pad_cols(Xv, width)
     order = widths = None
-    R = len(probes.PAPER_C_GRID) if opts.lam_grid == "paper" else opts.n_lams
-    if by_width(n_devices(), Xtr.shape[0] * masks.shape[1] * G * R):
-        # columns by layer: the masks of layers up to k are prefixes
+    if by_width(n_devices()):  # columns by layer: the masks of layers up to k are prefixes
         order = np.argsort(_padded_layers(cand, masks.shape[1]), kind="stable")
         Xtr, Xv, masks = Xtr[:, order], Xv[:, order], masks[:, order]
         widths = prefix_widths(masks)
@@ -165,21 +163,14 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     return scores, fit, used, np.asarray(lams)
 
 
-# Where steps cost more than compiles, each mask's lanes are stepped on only the columns it
-# uses (`lanes.fit_masks` widths), in chunks without padding: always on a CPU (a lane
-# program compiles in ~0.5 s, while the demo's lanes stepped ~130 s at the shared width,
-# most of it on zero padding); on an accelerator once a group's lanes x rows x columns
-# reach BY_WIDTH_WORK, where every step is a large product (a GPT2-XL-shaped fit of 20000
-# rows: 30-125 s a group at one width, against ~2 s a compile; RESULTS.md, session 12).
+# Where steps cost more than compiles (a CPU: a lane program compiles in ~0.5 s, while the
+# demo's lanes stepped ~130 s at the shared width, most of it on zero padding), each mask's
+# lanes are stepped on only the columns it uses (`lanes.fit_masks` widths).
 BY_WIDTH = {"cpu": True}
-BY_WIDTH_WORK = 1 << 38
 
 
-def by_width(devices: int, work: int = 0) -> bool:
-    """Whether a group whose lanes x rows x columns is `work` steps its masks by width."""
-    if devices != 1:
-        return False
-    return BY_WIDTH.get(jax.default_backend(), False) or work >= BY_WIDTH_WORK
+def by_width(devices: int) -> bool:
+    return devices == 1 and BY_WIDTH.get(jax.default_backend(), False)
 
 
 def prefix_widths(masks: np.ndarray) -> np.ndarray:

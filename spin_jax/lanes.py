@@ -83,33 +83,24 @@ def fit_masks(
     return _lanes_result(state, tol, shape=(G, R, K))
 
 
-# On the prefix widths, a round steps its lanes in chunks of at most `chunk_lanes(width)`
-# lanes, one call each, and what is left in chunks of `small_chunk()`: a step there costs
-# about its lanes x width (the products), so a batch padded to a power of two stepped ~1.4x
-# the useful lanes on the CPU demo (1.1M padded lane-steps beside 0.8M useful), and each
-# power of two it shrank to compiled again (44 programs, 17 s). Two sizes a width cost ~15%
-# more per lane-step on the small one (benchmarks/RESULTS.md, session 12). An accelerator's
-# product is bound by reading X below ~200 lanes (an H200's FLOP rate over its bandwidth,
-# at 2 bytes an element), so there chunks are of ACCELERATOR_CHUNKS lanes at any width.
-CHUNK_ELEMENTS = 1 << 16  # lanes x width of a full chunk on a CPU
+# On the prefix widths (a CPU), a round steps its lanes in chunks of at most
+# `chunk_lanes(width)` lanes, one call each, and what is left in chunks of SMALL_CHUNK: a
+# CPU step costs about its lanes x width (the products), so a batch padded to a power of two
+# stepped ~1.4x the useful lanes (the demo: 1.1M padded lane-steps beside 0.8M useful), and
+# each power of two it shrank to compiled again (44 programs, 17 s). Two sizes a width cost
+# ~15% more per lane-step on the small one (benchmarks/RESULTS.md, session 12).
+CHUNK_ELEMENTS = 1 << 16  # lanes x width of a full chunk
 SMALL_CHUNK = 16
-ACCELERATOR_CHUNKS = (256, 32)
 
 
 def chunk_lanes(width: int) -> int:
-    if jax.default_backend() != "cpu":
-        return ACCELERATOR_CHUNKS[0]
     return max(SMALL_CHUNK, min(256, _pow2(max(1, CHUNK_ELEMENTS // width))))
-
-
-def small_chunk() -> int:
-    return SMALL_CHUNK if jax.default_backend() == "cpu" else ACCELERATOR_CHUNKS[1]
 
 
 def chunks(n: int, big: int) -> list[tuple[int, int]]:
     """(start, size) of the calls that step n lanes: full chunks of `big`, then the rest
-    in chunks of `small_chunk()` (one more `big` where those would be as many slots)."""
-    small = min(small_chunk(), big)
+    in chunks of SMALL_CHUNK (one more `big` where those would be as many slots)."""
+    small = min(SMALL_CHUNK, big)
     out = [(s, big) for s in range(0, n - n % big, big)]
     rest = n % big
     if rest and -(-rest // small) * small >= big:

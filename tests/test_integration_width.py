@@ -72,13 +72,3 @@ def assert_same_fit(valid, first, second, atol=1e-3):
 def test_shared_width():
     assert integration.shared_width([100, 3000], 600) == 4096  # small: one width
     assert integration.shared_width([100, 3000], 50000) is None  # large: each its own
-
-
-def test_by_width_on_a_cpu_always_elsewhere_from_a_size(monkeypatch):
-    """Prefix widths: always on a CPU; on an accelerator only for groups whose lanes x rows
-    x columns reach BY_WIDTH_WORK (compiles cost more than the steps they save below)."""
-    assert integration.by_width(1) == (jax.default_backend() == "cpu")
-    monkeypatch.setattr(integration, "BY_WIDTH", {})  # as on an accelerator
-    assert not integration.by_width(1, integration.BY_WIDTH_WORK - 1)
-    assert integration.by_width(1, integration.BY_WIDTH_WORK)
-    assert not integration.by_width(2, integration.BY_WIDTH_WORK)  # sharded: one width

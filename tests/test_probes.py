@@ -135,7 +135,6 @@ def test_fit_masks_on_prefix_widths_equals_full_width(smooth, max_lanes, monkeyp
             pytest.skip("chunks change the lanes per product: adam at max_iter follows rounding")
         monkeypatch.setattr(lanes, "CHUNK_ELEMENTS", 4 * 128)
         monkeypatch.setattr(lanes, "SMALL_CHUNK", 2)
-        monkeypatch.setattr(lanes, "ACCELERATOR_CHUNKS", (4, 2))
         max_lanes = None
     # More rows than columns, so the solution is pinned down: with N = 200 < F the problems
     # were ill-posed and a GPU's products at another width (the prefix) ended up to 7e-6
@@ -166,14 +165,12 @@ def test_chunks_cover_every_lane_once_in_two_sizes():
             assert starts == sorted(starts) and starts[0] == 0
             ends = [min(s + size, n) for s, size in calls]
             assert starts[1:] == ends[:-1] and ends[-1] == n  # contiguous, every lane once
-            assert sizes <= {big, min(lanes.small_chunk(), big)}
+            assert sizes <= {big, min(lanes.SMALL_CHUNK, big)}
             slots = sum(size for _, size in calls)
             assert slots < n + big  # never a whole chunk of padding
-    small = lanes.small_chunk()
-    assert lanes.chunks(64 + small - 2, 64) == [(0, 64), (64, small)]
-    assert lanes.chunks(64 - small // 2, 64) == [(0, 64)]  # small chunks: as many slots
-    if jax.default_backend() == "cpu":
-        assert lanes.chunk_lanes(4096) == 16 and lanes.chunk_lanes(128) == 256
+    assert lanes.chunks(70, 64) == [(0, 64), (64, 16)]
+    assert lanes.chunks(60, 64) == [(0, 64)]  # 4 small chunks would be as many slots
+    assert lanes.chunk_lanes(4096) == 16 and lanes.chunk_lanes(128) == 256
 
 
 def test_transposed_gradient_equals_the_plain_one():
