@@ -10,6 +10,10 @@ import numpy as np
 
 from spin_jax import probes
 from spin_jax.columns import Columns, gather, padded_width
+from spin_jax.devices import solver_jit
+
+# One program per shape (eagerly, each op of predict_proba compiled its own).
+_predict_proba = solver_jit(probes.predict_proba)
 
 
 @dataclasses.dataclass
@@ -51,7 +55,7 @@ class SpinHead:
         W = np.pad(np.asarray(self.weights, np.float32), ((0, X.shape[1] - len(self.rep)), (0, 0)))
         X = X if isinstance(X, jax.Array) else jax.device_put(X)
         b = jax.device_put(np.asarray(self.intercept, np.float32))
-        return np.asarray(probes.predict_proba(X, jax.device_put(W), b))
+        return np.asarray(_predict_proba(X, jax.device_put(W), b))
 
     def proba(self, Xs) -> np.ndarray:
         return np.asarray(

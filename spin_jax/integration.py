@@ -146,7 +146,7 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     # device_put, not jnp.asarray: jax compiles a program per shape to stage numpy input.
     last = jax.device_put(masks[-1].astype(np.float32))  # the widest: layers up to the last k
     if opts.lam_grid == "paper":
-        lams = probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0])
+        lams = jax.device_put(probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0]))
     else:
         lams = probes.default_lams(
             Xtr, data.y, data.n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=last

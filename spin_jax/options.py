@@ -4,6 +4,7 @@ built once from the sources and handed to every stage), with the metrics it scor
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -12,6 +13,7 @@ import numpy as np
 
 from spin_jax import probes, solver
 from spin_jax.columns import REPS
+from spin_jax.devices import solver_jit
 from spin_jax.errors import SpinError
 from spin_jax.models import POOLINGS
 from spin_jax.selection import is_selective
@@ -175,7 +177,10 @@ def choose_metric(metric: str, labels: np.ndarray, n_classes: int) -> str:
     return "macro_f1" if counts.max() > 1.5 * max(counts.min(), 1) else "accuracy"
 
 
+@functools.partial(solver_jit, static_argnames=("metric", "n_classes"))
 def score(metric: str, y, pred, n_classes: int):
+    """The metric of predictions pred [..., N] against y [N], as one program (eagerly,
+    each of its ops would compile one of its own)."""
     if metric == "accuracy":
         return probes.accuracy(y, pred)
     return probes.macro_f1(y, pred, n_classes)

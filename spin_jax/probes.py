@@ -37,6 +37,7 @@ from functools import partial
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spin_jax import solver
 from spin_jax.devices import solver_jit
@@ -457,10 +458,11 @@ def default_lams(
     return lam_max * jnp.logspace(0.0, jnp.log10(ratio), num, dtype=jnp.float32)
 
 
-def lams_from_c(c_values, n_rows) -> Array:
-    """scikit-learn C values -> our lams [len(c_values)], largest lam (smallest C) first."""
-    c = jnp.sort(jnp.asarray(c_values, jnp.float32))
-    return 1.0 / (c * n_rows)
+def lams_from_c(c_values, n_rows) -> np.ndarray:
+    """scikit-learn C values -> our lams [len(c_values)] (fp32), largest lam (smallest C)
+    first. Numpy: on device arrays each eager op would compile a program of its own."""
+    c = np.sort(np.asarray(c_values, np.float32))
+    return (1.0 / (c * np.float32(n_rows))).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- prediction
