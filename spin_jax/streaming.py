@@ -43,8 +43,13 @@ log = logging.getLogger("spin_jax")
 DEVICE_SHARE = 4
 HOST_SHARE = 2
 # Probe chunk bytes per (row, feature) of one layer: the fp32 read, its standardised copy
-# and the solver's per-row work (layer_probes._probe_chunk).
+# and the solver's per-row work (layer_probes._probe_chunk); on a CPU 4 more, the solver's
+# transposed copy of X (probes.transposed).
 PROBE_BYTES_PER_ELEMENT = 12
+
+
+def probe_bytes_per_element() -> int:
+    return PROBE_BYTES_PER_ELEMENT + (4 if jax.default_backend() == "cpu" else 0)
 
 
 def features_bytes(specs, n_rows: int) -> int:
@@ -169,8 +174,8 @@ def spill_folder(work_dir):
 
 def layer_chunks(memory_bytes: int, n_rows: int, n_features: int, first: int, last: int):
     """The block layers first..last in chunks of at most memory_bytes of probe work
-    (PROBE_BYTES_PER_ELEMENT per row and feature), whole problems per device."""
-    chunk = max(1, memory_bytes // max(1, PROBE_BYTES_PER_ELEMENT * n_rows * n_features))
+    (`probe_bytes_per_element` per row and feature), whole problems per device."""
+    chunk = max(1, memory_bytes // max(1, probe_bytes_per_element() * n_rows * n_features))
     chunk = round_up(chunk, n_devices())
     return [np.arange(s, min(s + chunk, last + 1)) for s in range(first, last + 1, chunk)]
 

@@ -115,11 +115,14 @@ def test_features_over_the_device_budget_stream_by_layers(
 
 
 def test_layer_chunks_cover_every_layer_once():
-    for budget in (1, 12 * 600 * 20 * 2, 12 * 600 * 20 * 3, 1 << 40):
+    per_layer = streaming.probe_bytes_per_element() * 600 * 20
+    for budget in (1, per_layer * 2, per_layer * 3, 1 << 40):
         chunks = streaming.layer_chunks(budget, 600, 20, 1, L)
         np.testing.assert_array_equal(np.concatenate(chunks), np.arange(1, L + 1))
-        assert all(len(c) <= max(1, budget // (12 * 600 * 20)) for c in chunks)
-    assert len(streaming.layer_chunks(12 * 600 * 20 * 3, 600, 20, 0, L)) == 2  # 0..2, 3..4
+        assert all(len(c) <= max(1, budget // per_layer) for c in chunks)
+    assert len(streaming.layer_chunks(per_layer * 3, 600, 20, 0, L)) == 2  # 0..2, 3..4
+    # a CPU solve also holds X's transposed copy: 4 bytes more a row and feature
+    assert streaming.probe_bytes_per_element() == 12 + 4 * (jax.default_backend() == "cpu")
 
 
 # ---- where extraction keeps the features --------------------------------------------------
