@@ -112,18 +112,13 @@ def chunks(n: int, big: int) -> list[tuple[int, int]]:
 
 def _chunked_rounds(problem, state, active, big, width, *, max_iter, tol, smooth):
     """Rounds of the lanes `active`, each round in `chunks`, on the first `width` columns."""
-    n = len(state.n_iter)
-    steps = np.zeros(n, np.int64)
+    steps = np.zeros(len(state.n_iter), np.int64)
     while active.size:
         active = active[np.argsort(steps[active], kind="stable")]  # equal counts together
         stepped = []
         for start, size in chunks(len(active), big):  # dispatched before any is read
             take = active[start : start + size]
-            idx = jax.device_put(np.resize(take, size))
-            stored = jax.device_put(np.append(take, np.full(size - len(take), n)))
-            state, k, change = _lanes_step(
-                problem, state, idx, stored, max_iter, tol, smooth=smooth, width=width
-            )
+            state, k, change = _step_lanes(problem, state, take, size, width, max_iter, tol, smooth)
             stepped.append((take, k, change))
         left = []
         for take, k, change in stepped:
@@ -134,24 +129,26 @@ def _chunked_rounds(problem, state, active, big, width, *, max_iter, tol, smooth
     return state
 
 
+def _step_lanes(problem, state, take, size, width, max_iter, tol, smooth):
+    """One `_lanes_step` call on the lanes `take`, padded to `size` with repeats of them."""
+    idx = jax.device_put(np.resize(take, size))
+    # The repeats are not stored: their index is out of range, and the scatter drops it.
+    stored = jax.device_put(np.append(take, np.full(size - len(take), len(state.n_iter))))
+    return _lanes_step(problem, state, idx, stored, max_iter, tol, smooth=smooth, width=width)
+
+
 def _pow2(n: int) -> int:
     return 1 << int(n - 1).bit_length()
 
 
 def _lanes_rounds(problem, state, active, size, width, *, max_iter, tol, shrink, smooth):
     """Rounds of the lanes `active` in batches of `size`, on the first `width` columns."""
-    n = len(state.n_iter)
-    steps = np.zeros(n, np.int64)  # each lane's iterations so far
+    steps = np.zeros(len(state.n_iter), np.int64)  # each lane's iterations so far
     while active.size:
         # Lanes at equal counts share a batch: a fresh lane does not wait on a slow one.
         active = active[np.argsort(steps[active], kind="stable")]
         take = active[:size]
-        idx = jax.device_put(np.resize(take, size))  # padded with repeats of active lanes
-        # The repeats are not stored: their index is out of range, and the scatter drops it.
-        stored = jax.device_put(np.append(take, np.full(size - len(take), n)))
-        state, k, change = _lanes_step(
-            problem, state, idx, stored, max_iter, tol, smooth=smooth, width=width
-        )
+        state, k, change = _step_lanes(problem, state, take, size, width, max_iter, tol, smooth)
         k, change = np.asarray(k)[: len(take)], np.asarray(change)[: len(take)]
         steps[take] = k
         active = np.concatenate([take[(k < max_iter) & (change > tol)], active[size:]])
