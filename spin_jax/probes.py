@@ -243,12 +243,13 @@ def lipschitz(X: Array, rowmask: Array | None = None, n_classes: int = 2) -> Arr
     return _lipschitz(_masked_rows(X, rowmask), m, jnp.ones(X.shape[1]), n_classes)
 
 
-def _lipschitz(Xm: Array, m: Array, f: Array, n_classes: int, order=None) -> Array:
+def _lipschitz(Xm: Array, m: Array, f: Array, n_classes: int, order=None, XT=None) -> Array:
     """As `lipschitz`, for X with padded rows zeroed and feature mask f [F] (0/1). order
     [F]: X's columns are those of another layout in this order; the power iteration starts
-    from the same vector as in that layout, so both find the same constant."""
+    from the same vector as in that layout, so both find the same constant. XT: the
+    caller's `transposed(Xm)`, if it has one (else made here)."""
 
-    XT = transposed(Xm)
+    XT = transposed(Xm) if XT is None else XT
 
     def apply(v):  # [X diag(f), m] v, then its transpose: power iteration on A^T A.
         u = _dot("NF,FK->NK", Xm, (v[:-1] * f)[:, None])[:, 0] + v[-1] * m
@@ -304,9 +305,8 @@ def _fit_path(
     X, y, n_classes, lams, *, rowmask, featmask, max_iter, tol, warm_start=False, smooth=None
 ) -> ProbeFit:
     Xm, T, m, f, m_over_n, penalty, keep, theta0 = _setup(X, y, n_classes, rowmask, featmask)
-    L = _lipschitz(Xm, m, f, n_classes)  # once per feature matrix, shared by the whole path
-
-    XT = transposed(Xm)
+    XT = transposed(Xm)  # one copy for the Lipschitz constant and every step
+    L = _lipschitz(Xm, m, f, n_classes, XT=XT)  # once per feature matrix, for the whole path
 
     def grad_fn(theta):
         return _smooth_grad(Xm, T, m_over_n, theta, XT)

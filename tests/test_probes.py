@@ -192,6 +192,15 @@ def test_transposed_gradient_equals_the_plain_one():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
+def test_a_path_makes_one_transposed_copy_of_x():
+    """The Lipschitz constant's power iteration and the solver's steps share one copy of
+    X.T (on CPU; elsewhere there is none): a second would be X's size again."""
+    X, y = make_problem(3, N_SMALL, F_SMALL, 2)
+    jitted = jax.jit(probes.fit_path.__wrapped__, static_argnames=("n_classes", "max_iter"))
+    text = jitted.lower(jnp.asarray(X), jnp.asarray(y), 2, jnp.asarray([0.1, 0.01])).as_text()
+    assert text.count("optimization_barrier") == (jax.default_backend() == "cpu")
+
+
 def test_prefix_widths():
     masks = np.zeros((3, 600), bool)
     masks[0, :5], masks[1, [3, 300]] = True, True
