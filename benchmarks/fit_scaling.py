@@ -129,6 +129,20 @@ def on_device(src):
     return DeviceFeatures(arrays, src.labels, src.label_names, src.manifest)
 
 
+def count_compiles() -> list[float]:
+    """The seconds of each backend compile from now on (a list that fills as they happen)."""
+    from jax import monitoring
+
+    seconds = []
+
+    def on_event(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            seconds.append(duration)
+
+    monitoring.register_event_duration_secs_listener(on_event)
+    return seconds
+
+
 def worker(args) -> dict:
     """One run on every device this process sees; returns its measurements."""
     import jax
@@ -157,6 +171,7 @@ def worker(args) -> dict:
         t = time.perf_counter()
         feats = [on_device(f) for f in feats]
         to_device_s = time.perf_counter() - t
+    compiles = count_compiles()
     t = time.perf_counter()
     _, report = fit_spin(feats[0], feats[1], opts=SpinOptions(), progress=args.progress)
     fit_s = time.perf_counter() - t
@@ -170,6 +185,8 @@ def worker(args) -> dict:
         extract_s=extract_s,
         warmup_s=warmup_s,
         fit_s=fit_s,
+        fit_programs=len(compiles),
+        fit_compile_s=sum(compiles),
         stage_s=report["times"],
         valid=report["spin"]["valid"],
         chosen=report["chosen"],

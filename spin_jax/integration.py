@@ -79,8 +79,11 @@ def column_stats(cand: Columns, tables) -> tuple[np.ndarray, np.ndarray]:
 # converged lanes along costs less than compiling a smaller batch (~2 s each on a CPU).
 NO_SHRINK_ELEMENTS = 1 << 27
 # Groups share one width while a full batch's features stay this small ([N, width]
-# elements); past it, a small group should not pay the largest one's width.
+# elements); past it, a small group should not pay the largest one's width. On a GPU, where
+# lanes step only their prefix (`by_width`), the padding is held but never stepped, so
+# there groups share up to what memory allows.
 SHARED_ELEMENTS = 1 << 27
+SHARED_ELEMENTS_BY_WIDTH = {"gpu": 1 << 31}
 
 
 def shared_width(widths, n_rows: int) -> int | None:
@@ -89,11 +92,15 @@ def shared_width(widths, n_rows: int) -> int | None:
     Each new width compiles the lane programs again: ~15 s on a GPU, ~2 s on a CPU, against
     ~0.01 s a round for a small group (benchmarks/RESULTS.md). So small fits pad every
     group to the widest. At GPT2-XL scale (10000 rows, the widest group ~50k columns) that
-    padding made every group as slow as the widest, so large fits keep a width per group."""
+    padding made every group as slow as the widest when all lanes stepped every column,
+    so large fits keep a width per group unless lanes step their prefixes alone."""
     if not widths:
         return None
     width = padded_width(max(widths))
-    return width if width * n_rows <= SHARED_ELEMENTS else None
+    limit = SHARED_ELEMENTS
+    if by_width(n_devices(), n_rows, width):
+        limit = SHARED_ELEMENTS_BY_WIDTH.get(jax.default_backend(), limit)
+    return width if width * n_rows <= limit else None
 
 
 def _pad_cols(X, width: int | None = None):
@@ -138,8 +145,8 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     masks = integration_masks(cand, E, depths(data), width).reshape(E * D, -1)
     G, Xtr, Xv = len(masks), _pad_cols(Xtr, width), _pad_cols(Xv, width)
     order = widths = None
-    if by_width(n_devices()):  # columns by layer: the masks of layers up to k are prefixes
-        order = np.argsort(_padded_layers(cand, masks.shape[1]), kind="stable")
+    if by_width(n_devices(), *Xtr.shape):  # each mask's columns in a short prefix (`column_order`)
+        order = column_order(cand, masks.shape[1], E)
         Xtr, Xv, masks = Xtr[:, order], Xv[:, order], masks[:, order]
         widths = prefix_widths(masks)
     Xtr, Xv = _to_device(Xtr, solver_dtype(opts)), _to_device(Xv, jnp.float32)
@@ -163,19 +170,35 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     return scores, fit, used, np.asarray(lams)
 
 
-# Where steps cost more than compiles (a CPU: a lane program compiles in ~0.5 s, while the
-# demo's lanes stepped ~130 s at the shared width, most of it on zero padding), each mask's
-# lanes are stepped on only the columns it uses (`lanes.fit_masks` widths).
-BY_WIDTH = {"cpu": True}
+# On one device each mask's lanes are stepped on only the columns up to its last kept one
+# (`lanes.fit_masks` widths), in the layout of `column_order`, once a lane's products (rows x
+# padded width) reach this size. On a CPU stepping the zero padding of the shared width cost
+# most of the demo (~130 s). On an H200 a lane step of the MiniLM fit (13600 x 4096) is bound
+# by its launches, not its products, and there the widths' programs made integration 20 s
+# against 11 s; at GPT2-XL scale (20000 x 65536) the products are the time (RESULTS.md,
+# session 13). Backends absent here step every lane at full width.
+BY_WIDTH = {"cpu": 0, "gpu": 1 << 28}
 
 
-def by_width(devices: int) -> bool:
-    return devices == 1 and BY_WIDTH.get(jax.default_backend(), False)
+def by_width(devices: int, n_rows: int, width: int) -> bool:
+    least = BY_WIDTH.get(jax.default_backend())
+    return devices == 1 and least is not None and n_rows * width >= least
+
+
+def column_order(cand: Columns, width: int, n_etas: int) -> np.ndarray:
+    """The `width` padded columns by (eta rank, layer), the padding last.
+
+    The mask (eta e, k) keeps the columns of rank <= e in layers <= k: in this order they
+    lie within the columns of rank < e and those of rank e up to layer k. Since the kept
+    sets grow with eta, that prefix is a few times the mask's own columns, where ordering
+    by layer alone (all ranks) made it every eta's columns of those layers."""
+    rank = np.pad(cand.eta_rank, (0, width - len(cand)), constant_values=n_etas)
+    return np.lexsort((_padded_layers(cand, width), rank))
 
 
 def prefix_widths(masks: np.ndarray) -> np.ndarray:
     """Each mask's columns up to its last kept one, padded to `padded_width` (at most all).
-    (Coarser steps, 4x apart, made fewer programs but a slower demo: RESULTS.md.)"""
+    (Coarser steps, 4x apart, made fewer programs but a slower CPU demo: RESULTS.md.)"""
     used = masks.shape[1] - np.argmax(masks[:, ::-1], axis=1)
     used = np.where(masks.any(axis=1), used, 1)
     return np.minimum([padded_width(int(u)) for u in used], masks.shape[1])
@@ -215,8 +238,9 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
             X, y, n_classes, lams, masks, max_iter=max_iter, tol=tol, smooth=smooth
         )
     N, M = X.shape
+    # On prefix widths each width's chunks are bounded by batch_elements instead.
     K = probes.n_columns(n_classes)
-    max_lanes = max(1, LANE_BATCH_ELEMENTS // ((3 * N + 8 * (M + 1)) * K))
+    max_lanes = None if widths is not None else lanes.lanes_within(LANE_BATCH_ELEMENTS, N, M, K)
     shrink = LANE_SHRINK.get(jax.default_backend(), LANE_SHRINK_ACCELERATOR)
     if masks.shape[0] * len(lams) * N * M < NO_SHRINK_ELEMENTS:
         shrink = 1 << 62  # all rounds at one batch size: one compile, cheap steps
@@ -233,6 +257,7 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
         smooth=smooth,
         widths=widths,
         order=None if order is None else jax.device_put(order.astype(np.int32)),
+        batch_elements=LANE_BATCH_ELEMENTS,
     )
 
 

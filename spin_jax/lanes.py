@@ -44,6 +44,7 @@ def fit_masks(
     smooth: solver.Smooth | None = None,
     widths: np.ndarray | None = None,
     order: np.ndarray | None = None,
+    batch_elements: int | None = None,
 ) -> ProbeFit:
     """`fit_path` on one shared X [N, F] (standardised, no padded rows) for every feature
     mask of masks [G, F] (0/1) at every lam of lams [R].
@@ -54,7 +55,8 @@ def fit_masks(
     a compile costs more than the steps it saves, wants a larger `shrink`.
     widths [G] (optional): each mask is zero beyond its first widths[g] columns, so its
     lanes are stepped on that prefix of X alone, in chunks of two sizes per width (`chunks`),
-    so that a few programs serve every width and problem count.
+    so that a few programs serve every width and problem count; batch_elements (optional)
+    bounds a chunk's per-lane work as `lanes_within` counts it.
     order [F] (optional): X's columns are another layout's in this order (see `_lipschitz`).
     Returns ProbeFit with weights [G, R, F, K], intercept [G, R, K], n_iter and converged
     [G, R]: the same solutions as `fit_path` per mask.
@@ -78,29 +80,53 @@ def fit_masks(
         lane_width = np.repeat(np.asarray(widths), R)
         for width in np.unique(lane_width):
             active = np.nonzero(lane_width == width)[0]
-            big = min(max_lanes or G * R, chunk_lanes(int(width)))
-            state = _chunked_rounds(problem, state, active, big, int(width), **run)
+            cap = max_lanes or G * R
+            if batch_elements is not None:
+                cap = min(cap, lanes_within(batch_elements, X.shape[0], int(width), K))
+            sizes = chunk_sizes(int(width), len(active), cap, X.shape[0])
+            state = _chunked_rounds(problem, state, active, sizes, int(width), **run)
     return _lanes_result(state, tol, shape=(G, R, K))
 
 
-# On the prefix widths (a CPU), a round steps its lanes in chunks of at most
-# `chunk_lanes(width)` lanes, one call each, and what is left in chunks of SMALL_CHUNK: a
-# CPU step costs about its lanes x width (the products), so a batch padded to a power of two
-# stepped ~1.4x the useful lanes (the demo: 1.1M padded lane-steps beside 0.8M useful), and
-# each power of two it shrank to compiled again (44 programs, 17 s). Two sizes a width cost
-# ~15% more per lane-step on the small one (benchmarks/RESULTS.md, session 12).
-CHUNK_ELEMENTS = 1 << 16  # lanes x width of a full chunk
-SMALL_CHUNK = 16
+def lanes_within(elements: int, n_rows: int, width: int, K: int) -> int:
+    """Lanes whose per-lane work (logits and residuals [N, K], FISTA state [width, K]) fits
+    in `elements` fp32 elements."""
+    return max(1, elements // ((3 * n_rows + 8 * (width + 1)) * K))
 
 
-def chunk_lanes(width: int) -> int:
-    return max(SMALL_CHUNK, min(256, _pow2(max(1, CHUNK_ELEMENTS // width))))
+# On the prefix widths, a round steps its lanes in chunks of a big size, one call each, and
+# what is left in chunks of a small one. A CPU step costs about its lanes x width (the
+# products), so a batch padded to a power of two stepped ~1.4x the useful lanes (the demo:
+# 1.1M padded lane-steps beside 0.8M useful), and each power of two it shrank to compiled
+# again (44 programs, 17 s); there a full chunk holds CPU_CHUNK_ELEMENTS lanes x width, and
+# two sizes a width cost ~15% more per lane-step on the small one (RESULTS.md, session 12).
+CPU_CHUNK_ELEMENTS = 1 << 16
+CPU_SMALL_CHUNK = 16
+# An accelerator's call reads X[:, :width] once per iteration for all its lanes and
+# launches every kernel of the iteration once, whatever its lanes: 16-lane chunks made an
+# H200 1.4-1.6x slower than one full-width batch. There the big chunk holds as many lanes
+# as memory allows, and a small one at least 64 (below that an H200's step is bound by
+# reading X) and enough that its products (lanes x width x rows) outweigh the launches.
+ACCELERATOR_SMALL_CHUNK = 64
+ACCELERATOR_CHUNK_ELEMENTS = 1 << 31
 
 
-def chunks(n: int, big: int) -> list[tuple[int, int]]:
+def chunk_sizes(width: int, n_lanes: int, cap: int, n_rows: int) -> tuple[int, int]:
+    """(big, small) lanes of one call at this width, for n_lanes lanes, at most cap."""
+    cap = max(1, cap)
+    if jax.default_backend() == "cpu":
+        big = max(CPU_SMALL_CHUNK, min(256, _pow2(max(1, CPU_CHUNK_ELEMENTS // width))))
+        big = min(big, cap)
+        return big, min(CPU_SMALL_CHUNK, big)
+    # Powers of two: the fewer sizes, the fewer programs.
+    big = min(_pow2(n_lanes), 1 << (cap.bit_length() - 1))
+    small = _pow2(max(1, ACCELERATOR_CHUNK_ELEMENTS // (width * n_rows)))
+    return big, min(big, max(ACCELERATOR_SMALL_CHUNK, small))
+
+
+def chunks(n: int, big: int, small: int) -> list[tuple[int, int]]:
     """(start, size) of the calls that step n lanes: full chunks of `big`, then the rest
-    in chunks of SMALL_CHUNK (one more `big` where those would be as many slots)."""
-    small = min(SMALL_CHUNK, big)
+    in chunks of `small` (one more `big` where those would be as many slots)."""
     out = [(s, big) for s in range(0, n - n % big, big)]
     rest = n % big
     if rest and -(-rest // small) * small >= big:
@@ -110,13 +136,14 @@ def chunks(n: int, big: int) -> list[tuple[int, int]]:
     return out
 
 
-def _chunked_rounds(problem, state, active, big, width, *, max_iter, tol, smooth):
-    """Rounds of the lanes `active`, each round in `chunks`, on the first `width` columns."""
+def _chunked_rounds(problem, state, active, sizes, width, *, max_iter, tol, smooth):
+    """Rounds of the lanes `active`, each round in `chunks` of sizes (big, small), on the
+    first `width` columns."""
     steps = np.zeros(len(state.n_iter), np.int64)
     while active.size:
         active = active[np.argsort(steps[active], kind="stable")]  # equal counts together
         stepped = []
-        for start, size in chunks(len(active), big):  # dispatched before any is read
+        for start, size in chunks(len(active), *sizes):  # dispatched before any is read
             take = active[start : start + size]
             state, k, change = _step_lanes(problem, state, take, size, width, max_iter, tol, smooth)
             stepped.append((take, k, change))

@@ -30,7 +30,7 @@ def test_one_shared_width_fits_like_a_width_per_group(monkeypatch):
 
 def test_prefix_widths_fit_like_the_full_width(monkeypatch):
     train, valid, test = splits(planted, ("neg", "pos"))
-    monkeypatch.setattr(integration, "BY_WIDTH", {jax.default_backend(): True})
+    monkeypatch.setattr(integration, "BY_WIDTH", {jax.default_backend(): 0})
     widths = []
     real = integration.prefix_widths
     monkeypatch.setattr(integration, "prefix_widths", lambda m: widths.append(real(m)) or real(m))
@@ -69,6 +69,23 @@ def assert_same_fit(valid, first, second, atol=1e-3):
         np.testing.assert_allclose(head.weights, head_s.weights, atol=atol)
 
 
-def test_shared_width():
+def test_shared_width(monkeypatch):
+    monkeypatch.setattr(integration, "BY_WIDTH", {})  # every lane steps the whole width
     assert integration.shared_width([100, 3000], 600) == 4096  # small: one width
     assert integration.shared_width([100, 3000], 50000) is None  # large: each its own
+    # Lanes that step only their prefixes pay the padding in memory alone: shared up to
+    # SHARED_ELEMENTS_BY_WIDTH.
+    monkeypatch.setattr(integration, "BY_WIDTH", {jax.default_backend(): 1 << 20})
+    monkeypatch.setattr(integration, "SHARED_ELEMENTS_BY_WIDTH", {jax.default_backend(): 1 << 31})
+    assert integration.shared_width([100, 30000], 20000) == 32768
+    assert integration.shared_width([100, 30000], 200000) is None  # past memory
+    assert integration.shared_width([100, 200], 600) == 256  # below BY_WIDTH: as before
+
+
+def test_by_width_from_the_products_size(monkeypatch):
+    monkeypatch.setattr(integration, "BY_WIDTH", {jax.default_backend(): 1 << 28})
+    assert not integration.by_width(1, 13600, 4096)  # MiniLM's fit on an H200
+    assert integration.by_width(1, 20000, 65536)  # GPT2-XL's
+    assert not integration.by_width(2, 20000, 65536)  # several devices: sharded problems
+    monkeypatch.setattr(integration, "BY_WIDTH", {})
+    assert not integration.by_width(1, 20000, 65536)

@@ -133,8 +133,7 @@ def test_fit_masks_on_prefix_widths_equals_full_width(smooth, max_lanes, monkeyp
             # which depends on how many lanes share them: fit_path itself gives intercepts
             # 4.3e-6 apart (111 against 126 iterations) for one lam alone and for three.
             pytest.skip("chunks change the lanes per product: adam at max_iter follows rounding")
-        monkeypatch.setattr(lanes, "CHUNK_ELEMENTS", 4 * 128)
-        monkeypatch.setattr(lanes, "SMALL_CHUNK", 2)
+        monkeypatch.setattr(lanes, "chunk_sizes", lambda width, *_: (max(2, 512 // width), 2))
         max_lanes = None
     # More rows than columns, so the solution is pinned down: with N = 200 < F the problems
     # were ill-posed and a GPU's products at another width (the prefix) ended up to 7e-6
@@ -159,18 +158,30 @@ def test_fit_masks_on_prefix_widths_equals_full_width(smooth, max_lanes, monkeyp
 def test_chunks_cover_every_lane_once_in_two_sizes():
     for n in range(1, 200):
         for big in (1, 4, 16, 64):
-            calls = lanes.chunks(n, big)
+            small = min(16, big)
+            calls = lanes.chunks(n, big, small)
             starts = [s for s, _ in calls]
             sizes = {size for _, size in calls}
             assert starts == sorted(starts) and starts[0] == 0
             ends = [min(s + size, n) for s, size in calls]
             assert starts[1:] == ends[:-1] and ends[-1] == n  # contiguous, every lane once
-            assert sizes <= {big, min(lanes.SMALL_CHUNK, big)}
+            assert sizes <= {big, small}
             slots = sum(size for _, size in calls)
             assert slots < n + big  # never a whole chunk of padding
-    assert lanes.chunks(70, 64) == [(0, 64), (64, 16)]
-    assert lanes.chunks(60, 64) == [(0, 64)]  # 4 small chunks would be as many slots
-    assert lanes.chunk_lanes(4096) == 16 and lanes.chunk_lanes(128) == 256
+    assert lanes.chunks(70, 64, 16) == [(0, 64), (64, 16)]
+    assert lanes.chunks(60, 64, 16) == [(0, 64)]  # 4 small chunks would be as many slots
+
+
+def test_chunk_sizes_by_backend(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert lanes.chunk_sizes(4096, 1000, 1000, 500) == (16, 16)
+    assert lanes.chunk_sizes(128, 1000, 1000, 500) == (256, 16)
+    assert lanes.chunk_sizes(128, 1000, 100, 500) == (100, 16)  # memory caps the big one
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    # Big: a power of two within memory; small: enough products to outweigh the launches.
+    assert lanes.chunk_sizes(128, 2450, 4398, 20000) == (4096, 1024)
+    assert lanes.chunk_sizes(32768, 2450, 833, 20000) == (512, 64)
+    assert lanes.chunk_sizes(128, 30, 4398, 20000) == (32, 32)  # no bigger than the lanes
 
 
 def test_transposed_gradient_equals_the_plain_one():
