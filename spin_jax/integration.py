@@ -79,9 +79,9 @@ def column_stats(cand: Columns, tables) -> tuple[np.ndarray, np.ndarray]:
 # converged lanes along costs less than compiling a smaller batch (~2 s each on a CPU).
 NO_SHRINK_ELEMENTS = 1 << 27
 # Groups share one width while a full batch's features stay this small ([N, width]
-# elements); past it, a small group should not pay the largest one's width. On a GPU, where
-# lanes step only their prefix (`by_width`), the padding is held but never stepped, so
-# there groups share up to what memory allows.
+# elements); past it, a small group should not pay the largest one's width. Where lanes
+# step only their prefixes (`by_width`), the padding is held but never stepped, so on an
+# accelerator that does so groups would share up to what memory allows.
 SHARED_ELEMENTS = 1 << 27
 SHARED_ELEMENTS_BY_WIDTH = {"gpu": 1 << 31}
 
@@ -173,11 +173,12 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
 # On one device each mask's lanes are stepped on only the columns up to its last kept one
 # (`lanes.fit_masks` widths), in the layout of `column_order`, once a lane's products (rows x
 # padded width) reach this size. On a CPU stepping the zero padding of the shared width cost
-# most of the demo (~130 s). On an H200 a lane step of the MiniLM fit (13600 x 4096) is bound
-# by its launches, not its products, and there the widths' programs made integration 20 s
-# against 11 s; at GPT2-XL scale (20000 x 65536) the products are the time (RESULTS.md,
-# session 13). Backends absent here step every lane at full width.
-BY_WIDTH = {"cpu": 0, "gpu": 1 << 28}
+# most of the demo (~130 s). On an H200 neither size gained: the MiniLM fit's lane steps
+# (13600 x 4096) are bound by their launches, and the widths' programs made integration 20 s
+# against 11 s; a GPT2-XL group (20000 x 65536) stepped 1.65x faster on a quarter of the
+# work but compiled 9 s against 3, and the whole fit's groups took 1.3-1.6x longer (RESULTS.md,
+# session 13). So backends other than the CPU step every lane at full width.
+BY_WIDTH = {"cpu": 0}
 
 
 def by_width(devices: int, n_rows: int, width: int) -> bool:
