@@ -79,11 +79,22 @@ def fista(restart: bool = True) -> optax.GradientTransformation:
         t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * state.t * state.t))
         beta = (state.t - 1.0) / t_new
         if restart:
-            back = jnp.vdot(-updates, diff) > 0  # (y - x_new) . (x_new - x) > 0
+            back = _inner(-updates, diff) > 0  # (y - x_new) . (x_new - x) > 0
             beta, t_new = jnp.where(back, 0.0, beta), jnp.where(back, 1.0, t_new)
         return updates + beta * diff, FistaState(x_new, t_new)
 
     return optax.GradientTransformation(init, update)
+
+
+def _inner(a: Array, b: Array) -> Array:
+    """sum(a * b), the product kept out of the reduction's fusion by an identity rounding.
+
+    XLA's CPU backend fuses a product and its sum (vdot, sum(a * b)) into one YNNPACK
+    reduction, which for vmapped lanes of [M + 1, 1] weights took ~55 us a lane-step at
+    M = 4096 against ~4 us for the sum of the product made apart: FISTA's restart test cost
+    as much as the step's two products with X (benchmarks/RESULTS.md, session 13). Rounding
+    fp32 to fp32's own 8 exponent and 23 mantissa bits changes no bit."""
+    return jnp.sum(jax.lax.reduce_precision(a * b, exponent_bits=8, mantissa_bits=23))
 
 
 def solution(params: Array, opt_state: Any) -> Array:

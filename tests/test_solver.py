@@ -140,3 +140,16 @@ def test_solver_programs_take_compiler_options_on_a_gpu(monkeypatch):
     outer = devices.solver_jit(lambda x: double(x) + 1)
     assert float(outer(jnp.float32(1))) == 3.0
     assert seen == [None, options, options]  # the inner one traced into the outer
+
+
+def test_restart_inner_product_equals_vdot_and_keeps_its_rounding_barrier():
+    """FISTA's restart test reads `solver._inner`: vdot's value, with the product kept
+    apart from the sum (an identity reduce-precision), which XLA must not remove: on a CPU
+    the fused product-and-sum of vmapped lanes cost ~14x the sum (RESULTS.md, session 13)."""
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.standard_normal((8, 4097, 1)), jnp.float32) for _ in range(2))
+    inner = jax.jit(jax.vmap(solver._inner))
+    want = np.einsum("bmk,bmk->b", np.float64(a), np.float64(b))
+    np.testing.assert_allclose(inner(a, b), want, rtol=1e-5, atol=1e-4)
+    if jax.default_backend() == "cpu":  # the backend it is for
+        assert "reduce-precision" in inner.lower(a, b).compile().as_text()
