@@ -84,8 +84,7 @@ def fit_masks(
             if batch_elements is not None:
                 cap = min(cap, lanes_within(batch_elements, X.shape[0], int(width), K))
             sizes = chunk_sizes(int(width), len(active), cap, X.shape[0])
-            narrow = (prefix(X, int(width)), *problem[1:])
-            state = _chunked_rounds(narrow, state, active, sizes, int(width), **run)
+            state = _chunked_rounds(problem, state, active, sizes, int(width), **run)
     return _lanes_result(state, tol, shape=(G, R, K))
 
 
@@ -163,13 +162,6 @@ def _step_lanes(problem, state, take, size, width, max_iter, tol, smooth):
     # The repeats are not stored: their index is out of range, and the scatter drops it.
     stored = jax.device_put(np.append(take, np.full(size - len(take), len(state.n_iter))))
     return _lanes_step(problem, state, idx, stored, max_iter, tol, smooth=smooth, width=width)
-
-
-@partial(solver_jit, static_argnames=("width",))
-def prefix(X, width: int):
-    """X's first `width` columns as an array of their own, made once per width: sliced
-    inside the round's loop, the products of a GPU read a copy made at every iteration."""
-    return X[:, :width]
 
 
 def _pow2(n: int) -> int:
@@ -256,8 +248,8 @@ def _lanes_round(problem, state, idx, max_iter, tol, smooth, width=None):
     """One round of `fit_masks` for the lanes idx [B] (lane = mask * R + lam index)."""
     X, T, m_over_n, masks, Ls, lams = problem
     R = lams.shape[0]
-    if width is not None:  # X is `prefix(X, width)` already
-        masks = masks[:, :width]
+    if width is not None:
+        X, masks = X[:, :width], masks[:, :width]
     grad_fn = partial(_smooth_grad, X, T, m_over_n, XT=transposed(X))
 
     def one(run, i):
