@@ -239,8 +239,8 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
             X, y, n_classes, lams, masks, max_iter=max_iter, tol=tol, smooth=smooth
         )
     N, M = X.shape
-    # On prefix widths each width's chunks are bounded by batch_elements instead.
     K = probes.n_columns(n_classes)
+    # On prefix widths each width's chunks are bounded by batch_elements instead.
     max_lanes = None if widths is not None else lanes.lanes_within(LANE_BATCH_ELEMENTS, N, M, K)
     shrink = LANE_SHRINK.get(jax.default_backend(), LANE_SHRINK_ACCELERATOR)
     if masks.shape[0] * len(lams) * N * M < NO_SHRINK_ELEMENTS:
