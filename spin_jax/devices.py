@@ -108,12 +108,16 @@ def solver_jit(fun=None, **jit_kwargs):
         # concrete arguments would miss this test; none is.
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
             return fun(*args, **kwargs)
+        return jitted()(*args, **kwargs)
+
+    def jitted():
         backend = jax.default_backend()
         if backend not in by_backend:
             options = (GPU_SOLVER_OPTIONS or None) if backend == "gpu" else None
             by_backend[backend] = jax.jit(fun, compiler_options=options, **jit_kwargs)
-        return by_backend[backend](*args, **kwargs)
+        return by_backend[backend]
 
+    call.lower = lambda *args, **kwargs: jitted().lower(*args, **kwargs)  # ahead.py's use
     call.clear_cache = lambda: [jitted.clear_cache() for jitted in by_backend.values()]
     call._cache_size = lambda: sum(jitted._cache_size() for jitted in by_backend.values())
     return call

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax import lanes, probes
+from spin_jax import ahead, lanes, probes
 from spin_jax.columns import REPS, Columns, gather, padded_width
 from spin_jax.devices import n_devices, round_up, shard_problems, solver_jit
 from spin_jax.head import Choice
@@ -160,10 +160,13 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
         )
     masks = np.pad(masks, ((0, round_up(G, n_devices()) - G), (0, 0)), mode="edge")
     masks = shard_problems(jax.device_put(masks.astype(np.float32)))
+    scoring = dict(shape=(G, E, D), metric=data.metric, n_classes=data.n_classes)
+    if n_devices() == 1:  # (with several devices the fit comes sharded: a guess would miss)
+        K = probes.n_columns(data.n_classes)
+        fit_spec = _fit_spec(masks.shape[0], len(lams), masks.shape[1], K)
+        ahead.submit(_score_masks, Xv, data.yv, fit_spec, **scoring)
     fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts, widths=widths, order=order)
-    out = _score_masks(
-        Xv, data.yv, fit, shape=(G, E, D), metric=data.metric, n_classes=data.n_classes
-    )
+    out = ahead.call(_score_masks, Xv, data.yv, fit, **scoring)
     scores, fit, used = jax.device_get(out)  # one copy to the host, no eager op after it
     if order is not None:  # the weights back in the candidates' order
         fit = fit.replace(weights=fit.weights[..., np.argsort(order), :])
@@ -238,13 +241,7 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
         return _fit_masks_sharded(
             X, y, n_classes, lams, masks, max_iter=max_iter, tol=tol, smooth=smooth
         )
-    N, M = X.shape
-    K = probes.n_columns(n_classes)
-    # On prefix widths each width's chunks are bounded by batch_elements instead.
-    max_lanes = None if widths is not None else lanes.lanes_within(LANE_BATCH_ELEMENTS, N, M, K)
-    shrink = LANE_SHRINK.get(jax.default_backend(), LANE_SHRINK_ACCELERATOR)
-    if masks.shape[0] * len(lams) * N * M < NO_SHRINK_ELEMENTS:
-        shrink = 1 << 62  # all rounds at one batch size: one compile, cheap steps
+    max_lanes, shrink = _lane_batches(X.shape, masks.shape[0], len(lams), n_classes)
     return lanes.fit_masks(
         X,
         y,
@@ -253,13 +250,49 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
         masks,
         max_iter=max_iter,
         tol=tol,
-        max_lanes=max_lanes,
+        max_lanes=None if widths is not None else max_lanes,  # else batch_elements bounds
         shrink=shrink,
         smooth=smooth,
         widths=widths,
         order=None if order is None else jax.device_put(order.astype(np.int32)),
         batch_elements=LANE_BATCH_ELEMENTS,
     )
+
+
+def _lane_batches(shape, n_masks: int, n_lams: int, n_classes: int) -> tuple[int, int]:
+    """(lanes stepped together at most, the batch's `shrink`) for X of `shape`."""
+    N, M = shape
+    max_lanes = lanes.lanes_within(LANE_BATCH_ELEMENTS, N, M, probes.n_columns(n_classes))
+    shrink = LANE_SHRINK.get(jax.default_backend(), LANE_SHRINK_ACCELERATOR)
+    if n_masks * n_lams * N * M < NO_SHRINK_ELEMENTS:
+        shrink = 1 << 62  # all rounds at one batch size: one compile, cheap steps
+    return max_lanes, shrink
+
+
+def compile_ahead(data: FitData, n_cand: int, width: int | None) -> None:
+    """Starts the compiles of one group's integration programs (ahead.py) at full width,
+    from its shapes alone: a group of a width not seen yet then waits for none of them."""
+    N, M = data.train.n_rows, width or padded_width(n_cand)
+    if n_devices() > 1 or not ahead.enabled() or by_width(1, N, M) or not n_cand:
+        return  # (prefix widths: their programs depend on the masks)
+    opts, D = data.opts, len(depths(data))
+    G, K = len(opts.etas) * D, probes.n_columns(data.n_classes)
+    R = len(probes.PAPER_C_GRID) if opts.lam_grid == "paper" else opts.n_lams
+    X = jax.ShapeDtypeStruct((N, M), solver_dtype(opts))
+    masks = jax.ShapeDtypeStruct((G, M), np.float32)
+    lams = jax.ShapeDtypeStruct((R,), np.float32)
+    max_lanes, shrink = _lane_batches((N, M), G, R, data.n_classes)
+    run = dict(max_iter=opts.max_iter, tol=opts.tol, shrink=shrink, smooth=opts.smooth)
+    lanes.compile_ahead(X, data.y, data.n_classes, lams, masks, size=min(G * R, max_lanes), **run)
+    Xv = jax.ShapeDtypeStruct((data.valid.n_rows, M), np.float32)
+    scoring = dict(shape=(G, len(opts.etas), D), metric=data.metric, n_classes=data.n_classes)
+    ahead.submit(_score_masks, Xv, data.yv, _fit_spec(G, R, M, K), **scoring)
+
+
+def _fit_spec(G: int, R: int, M: int, K: int) -> probes.ProbeFit:
+    """The shapes of `lanes.fit_masks`' result for G masks of width M at R lams."""
+    shapes = (((M, K), np.float32), ((K,), np.float32), ((), np.int32), ((), np.bool_))
+    return probes.ProbeFit(*(jax.ShapeDtypeStruct((G, R, *s), d) for s, d in shapes))
 
 
 @functools.partial(solver_jit, static_argnames=("n_classes", "max_iter", "smooth"))

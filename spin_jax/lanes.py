@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax import solver
+from spin_jax import ahead, solver
 from spin_jax.devices import solver_jit
 from spin_jax.probes import (
     Array,
@@ -68,12 +68,14 @@ def fit_masks(
         zeros = jnp.zeros((G, R), jnp.int32)
         return ProbeFit(jnp.zeros((G, R, X.shape[1], K)), jnp.zeros((G, R, K)), zeros, zeros > 0)
     lams = jnp.asarray(lams, jnp.float32)
-    T, m_over_n, Ls, theta0 = _masks_setup(X, y, n_classes, masks, order)
-    state = _lanes_start(theta0, n=G * R, smooth=smooth)
-    problem = (X, T, m_over_n, masks, Ls, lams)
+    size = min(G * R, max_lanes or G * R)
     run = dict(max_iter=max_iter, tol=tol, shrink=shrink, smooth=smooth)
+    if widths is None and order is None:  # (prefix widths: programs by the masks' widths)
+        compile_ahead(X, y, n_classes, lams, masks, size=size, **run)
+    T, m_over_n, Ls, theta0 = ahead.call(_masks_setup, X, y, n_classes, masks, order)
+    state = ahead.call(_lanes_start, theta0, n=G * R, smooth=smooth)
+    problem = (X, T, m_over_n, masks, Ls, lams)
     if widths is None:
-        size = min(G * R, max_lanes or G * R)
         state = _lanes_rounds(problem, state, np.arange(G * R), size, None, **run)
     else:
         del run["shrink"]  # chunks of two sizes replace the shrinking batch
@@ -85,7 +87,29 @@ def fit_masks(
                 cap = min(cap, lanes_within(batch_elements, X.shape[0], int(width), K))
             sizes = chunk_sizes(int(width), len(active), cap, X.shape[0])
             state = _chunked_rounds(problem, state, active, sizes, int(width), **run)
-    return _lanes_result(state, tol, shape=(G, R, K))
+    return ahead.call(_lanes_result, state, tol, shape=(G, R, K))
+
+
+def compile_ahead(X, y, n_classes, lams, masks, *, size, max_iter, tol, shrink, smooth) -> None:
+    """Starts the compiles of `fit_masks`' programs at full width (ahead.py) for arrays of
+    these shapes (arrays or ShapeDtypeStructs): the batch at `size` and at every size it
+    can shrink to (powers of two up to size / shrink), which used to compile in the middle
+    of the rounds, whether the rounds reach them or not."""
+    if not ahead.enabled():
+        return
+    G, R, K = masks.shape[0], lams.shape[0], n_columns(n_classes)
+    ahead.submit(_masks_setup, X, y, n_classes, masks, None)
+    setup = partial(_masks_setup, n_classes=n_classes)
+    T, m_over_n, Ls, theta0 = jax.eval_shape(setup, X, y, masks=masks, order=None)
+    ahead.submit(_lanes_start, theta0, n=G * R, smooth=smooth)
+    state = jax.eval_shape(partial(_lanes_start, n=G * R, smooth=smooth), theta0)
+    problem = (X, T, m_over_n, masks, Ls, lams)
+    top = size // shrink  # the batch shrinks once its lanes are this few
+    for n in [size] + [1 << b for b in range(_pow2(top).bit_length() if top else 0)]:
+        idx = jax.ShapeDtypeStruct((n,), np.int32)
+        args = (problem, state, idx, idx, max_iter, tol)
+        ahead.submit(_lanes_step, *args, smooth=smooth, width=None)
+    ahead.submit(_lanes_result, state, tol, shape=(G, R, K))
 
 
 def lanes_within(elements: int, n_rows: int, width: int, K: int) -> int:
@@ -161,7 +185,8 @@ def _step_lanes(problem, state, take, size, width, max_iter, tol, smooth):
     idx = jax.device_put(np.resize(take, size))
     # The repeats are not stored: their index is out of range, and the scatter drops it.
     stored = jax.device_put(np.append(take, np.full(size - len(take), len(state.n_iter))))
-    return _lanes_step(problem, state, idx, stored, max_iter, tol, smooth=smooth, width=width)
+    args = (problem, state, idx, stored, max_iter, tol)
+    return ahead.call(_lanes_step, *args, smooth=smooth, width=width)
 
 
 def _pow2(n: int) -> int:

@@ -13,10 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spin_jax import probes, slp
+from spin_jax import ahead, probes, slp
 from spin_jax.columns import store_layer
 from spin_jax.devices import n_devices, round_up, shard_problems, solver_jit
 from spin_jax.options import FitData, score, solver_dtype
+from spin_jax.store import DTYPES
 from spin_jax.streaming import layer_chunks
 
 log = logging.getLogger("spin_jax")
@@ -80,12 +81,57 @@ def fit_probe_table(data: FitData, rep: str, pool: int) -> ProbeTable:
     return ProbeTable.concat(parts)
 
 
+def compile_ahead(data: FitData, reps) -> None:
+    """Starts the compiles of every representation's probe programs (ahead.py): the solve,
+    the score of each split and the pick, for each length its chunks of layers come in."""
+    if n_devices() > 1 or not ahead.enabled():
+        return  # (several devices: the problems are sharded, and the guess would not match)
+    for rep in reps:
+        F, first = data.train.shape(rep)[-1], data.opts.first_layer(rep)
+        chunks = layer_chunks(data.opts.memory_bytes, data.train.n_rows, F, first, data.n_layers)
+        for g in dict.fromkeys(len(layers) for layers in chunks):
+            ahead.background(functools.partial(_chunk_programs, data, rep, g))
+
+
+def _chunk_programs(data: FitData, rep: str, g: int) -> None:
+    """Submits the programs of one chunk of g layers of `rep`, their shapes traced here."""
+    opts, F = data.opts, data.train.shape(rep)[-1]
+    dtype = _stored_dtype(data.train, rep)
+    if dtype is None:
+        return
+    X = jax.ShapeDtypeStruct((g, data.train.n_rows, F), dtype)
+    static = dict(
+        n_classes=data.n_classes, dtype=solver_dtype(opts), lam_grid=opts.lam_grid,
+        n_lams=opts.n_lams, lam_ratio=opts.lam_ratio, max_iter=opts.max_iter, smooth=opts.smooth,
+    )  # fmt: skip
+    args = (X, data.y, opts.tol)
+    ahead.submit(_solve_chunk, *args, **static)
+    mean, std, _, fit = jax.eval_shape(functools.partial(_solve_chunk, **static), *args)
+    scores, scoring = {}, dict(metric=data.metric, n_classes=data.n_classes)
+    for name, src, y in data.scored():
+        Xe = jax.ShapeDtypeStruct((g, src.n_rows, F), _stored_dtype(src, rep) or dtype)
+        args = (Xe, y, mean, std, fit.weights, fit.intercept)
+        ahead.submit(_score_chunk, *args, **scoring)
+        scores[name] = jax.eval_shape(functools.partial(_score_chunk, **scoring), *args)
+    ahead.submit(_pick_best, scores, fit.weights, fit.intercept, fit.n_iter)
+
+
+def _stored_dtype(src, rep: str):
+    """The dtype a read of `rep` with dtype=None returns, or None if unknown."""
+    arrays = getattr(src, "arrays", None)
+    if arrays is not None and rep in arrays:
+        return np.dtype(arrays[rep].dtype)
+    spec = getattr(src, "_spec", None)
+    return None if spec is None else np.dtype(DTYPES[spec(rep)[1]])
+
+
 def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> ProbeTable:
     """The probes of one chunk of layers: three jitted programs (solve, score per split, pick
     the best lam), so a chunk of a shape seen before compiles nothing."""
     opts = data.opts
     X = shard_problems(_problems(read_layers(data.train, rep, pool, layers)))
-    mean, std, Xs, fit = _solve_chunk(
+    mean, std, Xs, fit = ahead.call(
+        _solve_chunk,
         X,
         data.y,
         opts.tol,
@@ -100,7 +146,8 @@ def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> Prob
     slp_scores = _slp_scores(data, Xs, rep=rep, pool=pool, layers=layers, mean=mean, std=std)
     del X, Xs
     scores = {
-        name: _score_chunk(
+        name: ahead.call(
+            _score_chunk,
             _problems(read_layers(src, rep, pool, layers)),
             y,
             mean,
@@ -112,7 +159,8 @@ def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> Prob
         )
         for name, src, y in data.scored()
     }
-    picked = jax.device_get(_pick_best(scores, fit.weights, fit.intercept, fit.n_iter))
+    picked = ahead.call(_pick_best, scores, fit.weights, fit.intercept, fit.n_iter)
+    picked = jax.device_get(picked)
     return ProbeTable(
         importance=picked["importance"],
         mean=np.asarray(mean),

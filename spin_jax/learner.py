@@ -16,6 +16,7 @@ device are standardised and gathered there, with no copy through the host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -23,8 +24,8 @@ import time
 
 import numpy as np
 
-from spin_jax import probes
-from spin_jax.columns import REPS, Columns, reciprocal, standardize_columns  # noqa: F401
+from spin_jax import ahead, integration, probes
+from spin_jax.columns import REPS, Columns, padded_width, reciprocal, standardize_columns  # noqa: F401
 from spin_jax.errors import SpinError
 from spin_jax.head import Choice, SpinHead
 from spin_jax.integration import (  # noqa: F401
@@ -35,7 +36,7 @@ from spin_jax.integration import (  # noqa: F401
     kept_neurons,
     shared_width,
 )
-from spin_jax.layer_probes import ProbeTable, cached, fit_probe_table
+from spin_jax.layer_probes import ProbeTable, cached, compile_ahead, fit_probe_table
 from spin_jax.models import POOLINGS
 from spin_jax.options import (  # noqa: F401 - the learner's public names
     ETAS,
@@ -184,6 +185,7 @@ def probe_tables(data: FitData, progress: bool, checkpoint_dir) -> dict[tuple, P
     reps = sorted({r for _, rs in rep_sets(data.opts) for r in rs})
     pools = sorted({i for _, ps in pool_sets(data.opts) for i in ps})
     key = _run_key(data.opts, data.train, data.valid, data.test)
+    compile_ahead(data, reps)
     tables = {}
     bar = _progress(len(reps) * len(pools), "probes", progress)
     for rep in reps:
@@ -206,6 +208,8 @@ def integrate_all(data: FitData, tables: dict, progress: bool) -> tuple[list[Cho
     combos = [(r, p) for r in rep_sets(data.opts) for p in pool_sets(data.opts)]
     cands = [combo_candidates(data, tables, r, p) for r, p in combos]
     width = shared_width([len(c) for c in cands if len(c)], data.train.n_rows)
+    for n in dict.fromkeys(width or padded_width(len(c)) for c in cands if len(c)):
+        ahead.background(functools.partial(integration.compile_ahead, data, n, width))
     bar = _progress(len(combos), "integration", progress)
     for (rep_set, pool_set), cand in zip(combos, cands, strict=True):
         bar.set_postfix_str(f"{rep_set[0]}/{pool_set[0]}")

@@ -105,4 +105,5 @@ def pooled_dispatcher(mesh=None, host_copy: str = "put"):
                 x.copy_to_host_async()
         return out
 
+    dispatch.program = program  # what ahead.py compiles
     return dispatch

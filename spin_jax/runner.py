@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spin_jax import ahead
 from spin_jax.batching import backend_plan, compile_tokens
 from spin_jax.devices import default_mesh, device_sharding, mesh_put, replicate
 from spin_jax.errors import StoreError
@@ -133,10 +134,12 @@ class BatchRunner:
             backend, lengths, self.max_length, self.token_budget, multiple, cost,
             frozenset(known),
         )  # fmt: skip
+        compiling = self._compile_ahead(plan, known)
         known.update((blen, size) for _, blen, size in plan)
         pending = deque()
         start = time.perf_counter()
         for local, blen, size in plan:
+            ahead.wait(compiling.pop((blen, size), None))
             batch = [ids[rows[i]] for i in local]
             # Fill the batch to its static size with one-token rows that are dropped later.
             batch += [np.array([self.pad_id], np.int32)] * (size - len(batch))
@@ -150,6 +153,20 @@ class BatchRunner:
             self._collect(pending.popleft(), out)
         self.summary.rows += len(rows)
         self.summary.seconds += time.perf_counter() - start
+        return out
+
+    def _compile_ahead(self, plan, known) -> dict:
+        """{(length, rows): its compile}, started for each batch shape of the plan that
+        this program has not run yet, so they compile side by side (ahead.py)."""
+        shapes = dict.fromkeys((blen, size) for _, blen, size in plan if (blen, size) not in known)
+        sharding = None
+        if self.mesh is not None:  # as mesh_put places a batch
+            spec = jax.sharding.PartitionSpec("data", None)
+            sharding = jax.sharding.NamedSharding(self.mesh, spec)
+        out = {}
+        for blen, size in shapes:
+            batch = jax.ShapeDtypeStruct((size, blen), np.int32, sharding=sharding)
+            out[blen, size] = ahead.submit(self.dispatch, self.params, batch, batch, self.aux)
         return out
 
     def _buffers(self, n: int, specs) -> dict:
