@@ -5,11 +5,13 @@ chunks, integration's lane batches) hands them here before its first call. XLA c
 with the GIL released, so the programs compile at once on the host's cores, and beside the
 device's work, instead of one after another at their first calls. A compiled program lands
 in jit's own cache: the later call with arrays of the same shapes, dtypes and placement
-compiles nothing (tests/test_compiles.py counts). A guess that does not match costs only
+compiles nothing (tests/test_ahead.py counts). A guess that does not match costs only
 host time: the real call compiles as it would have.
 
-On by default for an accelerator, off for a CPU backend (`enabled`); SPIN_JAX_COMPILE_AHEAD=0
-turns it off (each program then compiles at its first call), =1 on for any backend.
+Off by default: on one H200 the MiniLM-size learner (13600 + 3400 rows, cold) took 15.6
+and 20.2 s with it against 19.2 and 16.7 s without, the parallel compiles each slower (their
+seconds summed to 20-45 against 8-10) and integration's speculative batch sizes compiled
+for nothing (benchmarks/RESULTS.md, session 14). SPIN_JAX_COMPILE_AHEAD=1 turns it on.
 """
 
 from __future__ import annotations
@@ -30,13 +32,10 @@ MAX_WORKERS = 8
 
 
 def enabled() -> bool:
-    """On for an accelerator: there the host's cores compile while the device works. On a
-    CPU backend those cores run the programs themselves: a CPU extraction of the demo's
-    reviews took 6.4 s with its 6 programs compiled ahead against 5.6 s without, 2 cores."""
-    given = os.environ.get(ENV, "").lower()
-    if given in ("0", "false", "no", "off", "1", "true", "yes", "on"):
-        return given in ("1", "true", "yes", "on")
-    return jax.default_backend() != "cpu"
+    """Only when asked (SPIN_JAX_COMPILE_AHEAD=1). On a CPU backend it cannot pay: the
+    host's cores run the programs (the demo's extraction took 6.4 s with its 6 programs
+    compiled ahead against 5.6 s without, 2 cores); on a GPU it measured no gain (above)."""
+    return os.environ.get(ENV, "").lower() in ("1", "true", "yes", "on")
 
 
 @functools.cache
