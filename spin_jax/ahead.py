@@ -64,8 +64,10 @@ def _jitted(fn):
 def submit(fn, *args, **kwargs) -> Future | None:
     """Compiles `fn(*args, **kwargs)` in a worker thread (args may be ShapeDtypeStructs);
     None if compiling ahead is off or fn is not a jitted program."""
+    if not enabled():  # first: `call` runs this at every lane step
+        return None
     found = _jitted(fn)
-    if found is None or not enabled():
+    if found is None:
         return None
     jitted, static = found
     kwargs = {**static, **kwargs}

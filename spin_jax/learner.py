@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from spin_jax import ahead, integration, probes
+from spin_jax import ahead, integration, layer_probes, probes
 from spin_jax.columns import REPS, Columns, padded_width, reciprocal, standardize_columns  # noqa: F401
 from spin_jax.errors import SpinError
 from spin_jax.head import Choice, SpinHead
@@ -36,7 +36,7 @@ from spin_jax.integration import (  # noqa: F401
     kept_neurons,
     shared_width,
 )
-from spin_jax.layer_probes import ProbeTable, cached, compile_ahead, fit_probe_table
+from spin_jax.layer_probes import ProbeTable, cached, fit_probe_table
 from spin_jax.models import POOLINGS
 from spin_jax.options import (  # noqa: F401 - the learner's public names
     ETAS,
@@ -185,7 +185,7 @@ def probe_tables(data: FitData, progress: bool, checkpoint_dir) -> dict[tuple, P
     reps = sorted({r for _, rs in rep_sets(data.opts) for r in rs})
     pools = sorted({i for _, ps in pool_sets(data.opts) for i in ps})
     key = _run_key(data.opts, data.train, data.valid, data.test)
-    compile_ahead(data, reps)
+    layer_probes.compile_ahead(data, reps)
     tables = {}
     bar = _progress(len(reps) * len(pools), "probes", progress)
     for rep in reps:

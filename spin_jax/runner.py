@@ -158,6 +158,8 @@ class BatchRunner:
     def _compile_ahead(self, plan, known) -> dict:
         """{(length, rows): its compile}, started for each batch shape of the plan that
         this program has not run yet, so they compile side by side (ahead.py)."""
+        if not ahead.enabled():
+            return {}
         shapes = dict.fromkeys((blen, size) for _, blen, size in plan if (blen, size) not in known)
         sharding = None
         if self.mesh is not None:  # as mesh_put places a batch
