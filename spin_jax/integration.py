@@ -25,11 +25,6 @@ LANE_BATCH_ELEMENTS = 1 << 28
 # quarter (measured 7% slower than halving on a step-bound fit, with half the compiles).
 LANE_SHRINK = {"cpu": 4}
 LANE_SHRINK_ACCELERATOR = 16
-# Past this many elements in a full batch's products (lanes x N x width) a padded lane
-# costs more than a compile: a GPT2-XL group's batch of 459 lanes x 20000 x 65536 took
-# ~0.4 s a round on an H200, and its weak lams' last ~400 lanes ran padded to 833 lanes in
-# a band (benchmarks/RESULTS.md, session 15). There a batch half empty runs at a smaller size.
-LARGE_BATCH_ELEMENTS = 1 << 38
 
 
 def kept_neurons(importance: np.ndarray, eta: float) -> np.ndarray:
@@ -149,17 +144,20 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     E = len(opts.etas)
     masks = integration_masks(cand, E, depths(data), width).reshape(E * D, -1)
     G, Xtr, Xv = len(masks), _pad_cols(Xtr, width), _pad_cols(Xv, width)
-    if by_eta(n_devices(), *Xtr.shape):
-        Xtr, Xv = _to_device(Xtr, solver_dtype(opts)), _to_device(Xv, jnp.float32)
-        lams = _lams(data, Xtr, masks[-1])
-        return (*_integrate_by_eta(data, Xtr, Xv, cand, masks, lams), np.asarray(lams))
     order = widths = None
     if by_width(n_devices(), *Xtr.shape):  # each mask's columns in a short prefix (`column_order`)
         order = column_order(cand, masks.shape[1], E)
         Xtr, Xv, masks = Xtr[:, order], Xv[:, order], masks[:, order]
         widths = prefix_widths(masks)
     Xtr, Xv = _to_device(Xtr, solver_dtype(opts)), _to_device(Xv, jnp.float32)
-    lams = _lams(data, Xtr, masks[-1])
+    # device_put, not jnp.asarray: jax compiles a program per shape to stage numpy input.
+    last = jax.device_put(masks[-1].astype(np.float32))  # the widest: layers up to the last k
+    if opts.lam_grid == "paper":
+        lams = jax.device_put(probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0]))
+    else:
+        lams = probes.default_lams(
+            Xtr, data.y, data.n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=last
+        )
     masks = np.pad(masks, ((0, round_up(G, n_devices()) - G), (0, 0)), mode="edge")
     masks = shard_problems(jax.device_put(masks.astype(np.float32)))
     scoring = dict(shape=(G, E, D), metric=data.metric, n_classes=data.n_classes)
@@ -173,108 +171,6 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     if order is not None:  # the weights back in the candidates' order
         fit = fit.replace(weights=fit.weights[..., np.argsort(order), :])
     return scores, fit, used, np.asarray(lams)
-
-
-def _lams(data: FitData, Xtr, widest: np.ndarray):
-    """The lams [R] of a group's lanes; widest: the mask of layers up to the last k."""
-    if data.opts.lam_grid == "paper":
-        return jax.device_put(probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0]))
-    # device_put, not jnp.asarray: jax compiles a program per shape to stage numpy input.
-    last = jax.device_put(widest.astype(np.float32))
-    opts = data.opts
-    return probes.default_lams(
-        Xtr, data.y, data.n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=last
-    )
-
-
-# On an accelerator, once X holds this many elements (rows x padded width), the etas are
-# integrated in bands (`eta_bands`), each band's lanes on a copy of X cut to the columns its
-# largest eta keeps (`eta_order`, padded to a power of two). At full width every lane steps
-# every candidate column, most of them masked out; a lane's step is bound by the products'
-# arithmetic while a call holds a few hundred lanes, and by reading X below that (an H200:
-# benchmarks/profile_lanes.py), so a band of all etas' lanes at a narrower width gains and
-# a band of one eta's few lanes barely does (benchmarks/lane_widths.py). Below this size a
-# full-width step is bound by its launches.
-# Off: on the H200 a GPT2-XL-shaped group stepped 1.19x faster in bands but compiled 7 s
-# more and assembled its weights on the host for 2.5 s (RESULTS.md, session 15).
-BY_ETA: dict = {}
-# At most this many bands, each new one kept only if it cuts the lanes x columns stepped to
-# BAND_GAIN of what fewer bands step: each band's width compiles its lane programs.
-MAX_BANDS = 3
-BAND_GAIN = 0.8
-
-
-def by_eta(devices: int, n_rows: int, width: int) -> bool:
-    least = BY_ETA.get(jax.default_backend())
-    return devices == 1 and least is not None and n_rows * width >= least
-
-
-def eta_bands(widths) -> list[list[int]]:
-    """Consecutive etas in bands, for each eta's padded width (growing with eta): the bands
-    whose lanes x widths summed (a band steps all its lanes at its last eta's width) are
-    least, with up to MAX_BANDS bands where each one more cuts that to BAND_GAIN."""
-    E = len(widths)
-
-    def best(n: int, end: int) -> tuple[float, list]:  # etas [0, end) in n bands
-        if n == 1:
-            return end * widths[end - 1], [list(range(end))]
-        options = []
-        for cut in range(n - 1, end):
-            cost, bands = best(n - 1, cut)
-            options.append((cost + (end - cut) * widths[end - 1], [*bands, list(range(cut, end))]))
-        return min(options, key=lambda o: o[0])
-
-    cost, bands = best(1, E)
-    for n in range(2, min(MAX_BANDS, E) + 1):
-        c, b = best(n, E)
-        if c > BAND_GAIN * cost:
-            break
-        cost, bands = c, b
-    return bands
-
-
-def _integrate_by_eta(data: FitData, Xtr, Xv, cand: Columns, masks: np.ndarray, lams):
-    """`integrate`'s scores, fit and neurons used, by bands of etas (`eta_bands`)."""
-    E, M, R, K = len(data.opts.etas), Xtr.shape[1], len(lams), probes.n_columns(data.n_classes)
-    D = len(masks) // E
-    scores, used = np.zeros((E, D, R), np.float32), np.zeros((E, D, R), np.int64)
-    fit = probes.ProbeFit(
-        np.zeros((E, D, R, M, K), np.float32), np.zeros((E, D, R, K), np.float32),
-        np.zeros((E, D, R), np.int32), np.zeros((E, D, R), bool),
-    )  # fmt: skip
-    orders = [eta_order(cand, M, e) for e in range(E)]
-    widths = [int(prefix_widths(masks[e * D : (e + 1) * D][:, orders[e]]).max()) for e in range(E)]
-    for band in eta_bands(widths):
-        cols = orders[band[-1]][: widths[band[-1]]]
-        m = masks[band[0] * D : (band[-1] + 1) * D][:, cols]
-        idx = jax.device_put(cols.astype(np.int32))
-        fit_b = _fit_band(_columns(Xtr, idx), data, lams, m, idx)
-        scoring = dict(shape=(len(m), len(band), D), metric=data.metric, n_classes=data.n_classes)
-        s, f, u = jax.device_get(_score_masks(_columns(Xv, idx), data.yv, fit_b, **scoring))
-        for i, e in enumerate(band):
-            scores[e], used[e] = s[i], u[i]
-            fit.weights[e][:, :, cols] = f.weights[i]
-            fit.intercept[e], fit.n_iter[e] = f.intercept[i], f.n_iter[i]
-            fit.converged[e] = f.converged[i]
-    return scores, fit, used
-
-
-def _fit_band(X, data: FitData, lams, masks: np.ndarray, cols) -> probes.ProbeFit:
-    """`lanes.fit_masks` of a band's masks [G, width] on its columns X [N, width], which
-    are the candidates' columns cols [width] (so the lanes' Lipschitz constants are those
-    at full width)."""
-    max_lanes, shrink = _lane_batches(X.shape, len(masks), len(lams), data.n_classes)
-    opts = data.opts
-    return lanes.fit_masks(
-        X, data.y, data.n_classes, lams, jax.device_put(masks.astype(np.float32)),
-        max_iter=opts.max_iter, tol=opts.tol, smooth=opts.smooth, max_lanes=max_lanes,
-        shrink=shrink, order=cols,
-    )  # fmt: skip
-
-
-@solver_jit
-def _columns(X, idx):
-    return jnp.take(X, idx, axis=1)
 
 
 # On one device each mask's lanes are stepped on only the columns up to its last kept one
@@ -302,13 +198,6 @@ def column_order(cand: Columns, width: int, n_etas: int) -> np.ndarray:
     by layer alone (all ranks) made it every eta's columns of those layers."""
     rank = np.pad(cand.eta_rank, (0, width - len(cand)), constant_values=n_etas)
     return np.lexsort((_padded_layers(cand, width), rank))
-
-
-def eta_order(cand: Columns, width: int, e: int) -> np.ndarray:
-    """The `width` padded columns with those kept at eta e first, by layer, then the rest:
-    there the mask (eta e, k) is the prefix of its own columns."""
-    rank = np.pad(cand.eta_rank, (0, width - len(cand)), constant_values=np.iinfo(np.int32).max)
-    return np.lexsort((_padded_layers(cand, width), rank > e))
 
 
 def prefix_widths(masks: np.ndarray) -> np.ndarray:
@@ -375,8 +264,6 @@ def _lane_batches(shape, n_masks: int, n_lams: int, n_classes: int) -> tuple[int
     N, M = shape
     max_lanes = lanes.lanes_within(LANE_BATCH_ELEMENTS, N, M, probes.n_columns(n_classes))
     shrink = LANE_SHRINK.get(jax.default_backend(), LANE_SHRINK_ACCELERATOR)
-    if min(max_lanes, n_masks * n_lams) * N * M >= LARGE_BATCH_ELEMENTS:
-        shrink = 2
     if n_masks * n_lams * N * M < NO_SHRINK_ELEMENTS:
         shrink = 1 << 62  # all rounds at one batch size: one compile, cheap steps
     return max_lanes, shrink
@@ -386,10 +273,8 @@ def compile_ahead(data: FitData, n_cand: int, width: int | None) -> None:
     """Starts the compiles of one group's integration programs (ahead.py) at full width,
     from its shapes alone: a group of a width not seen yet then waits for none of them."""
     N, M = data.train.n_rows, width or padded_width(n_cand)
-    if n_devices() > 1 or not ahead.enabled() or by_width(1, N, M) or by_eta(1, N, M):
-        return  # (prefix widths, by eta: their programs depend on the masks)
-    if not n_cand:
-        return
+    if n_devices() > 1 or not ahead.enabled() or by_width(1, N, M) or not n_cand:
+        return  # (prefix widths: their programs depend on the masks)
     opts, D = data.opts, len(depths(data))
     G, K = len(opts.etas) * D, probes.n_columns(data.n_classes)
     R = len(probes.PAPER_C_GRID) if opts.lam_grid == "paper" else opts.n_lams

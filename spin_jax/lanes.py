@@ -50,14 +50,14 @@ def fit_masks(
     mask of masks [G, F] (0/1) at every lam of lams [R].
 
     Each (mask, lam) pair is a lane with its own FISTA state; at most max_lanes lanes are
-    stepped together (memory). A batch of at most 1/shrink of that many lanes runs at the
-    next power of two: each new size is one more compile, so a fast device, where a
-    compile costs more than the steps it saves, wants a larger `shrink`.
+    stepped together (memory). The batch shrinks to the next power of two once the active
+    lanes are 1/shrink of it: each new size is one more compile, so a fast device, where
+    a compile costs more than the steps it saves, wants a larger `shrink`.
     widths [G] (optional): each mask is zero beyond its first widths[g] columns, so its
     lanes are stepped on that prefix of X alone, in chunks of two sizes per width (`chunks`),
     so that a few programs serve every width and problem count; batch_elements (optional)
     bounds a chunk's per-lane work as `lanes_within` counts it.
-    order [F] (optional): X's columns are these columns of another layout (`_lipschitz`).
+    order [F] (optional): X's columns are another layout's in this order (see `_lipschitz`).
     Returns ProbeFit with weights [G, R, F, K], intercept [G, R, K], n_iter and converged
     [G, R]: the same solutions as `fit_path` per mask.
     """
@@ -200,13 +200,12 @@ def _lanes_rounds(problem, state, active, size, width, *, max_iter, tol, shrink,
         # Lanes at equal counts share a batch: a fresh lane does not wait on a slow one.
         active = active[np.argsort(steps[active], kind="stable")]
         take = active[:size]
-        # A short batch (the last lanes) runs at a smaller size, one more compile, once the
-        # padding would be most of it.
-        batch = _pow2(len(take)) if len(take) <= size // shrink else size
-        state, k, change = _step_lanes(problem, state, take, batch, width, max_iter, tol, smooth)
+        state, k, change = _step_lanes(problem, state, take, size, width, max_iter, tol, smooth)
         k, change = np.asarray(k)[: len(take)], np.asarray(change)[: len(take)]
         steps[take] = k
         active = np.concatenate([take[(k < max_iter) & (change > tol)], active[size:]])
+        if 0 < len(active) <= size // shrink:
+            size = _pow2(len(active))
     return state
 
 

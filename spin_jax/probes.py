@@ -245,9 +245,8 @@ def lipschitz(X: Array, rowmask: Array | None = None, n_classes: int = 2) -> Arr
 
 def _lipschitz(Xm: Array, m: Array, f: Array, n_classes: int, order=None, XT=None) -> Array:
     """As `lipschitz`, for X with padded rows zeroed and feature mask f [F] (0/1). order
-    [F]: X's columns are those columns of another layout (all of them reordered, or a
-    subset); where the others are masked out, the power iteration starts from the same
-    vector as in that layout, so both find the same constant. XT: the
+    [F]: X's columns are those of another layout in this order; the power iteration starts
+    from the same vector as in that layout, so both find the same constant. XT: the
     caller's `transposed(Xm)`, if it has one (else made here)."""
 
     XT = transposed(Xm) if XT is None else XT
@@ -262,11 +261,9 @@ def _lipschitz(Xm: Array, m: Array, f: Array, n_classes: int, order=None, XT=Non
         return w / jnp.linalg.norm(w)
 
     # A fixed random start: deterministic, yet almost surely not orthogonal to the top vector.
-    # Each column's entry is drawn from its index in the other layout, so that any order or
-    # subset of its columns starts from the same vector there (the rest are masked out).
-    index = jnp.arange(Xm.shape[1]) if order is None else order
-    v0 = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(jax.random.key(0), j)))(index)
-    v0 = jnp.append(v0, jax.random.normal(jax.random.key(1)))
+    v0 = jax.random.normal(jax.random.key(0), (Xm.shape[1] + 1,), jnp.float32)
+    if order is not None:
+        v0 = jnp.append(v0[:-1][order], v0[-1])
     v = jax.lax.fori_loop(0, _POWER_ITERS, body, v0 / jnp.linalg.norm(v0))
     sigma2 = v @ apply(v)  # Rayleigh quotient of A^T A: <= ||A||_2^2, converging to it
     curvature = 0.25 if n_classes == 2 else 0.5

@@ -54,39 +54,6 @@ def test_prefix_widths_fit_like_the_full_width(monkeypatch):
     assert_same_fit(valid, unsorted, by_width, atol=1e-5)
 
 
-def test_each_eta_on_its_columns_fits_like_the_full_width(monkeypatch):
-    """By eta (accelerators at scale): each eta's lanes on X cut to the columns it keeps,
-    in layer order, against every lane at the full padded width."""
-    train, valid, test = splits(planted, ("neg", "pos"))
-    monkeypatch.setattr(integration, "BY_WIDTH", {})
-    opts = SpinOptions(**{**FAST, "etas": (0.1, 0.5, 0.99)}, representations=("both",),
-                       poolings=("all",))  # fmt: skip
-    full = fit_spin(train, valid, test, opts)
-    widths = []
-    real = integration._fit_band
-    monkeypatch.setattr(
-        integration, "_fit_band", lambda X, *a: widths.append(X.shape[1]) or real(X, *a)
-    )
-    monkeypatch.setattr(integration, "BY_ETA", {jax.default_backend(): 0})
-    monkeypatch.setattr(integration, "BAND_GAIN", 1.0)  # a band per eta
-    by_eta = fit_spin(train, valid, test, opts)
-    assert len(widths) == 3 and widths[0] < widths[-1]  # a small eta's copy is narrower
-    assert full[1]["chosen"] == by_eta[1]["chosen"]
-    # The same Lipschitz constants (the power iteration starts from each column's own entry
-    # of one vector), so the same steps: the solutions agree to the products' rounding.
-    assert_same_fit(valid, full, by_eta, atol=1e-5)
-    grid, grid_e = ([(r["valid"], r["n_iter"]) for r in f[1]["grid"]] for f in (full, by_eta))
-    np.testing.assert_allclose(grid_e, grid, atol=1e-6)
-
-
-def test_eta_bands():
-    # Bands of consecutive etas, each stepped at its last eta's width: the cheapest split.
-    widths = [128, 128, 1024, 4096, 8192, 16384, 32768, 32768, 32768, 65536]
-    assert integration.eta_bands(widths) == [[0, 1, 2, 3, 4], [5, 6, 7, 8], [9]]
-    assert integration.eta_bands([4096] * 4) == [[0, 1, 2, 3]]  # no band would save
-    assert integration.eta_bands([1024]) == [[0]]
-
-
 def assert_same_fit(valid, first, second, atol=1e-3):
     (head, report), (head_s, report_s) = first, second
     # The same problems: on a GPU the products' rounding order differs with the width, so
