@@ -4,7 +4,7 @@ seconds and solver iterations of the default recipe at each cap, same splits.
 The weak lams of the paper's C grid (C = 10, 100: lam = 1 / (C N)) barely regularise, so on
 separable features their solves never meet tol and run to max_iter; on a GPU at GPT2-XL
 size they are most of integration's time (benchmarks/RESULTS.md). Problems and splits are
-recipes.py's (the shipped reviews through MiniLM, the planted ones); every fit reads its
+recipes.py's (the shipped reviews and tweets through MiniLM, the planted ones); every fit reads its
 programs from the compilation cache after the first of its shapes.
 
     PYTHONPATH=. python benchmarks/iteration_cap.py --caps 1000,300,100 --seeds 3
