@@ -2,15 +2,18 @@
 
 One run per device count, each in a fresh process that sees only that many devices
 (CUDA_VISIBLE_DEVICES on GPU; --xla_force_host_platform_device_count on CPU). A run builds a
-random-weight GPT2-XL-shaped model (bf16), extracts every layer's pooled features of an
+random-weight model of a real one's shape (bf16; `--model` gpt2-xl, bert-base or
+flan-t5-base), extracts every layer's pooled features of an
 IMDb-like length mix of token ids (train and validation; labels depend on the first token, so
 the probes have something to find) with spin_jax's extraction program, data-parallel over
 all devices, then runs `learner.fit_spin` (probes and integration sharded over the devices).
 Reported per device count: seconds of each stage, extraction rows/s per device, and the
 scaling efficiency against one device, t_1 / (n * t_n). Extraction is timed after a warm-up
 pass; the fit's seconds include its compilation (one program per probe group and per
-integration run, as a user's first fit pays it). The validation score should not depend on
-the device count.
+integration run, as a user's first fit pays it). Then the chosen head evaluates the test
+split (`--n-test`, 25000 by default) as `spin-jax evaluate` would: its first k blocks and
+its kept neurons only, compiles counted. The validation score should not depend on the
+device count.
 
     python benchmarks/fit_scaling.py --devices 1,2,4,8          # GPUs, GPT2-XL shape
     python benchmarks/fit_scaling.py --devices 1,8 --quick      # CPU: 8 simulated devices
@@ -33,8 +36,23 @@ import sys
 import time
 from types import SimpleNamespace
 
-GPT2_XL = dict(n_embd=1600, n_layer=48, n_head=25)
-TINY = dict(n_embd=64, n_layer=3, n_head=4, n_inner=128)
+# The model shapes (HF config.json fields), random weights in bf16. --quick shrinks each.
+SHAPES = {
+    "gpt2-xl": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=1600,
+                    n_layer=48, n_head=25),
+    "bert-base": dict(model_type="bert", vocab_size=30522, max_position_embeddings=512,
+                      hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                      intermediate_size=3072),
+    "flan-t5-base": dict(model_type="t5", vocab_size=32128, d_model=768, d_kv=64,
+                         num_heads=12, d_ff=2048, num_layers=12,
+                         feed_forward_proj="gated-gelu"),
+}  # fmt: skip
+TINY = {
+    "gpt2-xl": dict(n_embd=64, n_layer=3, n_head=4, n_inner=128),
+    "bert-base": dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                      intermediate_size=128),
+    "flan-t5-base": dict(d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2),
+}  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -42,6 +60,14 @@ def parse_args(argv=None):
     p.add_argument("--devices", default="1,2,4,8", help="device counts, one run each")
     p.add_argument("--n-train", type=int, default=None, help="default 20000 (quick 400)")
     p.add_argument("--n-valid", type=int, default=None, help="default 5000 (quick 100)")
+    p.add_argument(
+        "--n-test",
+        type=int,
+        default=None,
+        help="texts evaluated with the chosen head after the fit (only its k blocks and kept "
+        "neurons); default 25000 (quick 100), 0 for none",
+    )
+    p.add_argument("--model", choices=sorted(SHAPES), default="gpt2-xl", help="the shape")
     p.add_argument(
         "--token-budget",
         type=int,
@@ -62,6 +88,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.n_train = args.n_train or (400 if args.quick else 20000)
     args.n_valid = args.n_valid or (100 if args.quick else 5000)
+    if args.n_test is None:
+        args.n_test = 100 if args.quick else 25000
     args.token_budget = args.token_budget or (1024 if args.quick else None)
     return args
 
@@ -75,8 +103,8 @@ def build_model(args):
 
     from spin_jax.models import config_from_hf, param_shapes
 
-    shape = TINY if args.quick else GPT2_XL
-    config = config_from_hf(dict(model_type="gpt2", vocab_size=50257, n_positions=1024, **shape))
+    shape = {**SHAPES[args.model], **(TINY[args.model] if args.quick else {})}
+    config = config_from_hf(shape)
     keys = iter(jax.random.split(jax.random.key(args.seed), 1024))
     params = jax.tree.map(
         lambda s: (0.02 * jax.random.normal(next(keys), s.shape)).astype(jnp.bfloat16),
@@ -119,6 +147,21 @@ def extract_split(model, ids, labels, args):
     return MemoryFeatures(arrays, labels, ["even", "odd"], {}), runner.summary
 
 
+def evaluate(model, head, ids, labels) -> float | None:
+    """Test accuracy of the chosen head on ids, as `spin-jax evaluate` runs it: its first k
+    blocks, its kept neurons (None when there are no test rows)."""
+    import numpy as np
+
+    from spin_jax.extraction import TOKEN_BUDGET
+    from spin_jax.inference import heads_logits_of_ids
+
+    if not len(ids):
+        return None
+    (logits,) = heads_logits_of_ids(model, [head], ids, max_length=512, token_budget=TOKEN_BUDGET)
+    pred = logits[:, 0] > 0 if logits.shape[1] == 1 else logits.argmax(1)
+    return float(np.mean(pred == labels))
+
+
 def on_device(src):
     """MemoryFeatures copied to the accelerator as DeviceFeatures (waited for)."""
     import jax
@@ -152,7 +195,8 @@ def worker(args) -> dict:
     model = build_model(args)
     vocab, mean = model.config.vocab_size, 50 if args.quick else 300
     splits = [make_split(n, vocab, 512, mean, args.seed + i) for i, n in
-              enumerate((args.n_train, args.n_valid))]  # fmt: skip
+              enumerate((args.n_train, args.n_valid, args.n_test))]  # fmt: skip
+    test = splits.pop()
     extract_s, warmup_s, rows, tokens, feats = 0.0, 0.0, 0, 0, []
     for ids, labels in splits:
         # One warm-up pass over a few rows compiles most bucket shapes out of the timing;
@@ -173,9 +217,14 @@ def worker(args) -> dict:
         to_device_s = time.perf_counter() - t
     compiles = count_compiles()
     t = time.perf_counter()
-    _, report = fit_spin(feats[0], feats[1], opts=SpinOptions(), progress=args.progress)
+    head, report = fit_spin(feats[0], feats[1], opts=SpinOptions(), progress=args.progress)
     fit_s = time.perf_counter() - t
+    n_programs = len(compiles)
+    t = time.perf_counter()
+    accuracy = evaluate(model, head, *test)
+    eval_s = time.perf_counter() - t
     return dict(
+        model=args.model,
         placement=args.placement,
         to_device_s=to_device_s,
         devices=jax.device_count(),
@@ -185,8 +234,14 @@ def worker(args) -> dict:
         extract_s=extract_s,
         warmup_s=warmup_s,
         fit_s=fit_s,
-        fit_programs=len(compiles),
-        fit_compile_s=sum(compiles),
+        fit_programs=n_programs,
+        fit_compile_s=sum(compiles[:n_programs]),
+        test_rows=len(test[0]),
+        eval_s=eval_s,
+        eval_programs=len(compiles) - n_programs,
+        test=accuracy,
+        head_layers=head.num_layers,
+        head_neurons=len(head.rep),
         stage_s=report["times"],
         valid=report["spin"]["valid"],
         chosen=report["chosen"],
@@ -214,17 +269,19 @@ def table(runs: list[dict]) -> str:
     base = runs[0]
     lines = [
         "| devices | extract s | rows/s per device | extract eff. | fit s | whole s | "
-        "whole eff. | valid |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "whole eff. | valid | evaluate s (rows) | test |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     whole0 = base["extract_s"] + base["fit_s"]
     for r in runs:
         n, whole = r["devices"], r["extract_s"] + r["fit_s"]
         scale = n / base["devices"]
+        test = "" if r["test"] is None else f"{r['test']:.3f}"
         lines.append(
             f"| {n} | {r['extract_s']:.1f} | {r['rows'] / r['extract_s'] / n:,.1f} | "
             f"{base['extract_s'] / (scale * r['extract_s']):.0%} | {r['fit_s']:.1f} | "
-            f"{whole:.1f} | {whole0 / (scale * whole):.0%} | {r['valid']:.3f} |"
+            f"{whole:.1f} | {whole0 / (scale * whole):.0%} | {r['valid']:.3f} | "
+            f"{r['eval_s']:.1f} ({r['test_rows']}) | {test} |"
         )
     return "\n".join(lines)
 
@@ -246,7 +303,8 @@ def main(argv=None):
     print(f"command: python benchmarks/fit_scaling.py {' '.join(argv)}")
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(
-        f"device: {runs[0]['device_kind']}; rows {runs[0]['rows']}, tokens {runs[0]['tokens']}; "
+        f"model: {args.model} shape; device: {runs[0]['device_kind']}; "
+        f"rows {runs[0]['rows']}, tokens {runs[0]['tokens']}; "
         f"features read from the {args.placement}"
     )
     print()

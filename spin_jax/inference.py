@@ -99,6 +99,15 @@ def run_texts(model, fn, aux, texts, *, k, widths, max_length, token_budget):
         return [np.empty((0, w), np.float32) for w in widths]
     ids, truncated = encode(model.tokenizer, texts, max_length)
     warn_truncated(truncated, len(texts), max_length)
+    return run_ids(model, fn, aux, ids, k=k, widths=widths, max_length=max_length,
+                   token_budget=token_budget)  # fmt: skip
+
+
+def run_ids(model, fn, aux, ids, *, k, widths, max_length, token_budget):
+    """`run_texts` on token ids already encoded (a list of int arrays, at most max_length
+    each): what a benchmark without a tokenizer evaluates with."""
+    if not len(ids):
+        return [np.empty((0, w), np.float32) for w in widths]
     static = dict(config=model.config, k=k)
 
     def build(mesh):
@@ -109,19 +118,27 @@ def run_texts(model, fn, aux, texts, *, k, widths, max_length, token_budget):
     return list(runner.run_rows(ids, np.arange(len(ids)), specs).values())
 
 
-def heads_logits(model, heads, texts, *, max_length, token_budget) -> list[np.ndarray]:
-    """Each head's logits [N, K] of the texts: the first max(num_layers) blocks run once
-    per batch, and each head reads its own kept neurons from that one forward."""
-    return run_texts(
-        model,
-        _heads_logits,
-        tuple(selection(h) for h in heads),
-        texts,
+def _heads_call(heads) -> dict:
+    """`run_texts` / `run_ids` arguments for the heads' logits: the first max(num_layers)
+    blocks run once per batch, and each head reads its own kept neurons from it."""
+    return dict(
+        fn=_heads_logits,
+        aux=tuple(selection(h) for h in heads),
         k=max(h.num_layers for h in heads),
         widths=[h.weights.shape[1] for h in heads],
-        max_length=max_length,
-        token_budget=token_budget,
     )
+
+
+def heads_logits(model, heads, texts, *, max_length, token_budget) -> list[np.ndarray]:
+    """Each head's logits [N, K] of the texts, from one forward (`_heads_call`)."""
+    batching = dict(max_length=max_length, token_budget=token_budget)
+    return run_texts(model, texts=texts, **_heads_call(heads), **batching)
+
+
+def heads_logits_of_ids(model, heads, ids, *, max_length, token_budget) -> list[np.ndarray]:
+    """`heads_logits` on token ids already encoded."""
+    batching = dict(max_length=max_length, token_budget=token_budget)
+    return run_ids(model, ids=ids, **_heads_call(heads), **batching)
 
 
 def kept_features(model, head, texts, *, max_length, token_budget) -> np.ndarray:
