@@ -36,6 +36,8 @@ import sys
 import time
 from types import SimpleNamespace
 
+import numpy as np
+
 # The model shapes (HF config.json fields), random weights in bf16. --quick shrinks each.
 SHAPES = {
     "gpt2-xl": dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_embd=1600,
@@ -216,6 +218,7 @@ def worker(args) -> dict:
         feats = [on_device(f) for f in feats]
         to_device_s = time.perf_counter() - t
     compiles = count_compiles()
+    group_s = time_groups()
     t = time.perf_counter()
     head, report = fit_spin(feats[0], feats[1], opts=SpinOptions(), progress=args.progress)
     fit_s = time.perf_counter() - t
@@ -245,7 +248,67 @@ def worker(args) -> dict:
         stage_s=report["times"],
         valid=report["spin"]["valid"],
         chosen=report["chosen"],
+        integration_profile=integration_profile(report, group_s, args.n_train),
     )
+
+
+def time_groups() -> list[float]:
+    """Seconds of each integration group, in order (learner.integrate_combo, wrapped)."""
+    from spin_jax import learner
+
+    seconds, inner = [], learner.integrate_combo
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        out = inner(*a, **k)
+        seconds.append(time.perf_counter() - t)
+        return out
+
+    learner.integrate_combo = timed
+    return seconds
+
+
+def integration_profile(report: dict, group_s: list[float], n_rows: int) -> list[dict]:
+    """Per integration group: its columns, lanes and lane-iterations, the iterations at each
+    lam (mean, and the share of lanes that ran to the cap), its seconds, and the TFLOP its
+    lane steps cost at full width (a lane-iteration: two [N, width] products, K = 1)."""
+    from spin_jax.columns import padded_width
+    from spin_jax.learner import SpinOptions
+
+    cap, groups = SpinOptions().max_iter, {}
+    for row in report["grid"]:
+        groups.setdefault((row["representation"], row["pooling"]), []).append(row)
+    out = []
+    for ((rep, pool), rows), seconds in zip(groups.items(), group_s, strict=False):
+        lams = sorted({r["lam"] for r in rows}, reverse=True)
+        iters = sum(r["n_iter"] for r in rows)
+        width = padded_width(rows[0]["columns"])
+        per_lam = []
+        for lam in lams:
+            n = [r["n_iter"] for r in rows if r["lam"] == lam]
+            per_lam.append(dict(lam=lam, mean_iter=float(np.mean(n)),
+                                at_cap=float(np.mean(np.asarray(n) >= cap))))  # fmt: skip
+        tflop = iters * n_rows * width * 4 / 1e12
+        out.append(dict(group=f"{rep}/{pool}", columns=rows[0]["columns"], width=width,
+                        lanes=len(rows), lane_iterations=iters, seconds=seconds,
+                        full_width_tflop=tflop, per_lam=per_lam))  # fmt: skip
+    return out
+
+
+def profile_table(profile: list[dict]) -> str:
+    lines = [
+        "| group | columns | lanes | lane-iterations | s | TFLOP at full width | TFLOP/s | "
+        "mean iterations by lam, strong to weak (share at the cap) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for g in profile:
+        by_lam = ", ".join(f"{p['mean_iter']:.0f} ({p['at_cap']:.0%})" for p in g["per_lam"])
+        lines.append(
+            f"| {g['group']} | {g['columns']} | {g['lanes']} | {g['lane_iterations']:,} | "
+            f"{g['seconds']:.1f} | {g['full_width_tflop']:.3g} | "
+            f"{g['full_width_tflop'] / g['seconds']:.3g} | {by_lam} |"
+        )
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -309,6 +372,9 @@ def main(argv=None):
     )
     print()
     print(table(runs))
+    print()
+    print("integration, one device:")
+    print(profile_table(runs[0]["integration_profile"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(runs, f, indent=2)
