@@ -236,10 +236,10 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
     One device: `lanes.fit_masks`, whose converged lanes leave the batch between rounds.
     Several: all problems at once, split over the devices by the masks' sharding.
     """
-    max_iter, tol, smooth = opts.max_iter, opts.tol, opts.smooth
+    caps, tol, smooth = lam_caps(opts, np.asarray(lams), X.shape[0]), opts.tol, opts.smooth
     if n_devices() > 1:
         return _fit_masks_sharded(
-            X, y, n_classes, lams, masks, max_iter=max_iter, tol=tol, smooth=smooth
+            X, y, n_classes, lams, masks, max_iter=tuple(caps.tolist()), tol=tol, smooth=smooth
         )
     max_lanes, shrink = _lane_batches(X.shape, masks.shape[0], len(lams), n_classes)
     return lanes.fit_masks(
@@ -248,7 +248,7 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
         n_classes,
         lams,
         masks,
-        max_iter=lam_caps(opts, np.asarray(lams), X.shape[0]),
+        max_iter=caps,
         tol=tol,
         max_lanes=None if widths is not None else max_lanes,  # else batch_elements bounds
         shrink=shrink,
@@ -263,7 +263,7 @@ def lam_caps(opts, lams: np.ndarray, n_rows: int) -> np.ndarray:
     """Each lam's iteration cap [R]: `weak_max_iter` where C = 1 / (lam N) exceeds 1."""
     caps = np.full(len(lams), opts.max_iter, np.int32)
     if opts.weak_max_iter is not None:
-        weak = 1.0 / (lams.astype(np.float64) * n_rows) > 1.0 + 1e-6
+        weak = lams.astype(np.float64) * n_rows < 1.0 / (1.0 + 1e-6)  # lam 0 too: C infinite
         caps[weak] = opts.weak_max_iter
     return caps
 

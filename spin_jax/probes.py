@@ -311,24 +311,26 @@ def _fit_path(
     def grad_fn(theta):
         return _smooth_grad(Xm, T, m_over_n, theta, XT)
 
-    def solve(theta, lam):
+    def solve(theta, lam_cap):
+        lam, cap = lam_cap
         theta, k, change = _solve(
             grad_fn,
             theta,
             thresh=penalty * lam,
             keep=keep,
             L=L,
-            max_iter=max_iter,
+            max_iter=cap,
             tol=tol,
             smooth=smooth,
         )
         return theta, (theta, k, change <= tol)
 
     lams = jnp.asarray(lams, jnp.float32)
+    caps = jnp.broadcast_to(jnp.asarray(max_iter, jnp.int32), lams.shape)  # one, or one a lam
     if warm_start:  # each lam starts from the previous solution
-        _, (thetas, n_iter, converged) = jax.lax.scan(solve, theta0, lams)
+        _, (thetas, n_iter, converged) = jax.lax.scan(solve, theta0, (lams, caps))
     else:  # all lams at once; vmap turns the R products with X into one X @ [R columns]
-        _, (thetas, n_iter, converged) = jax.vmap(solve, in_axes=(None, 0))(theta0, lams)
+        _, (thetas, n_iter, converged) = jax.vmap(solve, in_axes=(None, 0))(theta0, (lams, caps))
     return ProbeFit(thetas[:, :-1], thetas[:, -1], n_iter, converged)
 
 

@@ -196,6 +196,7 @@ def _solves(data: FitData, choices: list[Choice]) -> dict:
         "n_layers": data.n_layers,
         "n_lams": len(probes.PAPER_C_GRID) if opts.lam_grid == "paper" else opts.n_lams,
         "max_iter": opts.max_iter,
+        "weak_max_iter": opts.weak_max_iter,
         "n_etas": len(opts.etas),
         "widths": {rep: int(data.train.shape(rep)[-1]) for rep in REPS},
         "probe_poolings": sorted({p for _, ps in pool_sets(opts) for p in ps}),
