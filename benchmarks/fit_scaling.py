@@ -252,61 +252,78 @@ def worker(args) -> dict:
     )
 
 
-def time_groups() -> list[float]:
-    """Seconds of each integration group, in order (learner.integrate_combo, wrapped)."""
-    from spin_jax import learner
+def time_groups() -> list[dict]:
+    """Seconds of each integration group, in order (learner.integrate_combo, wrapped), and
+    of its parts: gathering its columns (reads, standardising, the copy to the device)
+    and solving its lanes (integration._fit_masks: setup, rounds)."""
+    import jax
 
-    seconds, inner = [], learner.integrate_combo
+    from spin_jax import integration, learner
 
-    def timed(*a, **k):
-        t = time.perf_counter()
-        out = inner(*a, **k)
-        seconds.append(time.perf_counter() - t)
-        return out
+    groups = []
 
-    learner.integrate_combo = timed
-    return seconds
+    def wrap(owner, name, key):
+        inner = getattr(owner, name)
+
+        def timed(*a, **k):
+            if key == "seconds":  # a new group
+                groups.append(dict(seconds=0.0, gather_s=0.0, lanes_s=0.0))
+            t = time.perf_counter()
+            out = jax.block_until_ready(inner(*a, **k))
+            groups[-1][key] += time.perf_counter() - t
+            return out
+
+        setattr(owner, name, timed)
+
+    wrap(integration, "gather", "gather_s")
+    wrap(integration, "_to_device", "gather_s")
+    wrap(integration, "_fit_masks", "lanes_s")
+    wrap(learner, "integrate_combo", "seconds")
+    return groups
 
 
-def integration_profile(report: dict, group_s: list[float], n_rows: int) -> list[dict]:
+def integration_profile(report: dict, group_s: list[dict], n_rows: int) -> list[dict]:
     """Per integration group: its columns, lanes and lane-iterations, the iterations at each
     lam (mean, and the share of lanes that ran to the cap), its seconds, and the TFLOP its
     lane steps cost at full width (a lane-iteration: two [N, width] products, K = 1)."""
+    from spin_jax import integration
     from spin_jax.columns import padded_width
     from spin_jax.learner import SpinOptions
 
-    cap, groups = SpinOptions().max_iter, {}
+    opts, groups = SpinOptions(), {}
     for row in report["grid"]:
         groups.setdefault((row["representation"], row["pooling"]), []).append(row)
     out = []
-    for ((rep, pool), rows), seconds in zip(groups.items(), group_s, strict=False):
+    for ((rep, pool), rows), times in zip(groups.items(), group_s, strict=False):
         lams = sorted({r["lam"] for r in rows}, reverse=True)
         iters = sum(r["n_iter"] for r in rows)
         width = padded_width(rows[0]["columns"])
         per_lam = []
-        for lam in lams:
+        caps = integration.lam_caps(opts, np.asarray(lams), n_rows)  # the weak lams' own
+        for lam, cap in zip(lams, caps, strict=True):
             n = [r["n_iter"] for r in rows if r["lam"] == lam]
             per_lam.append(dict(lam=lam, mean_iter=float(np.mean(n)),
                                 at_cap=float(np.mean(np.asarray(n) >= cap))))  # fmt: skip
         tflop = iters * n_rows * width * 4 / 1e12
         out.append(dict(group=f"{rep}/{pool}", columns=rows[0]["columns"], width=width,
-                        lanes=len(rows), lane_iterations=iters, seconds=seconds,
+                        lanes=len(rows), lane_iterations=iters, **times,
                         full_width_tflop=tflop, per_lam=per_lam))  # fmt: skip
     return out
 
 
 def profile_table(profile: list[dict]) -> str:
     lines = [
-        "| group | columns | lanes | lane-iterations | s | TFLOP at full width | TFLOP/s | "
+        "| group | columns | lanes | lane-iterations | s | gather s | lanes s | "
+        "TFLOP at full width | TFLOP/s of the lanes | "
         "mean iterations by lam, strong to weak (share at the cap) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for g in profile:
         by_lam = ", ".join(f"{p['mean_iter']:.0f} ({p['at_cap']:.0%})" for p in g["per_lam"])
         lines.append(
             f"| {g['group']} | {g['columns']} | {g['lanes']} | {g['lane_iterations']:,} | "
-            f"{g['seconds']:.1f} | {g['full_width_tflop']:.3g} | "
-            f"{g['full_width_tflop'] / g['seconds']:.3g} | {by_lam} |"
+            f"{g['seconds']:.1f} | {g['gather_s']:.1f} | {g['lanes_s']:.1f} | "
+            f"{g['full_width_tflop']:.3g} | {g['full_width_tflop'] / g['lanes_s']:.3g} | {by_lam} |"
         )
     return "\n".join(lines)
 

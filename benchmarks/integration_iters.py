@@ -40,14 +40,15 @@ def main():
     p.add_argument(
         "--batch-elements",
         default=None,
-        help="comma-separated integration.LANE_BATCH_ELEMENTS values to compare (e.g. 2**26,2**30)",
+        help="integration.lane_batch_elements() values to compare, e.g. 2**26,2**30",
     )
     p.add_argument("--solver-dtype", default="auto", help="SpinOptions.solver_dtype")
     args = p.parse_args()
     for value in (args.batch_elements or "").split(",") if args.batch_elements else [None]:
         if value is not None:
             base, _, exp = value.partition("**")
-            integration.LANE_BATCH_ELEMENTS = int(base) ** int(exp or 1)
+            elements = int(base) ** int(exp or 1)  # on whatever backend this runs
+            integration.LANE_BATCH_ELEMENTS = integration.LANE_BATCH_ELEMENTS_ACCELERATOR = elements
             print(f"\nLANE_BATCH_ELEMENTS = {value}")
         run(args)
 

@@ -42,13 +42,14 @@ def problem(rows: int, width: int, layers: int, seed: int = 0):
 def run(X, y, masks, lams, *, widths, order, max_iter):
     N, M = X.shape
     common = dict(max_iter=max_iter, tol=1e-4, order=order)
+    elements = integration.lane_batch_elements()
     t = time.perf_counter()
     if widths is None:  # integration's full-width path
-        cap = lanes.lanes_within(integration.LANE_BATCH_ELEMENTS, N, M, 1)
+        cap = lanes.lanes_within(elements, N, M, 1)
         fit = lanes.fit_masks(X, y, 2, lams, masks, max_lanes=cap, shrink=16, **common)
     else:
         fit = lanes.fit_masks(X, y, 2, lams, masks, widths=widths,
-                              batch_elements=integration.LANE_BATCH_ELEMENTS, **common)  # fmt: skip
+                              batch_elements=elements, **common)  # fmt: skip
     fit = jax.block_until_ready(fit)
     return time.perf_counter() - t, fit
 

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     Xd = jax.device_put(X.astype(solver_dtype(SpinOptions())))
     yd, md = jax.device_put(y), jax.device_put(masks)
     lams = jax.device_put(probes.lams_from_c(probes.PAPER_C_GRID, N))
-    cap = lanes.lanes_within(integration.LANE_BATCH_ELEMENTS, N, M, 1)
+    cap = lanes.lanes_within(integration.lane_batch_elements(), N, M, 1)
 
     calls = []
     step = lanes._step_lanes

@@ -17,8 +17,17 @@ from spin_jax.head import Choice
 from spin_jax.options import FitData, score, solver_dtype
 
 # Integration on one device: the (mask, lam) lanes stepped together hold about this many
-# fp32 elements of per-lane work (logits and residuals [N, K], FISTA state [M, K]).
+# fp32 elements of per-lane work (logits and residuals [N, K], FISTA state [M, K]). On an
+# accelerator 4x as many: an H200's lane-iteration at 10000 x 262144 took 67 us in a batch
+# of 64 lanes and 48 us in one of 256 or 1024, whose products are no longer bound by reading
+# X (benchmarks/lane_rate.py, RESULTS.md session 18); 2^28 held 126 lanes at that width.
 LANE_BATCH_ELEMENTS = 1 << 28
+LANE_BATCH_ELEMENTS_ACCELERATOR = 1 << 30
+
+
+def lane_batch_elements() -> int:
+    cpu = jax.default_backend() == "cpu"
+    return LANE_BATCH_ELEMENTS if cpu else LANE_BATCH_ELEMENTS_ACCELERATOR
 # When converged lanes leave the batch (lanes.fit_masks `shrink`). On an H100 a round of
 # 1296 lanes took ~0.01 s and each new batch size ~1.4 s to compile, so there the batch
 # shrinks rarely; on a CPU the steps dominate, but each size compiles in ~2 s too: a
@@ -255,7 +264,7 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
         smooth=smooth,
         widths=widths,
         order=None if order is None else jax.device_put(order.astype(np.int32)),
-        batch_elements=LANE_BATCH_ELEMENTS,
+        batch_elements=lane_batch_elements(),
     )
 
 
@@ -271,7 +280,7 @@ def lam_caps(opts, lams: np.ndarray, n_rows: int) -> np.ndarray:
 def _lane_batches(shape, n_masks: int, n_lams: int, n_classes: int) -> tuple[int, int]:
     """(lanes stepped together at most, the batch's `shrink`) for X of `shape`."""
     N, M = shape
-    max_lanes = lanes.lanes_within(LANE_BATCH_ELEMENTS, N, M, probes.n_columns(n_classes))
+    max_lanes = lanes.lanes_within(lane_batch_elements(), N, M, probes.n_columns(n_classes))
     shrink = LANE_SHRINK.get(jax.default_backend(), LANE_SHRINK_ACCELERATOR)
     if n_masks * n_lams * N * M < NO_SHRINK_ELEMENTS:
         shrink = 1 << 62  # all rounds at one batch size: one compile, cheap steps
