@@ -121,7 +121,14 @@ def _gather_padded(src, cols: Columns, mean, std, rows, width: int) -> jax.Array
     """gather from a DeviceFeatures in one program whose shapes depend only on `width`,
     so that every integration group of one padded width reuses it (on a GPU, gathering
     each group's own column count compiled ~10 small programs a group)."""
-    hidden, ffn = src.arrays["hidden"], src.arrays["ffn"]
+    index, scale = _padded_index(src.arrays, cols, mean, std, width)
+    rows = None if rows is None else in_range(rows, src.n_rows)
+    return _take_standardized(src.arrays["hidden"], src.arrays["ffn"], rows, index, scale)
+
+
+def _padded_index(arrays, cols: Columns, mean, std, width: int):
+    """`_take_standardized`'s index and scale for cols of arrays (hidden, ffn: [N, ...])."""
+    hidden, ffn = arrays["hidden"], arrays["ffn"]
 
     def at(a, keep, axis, x):  # in range (else IndexError, as a read); 0 elsewhere
         a = np.where(keep, a, 0)
@@ -138,8 +145,7 @@ def _gather_padded(src, cols: Columns, mean, std, rows, width: int) -> jax.Array
     )
     pad = (0, width - len(cols))
     scale = (np.pad(np.asarray(mean, np.float32), pad), np.pad(reciprocal(std), pad))
-    rows = None if rows is None else in_range(rows, src.n_rows)
-    return _take_standardized(hidden, ffn, rows, index, scale)
+    return index, scale
 
 
 def in_range(idx, n: int) -> np.ndarray:
@@ -174,3 +180,89 @@ def _gather_on_device(src, cols: Columns, mean, std, rows=None) -> jax.Array:
     if not parts:
         return jnp.zeros((src.n_rows if rows is None else len(rows), 0), jnp.float32)
     return jnp.concatenate(parts, axis=1)[:, np.argsort(np.concatenate(where))]
+
+
+# ------------------------------------------------------------------- one gather for all groups
+
+
+@dataclasses.dataclass
+class UnionColumns:
+    """Standardised columns of one split on the device, every integration group's among them:
+    X [N, U] (U padded) holds the columns whose `keys` (sorted) are listed; a group's
+    matrix is `take`n from it on the device instead of gathered again from the source."""
+
+    keys: np.ndarray  # [u] sorted `column_keys` of the real columns
+    X: jax.Array  # [N, padded_width(u)]
+
+    def take(self, cols: Columns, width: int) -> jax.Array:
+        """[N, width]: cols' columns in their order, zeros after them."""
+        pos = np.searchsorted(self.keys, column_keys(cols))
+        if len(cols) and not np.array_equal(self.keys[np.minimum(pos, len(self.keys) - 1)],
+                                            column_keys(cols)):  # fmt: skip
+            raise ValueError("UnionColumns.take: a column that is not among the union's")
+        pad = (0, width - len(cols))
+        return _take_union(self.X, np.pad(pos, pad).astype(np.int32), np.arange(width) < len(cols))
+
+
+def column_keys(cols: Columns) -> np.ndarray:
+    """One int64 per column, ordered by (rep, pooling, layer, neuron)."""
+    rep_pool = cols.rep.astype(np.int64) * 8 + cols.pool
+    return (rep_pool << 40) + (cols.layer.astype(np.int64) << 24) + cols.neuron
+
+
+def union_of(groups: list[Columns]) -> Columns:
+    """Every column of the groups once, in `column_keys` order (eta_rank 0)."""
+    if not groups or not sum(map(len, groups)):
+        return Columns.empty()
+    fields = ("rep", "pool", "layer", "neuron")
+    stacked = [np.concatenate([getattr(c, f) for c in groups]) for f in fields]
+    cols = Columns(*stacked, np.zeros(len(stacked[0]), np.int64))
+    _, first = np.unique(column_keys(cols), return_index=True)  # sorted by key
+    return Columns(*(a[first] for a in stacked), np.zeros(len(first), np.int64))
+
+
+def union_columns(src, cols: Columns, mean, std, dtype, chunk_bytes: int) -> UnionColumns:
+    """The `UnionColumns` of cols (in `union_of` order) from a host source (MemoryFeatures,
+    FeatureStore): its rows are read whole, a chunk of at most chunk_bytes at a time (one
+    contiguous copy to the device each), and gathered and standardised there, as `gather`
+    from a DeviceFeatures. numpy's gather cost ~40 ns an element on a CPU core (fp16 source,
+    per (representation, pooling, layer) group): with a read per group, most of a GPT2-XL
+    integration on an H200 (RESULTS.md, session 18)."""
+    width = padded_width(len(cols))
+    shapes = {rep: src.shape(rep) for rep in REPS}
+    row_bytes = sum(int(np.prod(shape[1:])) * 2 for shape in shapes.values())
+    n = max(1, min(src.n_rows, chunk_bytes // max(row_bytes, 1)))
+    index, scale = _padded_index(
+        {rep: np.empty((0, *shape[1:]), np.int8) for rep, shape in shapes.items()},
+        cols, mean, std, width,
+    )  # fmt: skip
+    dtype, parts = jnp.dtype(dtype), []
+    for r0 in range(0, src.n_rows, n):
+        rows = np.arange(r0, min(r0 + n, src.n_rows))
+        hidden, ffn = (jax.device_put(_row_block(src, rep, rows)) for rep in REPS)
+        parts.append(_union_chunk(hidden, ffn, index, scale, dtype=dtype))
+    return UnionColumns(column_keys(cols), parts[0] if len(parts) == 1 else _joined(parts))
+
+
+@functools.partial(solver_jit, static_argnames="dtype")
+def _union_chunk(hidden, ffn, index, scale, *, dtype):
+    return _take_standardized(hidden, ffn, None, index, scale).astype(dtype)
+
+
+@solver_jit
+def _joined(parts):
+    return jnp.concatenate(parts)
+
+
+def _row_block(src, rep: str, rows: np.ndarray) -> np.ndarray:
+    """src's rows (a contiguous range) of array rep in its own dtype: a view of numpy
+    arrays in memory (copied once, to the device), else a read."""
+    x = getattr(src, "arrays", {}).get(rep)
+    if isinstance(x, np.ndarray):
+        return x[rows[0] : rows[-1] + 1]
+    return src.read(rep, rows=rows, dtype=None)
+
+
+@solver_jit
+def _take_union(X, pos, real):
+    return jnp.where(real, jnp.take(X, pos, axis=1, mode="clip"), 0).astype(X.dtype)

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from spin_jax import ahead, lanes, probes
-from spin_jax.columns import REPS, Columns, gather, padded_width
+from spin_jax.columns import REPS, Columns, gather, padded_width, union_of
+from spin_jax.columns import union_columns as columns_union
 from spin_jax.devices import n_devices, round_up, shard_problems, solver_jit
 from spin_jax.head import Choice
 from spin_jax.options import FitData, score, solver_dtype
@@ -156,7 +157,7 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     order = widths = None
     if by_width(n_devices(), *Xtr.shape):  # each mask's columns in a short prefix (`column_order`)
         order = column_order(cand, masks.shape[1], E)
-        Xtr, Xv, masks = Xtr[:, order], Xv[:, order], masks[:, order]
+        Xtr, Xv, masks = _in_order(Xtr, order), _in_order(Xv, order), masks[:, order]
         widths = prefix_widths(masks)
     Xtr, Xv = _to_device(Xtr, solver_dtype(opts)), _to_device(Xv, jnp.float32)
     # device_put, not jnp.asarray: jax compiles a program per shape to stage numpy input.
@@ -215,6 +216,19 @@ def prefix_widths(masks: np.ndarray) -> np.ndarray:
     used = masks.shape[1] - np.argmax(masks[:, ::-1], axis=1)
     used = np.where(masks.any(axis=1), used, 1)
     return np.minimum([padded_width(int(u)) for u in used], masks.shape[1])
+
+
+def _in_order(X, order: np.ndarray):
+    """X's columns in this order: numpy on the host, one program for a device array (an
+    eager gather would compile several)."""
+    if isinstance(X, jax.Array):
+        return _take_columns(X, jax.device_put(order.astype(np.int32)))
+    return X[:, order]
+
+
+@solver_jit
+def _take_columns(X, order):
+    return jnp.take(X, order, axis=1, mode="clip")  # in range: a permutation
 
 
 def _to_device(X, dtype):
@@ -331,19 +345,56 @@ def _fit_masks_sharded(X, y, n_classes, lams, masks, *, max_iter, tol, smooth):
     return jax.vmap(one)(masks)
 
 
+# Integration on an accelerator from features in host memory or a store: every group's
+# columns gathered once, on the device (`union_columns`), each group's matrix taken from
+# them there. The CPU reads its host features directly (its "device" is the host).
+UNION_ON_DEVICE = {"cpu": False}
+
+
+def union_columns(data: FitData, tables, cands: list[Columns]):
+    """(train, valid) `columns.UnionColumns` of every group's candidates, or None where the
+    groups read their source directly: on a CPU, on several devices, from features already
+    on the device, or when the union would take more than a quarter of the free device
+    memory."""
+    src = data.train  # a fit's sources hold every array (options.require_full)
+    if not UNION_ON_DEVICE.get(jax.default_backend(), True) or n_devices() > 1:
+        return None
+    if hasattr(src, "read_columns"):  # on the device already: `gather` reads it there
+        return None
+    cols = union_of([c for c in cands if len(c)])
+    itemsize = jnp.dtype(solver_dtype(data.opts)).itemsize
+    nbytes = padded_width(len(cols)) * (src.n_rows * itemsize + data.valid.n_rows * 4)
+    if not len(cols) or not _fits_device(nbytes):
+        return None
+    mean, std = column_stats(cols, tables)
+    chunk = data.opts.memory_bytes
+    return (
+        columns_union(src, cols, mean, std, solver_dtype(data.opts), chunk),
+        columns_union(data.valid, cols, mean, std, jnp.float32, chunk),
+    )
+
+
+def _fits_device(nbytes: int) -> bool:
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" not in stats:
+        return True
+    return nbytes <= (stats["bytes_limit"] - stats.get("bytes_in_use", 0)) // 4
+
+
 def combo_candidates(data: FitData, tables, rep_set, pool_set) -> Columns:
     """The candidate columns of one (representation, pooling) set ((name, members) pairs)."""
     return candidates(tables, rep_set[1], pool_set[1], data.opts.etas)
 
 
 def integrate_combo(
-    data: FitData, tables, rep_set, pool_set, *, cand=None, width=None
+    data: FitData, tables, rep_set, pool_set, *, cand=None, width=None, union=None
 ) -> tuple[list[Choice], list]:
     """Every (eta, k) candidate of one (representation, pooling) set at its best lam, and
     the whole validated grid: a row per (eta, k, lam) with its score and neurons used.
 
     rep_set and pool_set are (name, members) pairs (options.rep_sets, options.pool_sets);
-    cand their `combo_candidates` if already built, width as `integrate`'s."""
+    cand their `combo_candidates` if already built, width as `integrate`'s; union (train,
+    valid) `union_columns` that hold cand's columns, read from there instead of the source."""
     (rname, _), (pname, _) = rep_set, pool_set
     etas, ks = data.opts.etas, depths(data)
     cand = combo_candidates(data, tables, rep_set, pool_set) if cand is None else cand
@@ -351,7 +402,10 @@ def integrate_combo(
         return [], []  # every probe of this combination is all-zero
     mean, std = column_stats(cand, tables)
     cols = width or padded_width(len(cand))  # a device gather pads to it (one program)
-    Xtr, Xv = (gather(src, cand, mean, std, width=cols) for src in (data.train, data.valid))
+    if union is not None:
+        Xtr, Xv = (u.take(cand, cols) for u in union)
+    else:
+        Xtr, Xv = (gather(src, cand, mean, std, width=cols) for src in (data.train, data.valid))
     scores, fit, used, lams = integrate(data, Xtr, Xv, cand, width)
     grid = [
         dict(representation=rname, pooling=pname, eta=eta, k=int(k), lam=float(lams[r]),

@@ -211,10 +211,12 @@ def integrate_all(data: FitData, tables: dict, progress: bool) -> tuple[list[Cho
     for n in dict.fromkeys(width or padded_width(len(c)) for c in cands if len(c)):
         ahead.background(functools.partial(integration.compile_ahead, data, n, width))
     bar = _progress(len(combos), "integration", progress)
+    bar.set_postfix_str("gathering columns")
+    union = integration.union_columns(data, tables, cands)
     for (rep_set, pool_set), cand in zip(combos, cands, strict=True):
         bar.set_postfix_str(f"{rep_set[0]}/{pool_set[0]}")
         combo_choices, combo_grid = integrate_combo(
-            data, tables, rep_set, pool_set, cand=cand, width=width
+            data, tables, rep_set, pool_set, cand=cand, width=width, union=union
         )
         choices.extend(combo_choices)
         grid.extend(combo_grid)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from jax import monitoring
 
+from spin_jax import integration
 from spin_jax.features import DeviceFeatures, MemoryFeatures
 from spin_jax.learner import SpinOptions, fit_spin
 
@@ -26,6 +27,8 @@ BOUND = 40  # programs in one whole fit (measured: 32 at 4 layers, 34 at 8)
 # (The report scores every head it shows at a padded width: with a program per head size
 # the "paper-first" default's early-exit heads, each of its own size, made 38-43 and 57-62.)
 BOUND_DEVICE = 64
+# Host features gathered once on the device for integration: a few more gathers and takes.
+BOUND_UNION = 48
 
 
 def features(n, L, seed, D=16, F=32):
@@ -61,6 +64,22 @@ def test_a_whole_fit_compiles_a_bounded_number_of_programs(place, bound):
     assert large <= small + 3, (small, large)  # twice the layers and rows, more etas
 
 
+@pytest.fixture(params=["as this backend", "union on the device"])
+def union(request, monkeypatch):
+    """Integration as this backend does it, and as an accelerator does from host features:
+    every group's columns gathered once on the device (integration.union_columns)."""
+    if request.param == "union on the device":
+        monkeypatch.setattr(integration, "UNION_ON_DEVICE", {})
+    return request.param
+
+
+def test_host_features_compile_a_bounded_number_of_programs(union):
+    small = compiles_of_a_fit(300, 4, (0.1, 0.5, 0.8))
+    large = compiles_of_a_fit(600, 8, (0.05, 0.1, 0.3, 0.5, 0.8))
+    assert 0 < small <= BOUND_UNION and 0 < large <= BOUND_UNION, (small, large)
+    assert large <= small + 3, (small, large)
+
+
 def compiled_names(fn) -> list[str]:
     """Names of the programs fn() compiles (jax_log_compiles' "Compiling NAME ..." lines)."""
     names = []
@@ -81,7 +100,7 @@ def compiled_names(fn) -> list[str]:
     return names
 
 
-def test_a_fit_on_host_features_compiles_only_its_own_programs():
+def test_a_fit_on_host_features_compiles_only_its_own_programs(union):
     """No eager op on device arrays: each compiles a program of its own (selection and the
     report compiled 17 of them, ~0.1 s each on a GPU, before lams, scores and report
     probabilities went through numpy or one jitted program)."""

@@ -1,0 +1,69 @@
+"""Integration on an accelerator from host features gathers every group's columns once, on
+the device (integration.union_columns), and takes each group's matrix from them there: the
+same matrices as `gather` from the source, so the same fit. Forced here on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spin_jax import columns, integration
+from spin_jax.columns import Columns, gather, union_of
+from spin_jax.learner import SpinOptions, fit_spin
+from tests.test_learner import FAST, planted, splits
+from tests.test_streaming import write_store
+
+
+def some_columns(src, n, seed) -> Columns:
+    rng = np.random.default_rng(seed)
+    rep = rng.integers(0, 2, n)
+    n_layers = np.where(rep == 0, src.shape("hidden")[1] - 1, src.shape("ffn")[1])
+    layer = rng.integers(0, n_layers + 1) + rep  # hidden 0..L, ffn 1..L
+    layer = np.minimum(layer, n_layers)
+    width = np.where(rep == 0, src.shape("hidden")[3], src.shape("ffn")[3])
+    neuron = rng.integers(0, width)
+    pool = rng.integers(0, 3, n)
+    return Columns(rep, pool, layer, neuron, np.zeros(n, np.int64))
+
+
+def stats_of(cols: Columns):
+    """A mean and std per column that depend on the column alone."""
+    key = columns.column_keys(cols).astype(np.float64)
+    return (np.sin(key) * 0.1).astype(np.float32), (1.0 + np.cos(key) ** 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["memory", "store"])
+def test_a_group_taken_from_the_union_is_its_gather(kind, tmp_path):
+    train = splits(planted, ("neg", "pos"))[0]
+    src = train if kind == "memory" else write_store(tmp_path / "s", train, chunk_rows=128)
+    a, b = some_columns(src, 40, 0), some_columns(src, 70, 1)
+    union = union_of([a, b])
+    assert len(union) == len(np.unique(columns.column_keys(union)))
+    row_bytes = sum(int(np.prod(src.shape(r)[1:])) * 2 for r in columns.REPS)
+    # chunks of 100 rows: six reads, the last one shorter
+    got = columns.union_columns(src, union, *stats_of(union), np.float32, 100 * row_bytes)
+    for cols in (a, b):
+        want = gather(src, cols, *stats_of(cols))
+        taken = np.asarray(got.take(cols, 128))
+        np.testing.assert_array_equal(taken[:, : len(cols)], want)
+        assert not taken[:, len(cols) :].any()  # the padding is 0
+    stranger = some_columns(src, 5, 2)
+    with pytest.raises(ValueError, match="not among the union"):
+        got.take(stranger, 128)
+
+
+def test_a_fit_through_the_union_is_the_fit_from_the_source(monkeypatch):
+    train, valid, test = splits(planted, ("neg", "pos"))
+    opts = SpinOptions(**FAST)
+    want = fit_spin(train, valid, test, opts)
+    built = []
+    real = integration.columns_union
+    monkeypatch.setattr(integration, "columns_union", lambda *a: built.append(a) or real(*a))
+    monkeypatch.setattr(integration, "UNION_ON_DEVICE", {})  # as on an accelerator
+    got = fit_spin(train, valid, test, opts)
+    assert len(built) == 2  # train and valid, once each for all 12 groups
+    (head, report), (head_w, report_w) = got, want
+    assert report["chosen"] == report_w["chosen"]
+    for field in ("rep", "pool", "layer", "neuron", "mean", "std", "weights", "intercept"):
+        np.testing.assert_array_equal(getattr(head, field), getattr(head_w, field))
+    assert [r["valid"] for r in report["grid"]] == [r["valid"] for r in report_w["grid"]]
