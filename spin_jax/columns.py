@@ -230,7 +230,8 @@ def union_columns(src, cols: Columns, mean, std, dtype, chunk_bytes: int) -> Uni
     integration on an H200 (RESULTS.md, session 18)."""
     width = padded_width(len(cols))
     shapes = {rep: src.shape(rep) for rep in REPS}
-    row_bytes = sum(int(np.prod(shape[1:])) * 2 for shape in shapes.values())
+    first = {rep: _row_block(src, rep, np.arange(1)) for rep in REPS}  # the stored dtypes
+    row_bytes = sum(x.size * x.dtype.itemsize for x in first.values())
     n = max(1, min(src.n_rows, chunk_bytes // max(row_bytes, 1)))
     index, scale = _padded_index(
         {rep: np.empty((0, *shape[1:]), np.int8) for rep, shape in shapes.items()},

@@ -39,9 +39,15 @@ def test_a_group_taken_from_the_union_is_its_gather(kind, tmp_path):
     a, b = some_columns(src, 40, 0), some_columns(src, 70, 1)
     union = union_of([a, b])
     assert len(union) == len(np.unique(columns.column_keys(union)))
-    row_bytes = sum(int(np.prod(src.shape(r)[1:])) * 2 for r in columns.REPS)
-    # chunks of 100 rows: six reads, the last one shorter
-    got = columns.union_columns(src, union, *stats_of(union), np.float32, 100 * row_bytes)
+    row_bytes = sum(int(np.prod(src.shape(r)[1:])) * 4 for r in columns.REPS)  # float32
+    # chunks of 128 rows: five, the last one of 88
+    reads = []
+    real_read = src.read
+    src.read = lambda *a, **k: reads.append(k["rows"]) or real_read(*a, **k)
+    got = columns.union_columns(src, union, *stats_of(union), np.float32, 128 * row_bytes)
+    if kind == "store":  # two arrays a chunk, after the one row that finds their dtypes
+        assert [len(r) for r in reads[2:]] == [128] * 8 + [88] * 2
+    del src.read
     for cols in (a, b):
         want = gather(src, cols, *stats_of(cols))
         taken = np.asarray(got.take(cols, 128))
