@@ -29,6 +29,8 @@ LANE_BATCH_ELEMENTS_ACCELERATOR = 1 << 30
 def lane_batch_elements() -> int:
     cpu = jax.default_backend() == "cpu"
     return LANE_BATCH_ELEMENTS if cpu else LANE_BATCH_ELEMENTS_ACCELERATOR
+
+
 # When converged lanes leave the batch (lanes.fit_masks `shrink`). On an H100 a round of
 # 1296 lanes took ~0.01 s and each new batch size ~1.4 s to compile, so there the batch
 # shrinks rarely; on a CPU the steps dominate, but each size compiles in ~2 s too: a
