@@ -89,3 +89,15 @@ def test_by_width_from_the_products_size(monkeypatch):
     assert not integration.by_width(2, 20000, 65536)  # several devices: sharded problems
     monkeypatch.setattr(integration, "BY_WIDTH", {})
     assert not integration.by_width(1, 20000, 65536)
+
+
+def test_accelerators_step_more_lanes_together(monkeypatch):
+    """A GPU/TPU holds 4x the CPU's per-lane work a batch: at GPT2-XL's widest group (10000
+    x 262144) the CPU's bound held 126 lanes, where an H200's step is still bound by reading
+    X (lane_rate.py); the CPU keeps its own."""
+    assert integration.lane_batch_elements() == integration.LANE_BATCH_ELEMENTS  # tests: CPU
+    cpu = integration._lane_batches((10000, 262144), 490, 5, 2)[0]
+    monkeypatch.setattr(integration.jax, "default_backend", lambda: "gpu")
+    assert integration.lane_batch_elements() == integration.LANE_BATCH_ELEMENTS_ACCELERATOR
+    gpu = integration._lane_batches((10000, 262144), 490, 5, 2)[0]
+    assert (cpu, gpu) == (126, 504)
