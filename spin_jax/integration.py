@@ -176,24 +176,23 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
     if n_devices() == 1:  # (with several devices the fit comes sharded: a guess would miss)
         K = probes.n_columns(data.n_classes)
         fit_spec = _fit_spec(masks.shape[0], len(lams), masks.shape[1], K)
-        ahead.submit(_score_masks, Xv, data.yv, fit_spec, **scoring)
+        ahead.submit(_score_masks, Xv, data.yv, fit_spec, None, **scoring)
     fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts, widths=widths, order=order)
-    out = ahead.call(_score_masks, Xv, data.yv, fit, **scoring)
+    back = None if order is None else jax.device_put(np.argsort(order).astype(np.int32))
+    out = ahead.call(_score_masks, Xv, data.yv, fit, back, **scoring)
     scores, fit, used = jax.device_get(out)  # one copy to the host, no eager op after it
-    if order is not None:  # the weights back in the candidates' order
-        fit = fit.replace(weights=fit.weights[..., np.argsort(order), :])
     return scores, fit, used, np.asarray(lams)
 
 
 # On one device each mask's lanes are stepped on only the columns up to its last kept one
 # (`lanes.fit_masks` widths), in the layout of `column_order`, once a lane's products (rows x
 # padded width) reach this size. On a CPU stepping the zero padding of the shared width cost
-# most of the demo (~130 s). On an H200 neither size gained: the MiniLM fit's lane steps
-# (13600 x 4096) are bound by their launches, and the widths' programs made integration 20 s
-# against 11 s; a GPT2-XL group (20000 x 65536) stepped 1.65x faster on a quarter of the
-# work but compiled 9 s against 3, and the whole fit's groups took 1.3-1.6x longer (RESULTS.md,
-# session 13). So backends other than the CPU step every lane at full width.
-BY_WIDTH = {"cpu": 0}
+# most of the demo (~130 s). On an H200 the MiniLM fit's lane steps (13600 x 4096) are bound
+# by their launches, and the widths' programs made integration 20 s against 11 s (session
+# 13); GPT2-XL's groups (10000 x 32768-262144), whose full-width steps run at the speed of
+# their GEMMs, stepped in 81 s against 125 s, and integration took 115 s against 149 s
+# (benchmarks/RESULTS.md, session 19). TPUs are not measured: full width.
+BY_WIDTH = {"cpu": 0, "gpu": 1 << 28}
 
 
 def by_width(devices: int, n_rows: int, width: int) -> bool:
@@ -241,9 +240,11 @@ def _to_device(X, dtype):
 
 
 @functools.partial(solver_jit, static_argnames=("shape", "metric", "n_classes"))
-def _score_masks(Xv, yv, fit, *, shape, metric, n_classes):
+def _score_masks(Xv, yv, fit, back=None, *, shape, metric, n_classes):
     """Valid scores [E, D, R], the fit as [E, D, ...] and the neurons used [E, D, R] of the
-    first G (unpadded) problems."""
+    first G (unpadded) problems; with back [M] (the inverse of `column_order`), the weights
+    back in the candidates' order. (On the host that permutation of GPT2-XL's weights, 2450
+    lanes x 262144 columns a group, took about as long as the group's lane steps.)"""
     G, E, D = shape
     fit = jax.tree.map(lambda a: a[:G].reshape(E, D, *a.shape[1:]), fit)
     pred = jax.vmap(probes.predict, in_axes=(None, 0, 0))(
@@ -252,6 +253,8 @@ def _score_masks(Xv, yv, fit, *, shape, metric, n_classes):
     )  # fmt: skip
     scores = score(metric, yv, pred, n_classes).reshape(E, D, -1)
     used = jnp.sum(jnp.any(fit.weights != 0, axis=-1), axis=-1)
+    if back is not None:
+        fit = fit.replace(weights=jnp.take(fit.weights, back, axis=-2, mode="clip"))
     return scores, fit, used
 
 
@@ -320,7 +323,7 @@ def compile_ahead(data: FitData, n_cand: int, width: int | None) -> None:
     lanes.compile_ahead(X, data.y, data.n_classes, lams, masks, size=min(G * R, max_lanes), **run)
     Xv = jax.ShapeDtypeStruct((data.valid.n_rows, M), np.float32)
     scoring = dict(shape=(G, len(opts.etas), D), metric=data.metric, n_classes=data.n_classes)
-    ahead.submit(_score_masks, Xv, data.yv, _fit_spec(G, R, M, K), **scoring)
+    ahead.submit(_score_masks, Xv, data.yv, _fit_spec(G, R, M, K), None, **scoring)
 
 
 def _fit_spec(G: int, R: int, M: int, K: int) -> probes.ProbeFit:

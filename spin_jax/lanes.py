@@ -82,13 +82,16 @@ def fit_masks(
     else:
         del run["shrink"]  # chunks of two sizes replace the shrinking batch
         lane_width = np.repeat(np.asarray(widths), R)
+        plan = []
         for width in np.unique(lane_width):
             active = np.nonzero(lane_width == width)[0]
             cap = max_lanes or G * R
             if batch_elements is not None:
                 cap = min(cap, lanes_within(batch_elements, X.shape[0], int(width), K))
-            sizes = chunk_sizes(int(width), len(active), cap, X.shape[0])
-            state = _chunked_rounds(problem, state, active, sizes, int(width), **run)
+            plan.append((int(width), active, chunk_sizes(int(width), len(active), cap, X.shape[0])))
+        _compile_widths(problem, state, plan, **run)
+        for width, active, sizes in plan:
+            state = _chunked_rounds(problem, state, active, sizes, width, **run)
     return ahead.call(_lanes_result, state, tol, shape=(G, R, K))
 
 
@@ -120,6 +123,18 @@ def compile_ahead(X, y, n_classes, lams, masks, *, size, max_iter, tol, shrink, 
         args = (problem, state, idx, idx, lam_caps(max_iter, R), tol)
         ahead.submit(_lanes_step, *args, smooth=smooth, width=None)
     ahead.submit(_lanes_result, state, tol, shape=(G, R, K))
+
+
+def _compile_widths(problem, state, plan, *, max_iter, tol, smooth) -> None:
+    """Starts the compiles (ahead.py) of the step programs of every (width, chunk size)
+    that `_chunked_rounds` will call: known before the first round, they compile side by
+    side instead of one at a time as each width's rounds begin."""
+    caps = jax.ShapeDtypeStruct(np.shape(max_iter), np.int32)
+    for width, _, sizes in plan:
+        for size in sorted(set(sizes)):
+            idx = jax.ShapeDtypeStruct((size,), np.int32)
+            args = (problem, state, idx, idx, caps, tol)
+            ahead.submit(_lanes_step, *args, smooth=smooth, width=width)
 
 
 def lanes_within(elements: int, n_rows: int, width: int, K: int) -> int:

@@ -134,3 +134,28 @@ def test_extraction_compiles_each_batch_shape_ahead_and_once(monkeypatch, folder
     assert off_here[program] >= 3 and not off_elsewhere, off_here  # several batch shapes
     assert here[program] == 0 and elsewhere[program] == off_here[program]
     np.testing.assert_array_equal(counts[True, "features"], counts[False, "features"])
+
+
+def test_prefix_widths_compile_every_step_program_before_the_rounds(monkeypatch):
+    """On prefix widths (`integration.by_width`, forced on any backend) `fit_masks` submits the
+    step program of every (width, chunk size) before its first round: each step the rounds
+    call was submitted ahead, and none compiles twice."""
+    from spin_jax import lanes
+
+    ahead_of, late, real_submit = set(), [], ahead.submit
+
+    def submit(fn, *args, **kwargs):
+        if fn is lanes._lanes_step:
+            key = (kwargs["width"], args[2].shape[0])
+            if isinstance(args[2], jax.ShapeDtypeStruct):  # from `_compile_widths`
+                ahead_of.add(key)
+            elif key not in ahead_of:  # a call (`ahead.call` submits too) not guessed
+                late.append(key)
+        return real_submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(integration, "BY_WIDTH", {jax.default_backend(): 0})
+    monkeypatch.setattr(ahead, "submit", submit)
+    here, elsewhere = fit_compiles(monkeypatch, True, lambda src: src)
+    assert not late, late
+    assert len({width for width, _ in ahead_of}) >= 2, ahead_of  # several widths
+    assert here["_lanes_step"] == 0 and 0 < elsewhere["_lanes_step"] <= len(ahead_of)

@@ -95,7 +95,8 @@ def test_accelerators_step_more_lanes_together(monkeypatch):
     """A GPU/TPU holds 4x the CPU's per-lane work a batch: at GPT2-XL's widest group (10000
     x 262144) the CPU's bound held 126 lanes, where an H200's step is still bound by reading
     X (lane_rate.py); the CPU keeps its own."""
-    assert integration.lane_batch_elements() == integration.LANE_BATCH_ELEMENTS  # tests: CPU
+    monkeypatch.setattr(integration.jax, "default_backend", lambda: "cpu")
+    assert integration.lane_batch_elements() == integration.LANE_BATCH_ELEMENTS
     cpu = integration._lane_batches((10000, 262144), 490, 5, 2)[0]
     monkeypatch.setattr(integration.jax, "default_backend", lambda: "gpu")
     assert integration.lane_batch_elements() == integration.LANE_BATCH_ELEMENTS_ACCELERATOR
