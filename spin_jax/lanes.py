@@ -81,14 +81,7 @@ def fit_masks(
         state = _lanes_rounds(problem, state, np.arange(G * R), size, None, **run)
     else:
         del run["shrink"]  # chunks of two sizes replace the shrinking batch
-        lane_width = np.repeat(np.asarray(widths), R)
-        plan = []
-        for width in np.unique(lane_width):
-            active = np.nonzero(lane_width == width)[0]
-            cap = max_lanes or G * R
-            if batch_elements is not None:
-                cap = min(cap, lanes_within(batch_elements, X.shape[0], int(width), K))
-            plan.append((int(width), active, chunk_sizes(int(width), len(active), cap, X.shape[0])))
+        plan = _width_plan(widths, R, X.shape[0], K, max_lanes or G * R, batch_elements)
         _compile_widths(problem, state, plan, **run)
         for width, active, sizes in plan:
             state = _chunked_rounds(problem, state, active, sizes, width, **run)
@@ -123,6 +116,20 @@ def compile_ahead(X, y, n_classes, lams, masks, *, size, max_iter, tol, shrink, 
         args = (problem, state, idx, idx, lam_caps(max_iter, R), tol)
         ahead.submit(_lanes_step, *args, smooth=smooth, width=None)
     ahead.submit(_lanes_result, state, tol, shape=(G, R, K))
+
+
+def _width_plan(widths, R: int, n_rows: int, K: int, max_lanes: int, batch_elements):
+    """(width, its lanes, their chunk sizes) for each prefix width, narrowest first; lane =
+    mask * R + lam index."""
+    lane_width = np.repeat(np.asarray(widths), R)
+    plan = []
+    for width in np.unique(lane_width).tolist():
+        active = np.nonzero(lane_width == width)[0]
+        cap = max_lanes
+        if batch_elements is not None:
+            cap = min(cap, lanes_within(batch_elements, n_rows, width, K))
+        plan.append((width, active, chunk_sizes(width, len(active), cap, n_rows)))
+    return plan
 
 
 def _compile_widths(problem, state, plan, *, max_iter, tol, smooth) -> None:
