@@ -190,7 +190,7 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
 # most of the demo (~130 s). On an H200 the MiniLM fit's lane steps (13600 x 4096) are bound
 # by their launches, and the widths' programs made integration 20 s against 11 s (session
 # 13); GPT2-XL's groups (10000 x 32768-262144), whose full-width steps run at the speed of
-# their GEMMs, stepped in 81 s against 125 s, and integration took 115 s against 149 s
+# their GEMMs, stepped in 89 s against 125 s, and integration took 124 s against 149 s
 # (benchmarks/RESULTS.md, session 19). TPUs are not measured: full width.
 BY_WIDTH = {"cpu": 0, "gpu": 1 << 28}
 
