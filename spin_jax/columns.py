@@ -194,14 +194,18 @@ class UnionColumns:
     keys: np.ndarray  # [u] sorted `column_keys` of the real columns
     X: jax.Array  # [N, padded_width(u)]
 
-    def take(self, cols: Columns, width: int) -> jax.Array:
-        """[N, width]: cols' columns in their order, zeros after them."""
+    def take(self, cols: Columns, width: int, order: np.ndarray | None = None) -> jax.Array:
+        """[N, width]: cols' columns in their order, zeros after them; with order [width],
+        those `width` columns in this order instead (one copy, not two)."""
         pos = np.searchsorted(self.keys, column_keys(cols))
         if len(cols) and not np.array_equal(self.keys[np.minimum(pos, len(self.keys) - 1)],
                                             column_keys(cols)):  # fmt: skip
             raise ValueError("UnionColumns.take: a column that is not among the union's")
-        pad = (0, width - len(cols))
-        return _take_union(self.X, np.pad(pos, pad).astype(np.int32), np.arange(width) < len(cols))
+        pos = np.pad(pos, (0, width - len(cols))).astype(np.int32)
+        real = np.arange(width) < len(cols)
+        if order is not None:
+            pos, real = pos[order], real[order]
+        return _take_union(self.X, pos, real)
 
 
 def column_keys(cols: Columns) -> np.ndarray:
@@ -228,7 +232,7 @@ def union_columns(src, cols: Columns, mean, std, dtype, chunk_bytes: int) -> Uni
     from a DeviceFeatures. numpy's gather cost ~40 ns an element on a CPU core (fp16 source,
     per (representation, pooling, layer) group): with a read per group, most of a GPT2-XL
     integration on an H200 (RESULTS.md, session 18)."""
-    width = padded_width(len(cols))
+    width = union_width(len(cols))
     shapes = {rep: src.shape(rep) for rep in REPS}
     first = {rep: _row_block(src, rep, np.arange(1)) for rep in REPS}  # the stored dtypes
     row_bytes = sum(x.size * x.dtype.itemsize for x in first.values())
@@ -237,22 +241,29 @@ def union_columns(src, cols: Columns, mean, std, dtype, chunk_bytes: int) -> Uni
         {rep: np.empty((0, *shape[1:]), np.int8) for rep, shape in shapes.items()},
         cols, mean, std, width,
     )  # fmt: skip
-    dtype, parts = jnp.dtype(dtype), []
-    for r0 in range(0, src.n_rows, n):
+    X = _zeros(shape=(src.n_rows, width), dtype=jnp.dtype(dtype))
+    for r0 in range(0, src.n_rows, n):  # written in place: the union is held once, not twice
         rows = np.arange(r0, min(r0 + n, src.n_rows))
         hidden, ffn = (jax.device_put(_row_block(src, rep, rows)) for rep in REPS)
-        parts.append(_union_chunk(hidden, ffn, index, scale, dtype=dtype))
-    return UnionColumns(column_keys(cols), parts[0] if len(parts) == 1 else _joined(parts))
+        X = _union_rows(X, hidden, ffn, index, scale, np.int32(r0))
+    return UnionColumns(column_keys(cols), X)
 
 
-@functools.partial(solver_jit, static_argnames="dtype")
-def _union_chunk(hidden, ffn, index, scale, *, dtype):
-    return _take_standardized(hidden, ffn, None, index, scale).astype(dtype)
+def union_width(n: int) -> int:
+    """The union's padded width: a multiple of 1024 (it is only read, by `take`, whose
+    programs are the groups' shapes; a power of two could nearly double its memory)."""
+    return padded_width(n) if n <= 1024 else -(-n // 1024) * 1024
 
 
-@solver_jit
-def _joined(parts):
-    return jnp.concatenate(parts)
+@functools.partial(solver_jit, static_argnames=("shape", "dtype"))
+def _zeros(*, shape, dtype):
+    return jnp.zeros(shape, dtype)
+
+
+@functools.partial(solver_jit, donate_argnums=0)
+def _union_rows(X, hidden, ffn, index, scale, r0):
+    part = _take_standardized(hidden, ffn, None, index, scale).astype(X.dtype)
+    return jax.lax.dynamic_update_slice(X, part, (r0, jnp.int32(0)))
 
 
 def _row_block(src, rep: str, rows: np.ndarray) -> np.ndarray:

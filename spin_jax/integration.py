@@ -5,17 +5,20 @@ weight, then fit the aggregated classifier on the kept neurons of layers 1..k, f
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from spin_jax import ahead, lanes, probes
-from spin_jax.columns import REPS, Columns, gather, padded_width, union_of
+from spin_jax.columns import REPS, Columns, gather, padded_width, union_of, union_width
 from spin_jax.columns import union_columns as columns_union
 from spin_jax.devices import n_devices, round_up, shard_problems, solver_jit
 from spin_jax.head import Choice
 from spin_jax.options import FitData, score, solver_dtype
+
+log = logging.getLogger("spin_jax")
 
 # Integration on one device: the (mask, lam) lanes stepped together hold about this many
 # fp32 elements of per-lane work (logits and residuals [N, K], FISTA state [M, K]). On an
@@ -147,19 +150,21 @@ def depths(data: FitData) -> np.ndarray:
     return np.arange(first, data.opts.max_layer(data.n_layers) + 1)
 
 
-def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None):
+def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None, ordered=False):
     """Aggregated probes over layers up to k for every eta and k (`depths`), at every lam,
-    in one program, columns padded to `width` (default: `padded_width`). Returns, in numpy,
-    valid scores [E, D, R], fit (weights [E, D, R, Mpad, K]), the neurons each uses
-    [E, D, R] and lams [R]."""
+    in one program, columns padded to `width` (default: `padded_width`); ordered: Xtr and
+    Xv's columns are already in `layout`'s order. Returns, in numpy, valid scores
+    [E, D, R], fit (weights [E, D, R, Mpad, K]), the neurons each uses [E, D, R] and lams
+    [R]."""
     opts, D = data.opts, len(depths(data))
     E = len(opts.etas)
     masks = integration_masks(cand, E, depths(data), width).reshape(E * D, -1)
     G, Xtr, Xv = len(masks), _pad_cols(Xtr, width), _pad_cols(Xv, width)
-    order = widths = None
-    if by_width(n_devices(), *Xtr.shape):  # each mask's columns in a short prefix (`column_order`)
-        order = column_order(cand, masks.shape[1], E)
-        Xtr, Xv, masks = _in_order(Xtr, order), _in_order(Xv, order), masks[:, order]
+    order, widths = layout(data, cand, masks.shape[1]), None
+    if order is not None:  # each mask's columns in a short prefix (`column_order`)
+        if not ordered:
+            Xtr, Xv = _in_order(Xtr, order), _in_order(Xv, order)
+        masks = masks[:, order]
         widths = prefix_widths(masks)
     Xtr, Xv = _to_device(Xtr, solver_dtype(opts)), _to_device(Xv, jnp.float32)
     # device_put, not jnp.asarray: jax compiles a program per shape to stage numpy input.
@@ -198,6 +203,29 @@ BY_WIDTH = {"cpu": 0, "gpu": 1 << 28}
 def by_width(devices: int, n_rows: int, width: int) -> bool:
     least = BY_WIDTH.get(jax.default_backend())
     return devices == 1 and least is not None and n_rows * width >= least
+
+
+def layout(data: FitData, cand: Columns, width: int) -> np.ndarray | None:
+    """The `column_order` of a group's `width` columns where its lanes step prefix widths
+    (`by_width`), else None (the candidates' own order)."""
+    if not by_width(n_devices(), data.train.n_rows, width):
+        return None
+    return column_order(cand, width, len(data.opts.etas))
+
+
+# Where a group's lanes step prefix widths, its matrices' columns are padded to a multiple
+# of this instead of a power of two: the padding is never stepped, but it is held, in the
+# features, every lane's state and the weights scored. GPT2-XL's widest group at 20000 rows
+# has ~2.9e5 candidates, which a power of two would pad to 524288.
+WIDTH_STEP = 1024
+
+
+def own_width(n_cand: int, n_rows: int) -> int:
+    """A group's padded width when groups do not share one (`shared_width`)."""
+    width = padded_width(n_cand)
+    if by_width(n_devices(), n_rows, width):
+        return min(width, round_up(n_cand, WIDTH_STEP))
+    return width
 
 
 def column_order(cand: Columns, width: int, n_etas: int) -> np.ndarray:
@@ -356,20 +384,29 @@ def _fit_masks_sharded(X, y, n_classes, lams, masks, *, max_iter, tol, smooth):
 UNION_ON_DEVICE = {"cpu": False}
 
 
-def union_columns(data: FitData, tables, cands: list[Columns]):
+def union_columns(data: FitData, tables, cands: list[Columns], widths: list[int]):
     """(train, valid) `columns.UnionColumns` of every group's candidates, or None where the
     groups read their source directly: on a CPU, on several devices, from features already
-    on the device, or when the union would take more than a quarter of the free device
-    memory."""
+    on the device, or when the union and the widest group's arrays (widths: each group's
+    padded width) would not fit in the free device memory (logged: each group then reads
+    the source, ~40 ns an element)."""
     src = data.train  # a fit's sources hold every array (options.require_full)
     if not UNION_ON_DEVICE.get(jax.default_backend(), True) or n_devices() > 1:
         return None
     if hasattr(src, "read_columns"):  # on the device already: `gather` reads it there
         return None
     cols = union_of([c for c in cands if len(c)])
-    itemsize = jnp.dtype(solver_dtype(data.opts)).itemsize
-    nbytes = padded_width(len(cols)) * (src.n_rows * itemsize + data.valid.n_rows * 4)
-    if not len(cols) or not _fits_device(nbytes):
+    if not len(cols):
+        return None
+    nbytes = _matrix_bytes(data, union_width(len(cols)))
+    group = max(_group_bytes(data, w) for c, w in zip(cands, widths, strict=True) if len(c))
+    need = nbytes + group
+    if not _fits_device(need):
+        log.warning(
+            "integration: the union of the groups' columns (%.1f GB) and the widest group "
+            "(%.1f GB in all) do not fit in free device memory; each group reads its columns "
+            "from host memory instead (slower)", nbytes / 1e9, need / 1e9,
+        )  # fmt: skip
         return None
     mean, std = column_stats(cols, tables)
     chunk = data.opts.memory_bytes
@@ -379,11 +416,36 @@ def union_columns(data: FitData, tables, cands: list[Columns]):
     )
 
 
-def _fits_device(nbytes: int) -> bool:
+def _matrix_bytes(data: FitData, width: int) -> int:
+    """Device bytes of a train and a valid matrix of `width` standardised columns."""
+    itemsize = jnp.dtype(solver_dtype(data.opts)).itemsize
+    return width * (data.train.n_rows * itemsize + data.valid.n_rows * 4)
+
+
+# Weight-shaped fp32 arrays [lanes, width + 1, K] a group holds at once, at most: the FISTA
+# state's params and point, the result, the scored copy put back in order, and one spare.
+WEIGHT_COPIES = 5
+
+
+def _group_bytes(data: FitData, width: int) -> int:
+    """Device bytes one group of `width` columns holds while it is solved and scored."""
+    R = len(probes.PAPER_C_GRID) if data.opts.lam_grid == "paper" else data.opts.n_lams
+    lanes = len(data.opts.etas) * len(depths(data)) * R
+    weights = lanes * (width + 1) * probes.n_columns(data.n_classes) * 4 * WEIGHT_COPIES
+    return _matrix_bytes(data, width) + weights
+
+
+def _fits_device(nbytes: int, share: float = 0.8) -> bool:
+    free = free_device_bytes()
+    return free is None or nbytes <= free * share
+
+
+def free_device_bytes() -> int | None:
+    """The first device's free memory, or None where it does not say (a CPU)."""
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_limit" not in stats:
-        return True
-    return nbytes <= (stats["bytes_limit"] - stats.get("bytes_in_use", 0)) // 4
+        return None
+    return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
 
 
 def combo_candidates(data: FitData, tables, rep_set, pool_set) -> Columns:
@@ -407,11 +469,12 @@ def integrate_combo(
         return [], []  # every probe of this combination is all-zero
     mean, std = column_stats(cand, tables)
     cols = width or padded_width(len(cand))  # a device gather pads to it (one program)
-    if union is not None:
-        Xtr, Xv = (u.take(cand, cols) for u in union)
+    if union is not None:  # taken in the solver's column order: one copy of each on the device
+        order = layout(data, cand, cols)
+        Xtr, Xv = (u.take(cand, cols, order) for u in union)
     else:
         Xtr, Xv = (gather(src, cand, mean, std, width=cols) for src in (data.train, data.valid))
-    scores, fit, used, lams = integrate(data, Xtr, Xv, cand, width)
+    scores, fit, used, lams = integrate(data, Xtr, Xv, cand, cols, ordered=union is not None)
     grid = [
         dict(representation=rname, pooling=pname, eta=eta, k=int(k), lam=float(lams[r]),
              valid=float(scores[e, d, r]), n_neurons=int(used[e, d, r]),

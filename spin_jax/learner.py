@@ -34,6 +34,7 @@ from spin_jax.integration import (  # noqa: F401
     depths,
     integrate_combo,
     kept_neurons,
+    own_width,
     shared_width,
 )
 from spin_jax.layer_probes import ProbeTable, cached, fit_probe_table
@@ -207,13 +208,14 @@ def integrate_all(data: FitData, tables: dict, progress: bool) -> tuple[list[Cho
     choices, grid = [], []
     combos = [(r, p) for r in rep_sets(data.opts) for p in pool_sets(data.opts)]
     cands = [combo_candidates(data, tables, r, p) for r, p in combos]
-    width = shared_width([len(c) for c in cands if len(c)], data.train.n_rows)
-    for n in dict.fromkeys(width or padded_width(len(c)) for c in cands if len(c)):
-        ahead.background(functools.partial(integration.compile_ahead, data, n, width))
+    shared = shared_width([len(c) for c in cands if len(c)], data.train.n_rows)
+    widths = [shared or own_width(len(c), data.train.n_rows) for c in cands]
+    for n in dict.fromkeys(w for c, w in zip(cands, widths, strict=True) if len(c)):
+        ahead.background(functools.partial(integration.compile_ahead, data, n, n))
     bar = _progress(len(combos), "integration", progress)
     bar.set_postfix_str("gathering columns")
-    union = integration.union_columns(data, tables, cands)
-    for (rep_set, pool_set), cand in zip(combos, cands, strict=True):
+    union = integration.union_columns(data, tables, cands, widths)
+    for (rep_set, pool_set), cand, width in zip(combos, cands, widths, strict=True):
         bar.set_postfix_str(f"{rep_set[0]}/{pool_set[0]}")
         combo_choices, combo_grid = integrate_combo(
             data, tables, rep_set, pool_set, cand=cand, width=width, union=union
