@@ -150,10 +150,14 @@ def depths(data: FitData) -> np.ndarray:
     return np.arange(first, data.opts.max_layer(data.n_layers) + 1)
 
 
-def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None, ordered=False):
+def integrate(
+    data: FitData, Xtr, Xv, cand: Columns, width: int | None = None, ordered=False, narrow=False
+):
     """Aggregated probes over layers up to k for every eta and k (`depths`), at every lam,
     in one program, columns padded to `width` (default: `padded_width`); ordered: Xtr and
-    Xv's columns are already in `layout`'s order. Returns, in numpy, valid scores
+    Xv's columns are already in `layout`'s order; narrow: prefix widths stepped on copies
+    of their prefixes (`lanes.fit_masks`), for groups that do not share one width. Returns,
+    in numpy, valid scores
     [E, D, R], fit (weights [E, D, R, Mpad, K]), the neurons each uses [E, D, R] and lams
     [R]."""
     opts, D = data.opts, len(depths(data))
@@ -182,7 +186,8 @@ def integrate(data: FitData, Xtr, Xv, cand: Columns, width: int | None = None, o
         K = probes.n_columns(data.n_classes)
         fit_spec = _fit_spec(masks.shape[0], len(lams), masks.shape[1], K)
         ahead.submit(_score_masks, Xv, data.yv, fit_spec, None, **scoring)
-    fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts, widths=widths, order=order)
+    fit = _fit_masks(Xtr, data.y, data.n_classes, lams, masks, opts, widths=widths, order=order,
+                     narrow=narrow)  # fmt: skip
     back = None if order is None else jax.device_put(np.argsort(order).astype(np.int32))
     out = ahead.call(_score_masks, Xv, data.yv, fit, back, **scoring)
     scores, fit, used = jax.device_get(out)  # one copy to the host, no eager op after it
@@ -286,7 +291,7 @@ def _score_masks(Xv, yv, fit, back=None, *, shape, metric, n_classes):
     return scores, fit, used
 
 
-def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
+def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None, narrow=False):
     """fit_path for each feature mask [G, M] on shared X.
 
     One device: `lanes.fit_masks`, whose converged lanes leave the batch between rounds.
@@ -312,6 +317,7 @@ def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None):
         widths=widths,
         order=None if order is None else jax.device_put(order.astype(np.int32)),
         batch_elements=lane_batch_elements(),
+        narrow=narrow,
     )
 
 
@@ -454,14 +460,15 @@ def combo_candidates(data: FitData, tables, rep_set, pool_set) -> Columns:
 
 
 def integrate_combo(
-    data: FitData, tables, rep_set, pool_set, *, cand=None, width=None, union=None
+    data: FitData, tables, rep_set, pool_set, *, cand=None, width=None, union=None, narrow=False
 ) -> tuple[list[Choice], list]:
     """Every (eta, k) candidate of one (representation, pooling) set at its best lam, and
     the whole validated grid: a row per (eta, k, lam) with its score and neurons used.
 
     rep_set and pool_set are (name, members) pairs (options.rep_sets, options.pool_sets);
     cand their `combo_candidates` if already built, width as `integrate`'s; union (train,
-    valid) `union_columns` that hold cand's columns, read from there instead of the source."""
+    valid) `union_columns` that hold cand's columns, read from there instead of the source;
+    narrow as `integrate`'s."""
     (rname, _), (pname, _) = rep_set, pool_set
     etas, ks = data.opts.etas, depths(data)
     cand = combo_candidates(data, tables, rep_set, pool_set) if cand is None else cand
@@ -474,7 +481,9 @@ def integrate_combo(
         Xtr, Xv = (u.take(cand, cols, order) for u in union)
     else:
         Xtr, Xv = (gather(src, cand, mean, std, width=cols) for src in (data.train, data.valid))
-    scores, fit, used, lams = integrate(data, Xtr, Xv, cand, cols, ordered=union is not None)
+    scores, fit, used, lams = integrate(
+        data, Xtr, Xv, cand, cols, ordered=union is not None, narrow=narrow
+    )
     grid = [
         dict(representation=rname, pooling=pname, eta=eta, k=int(k), lam=float(lams[r]),
              valid=float(scores[e, d, r]), n_neurons=int(used[e, d, r]),

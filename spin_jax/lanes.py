@@ -45,6 +45,7 @@ def fit_masks(
     widths: np.ndarray | None = None,
     order: np.ndarray | None = None,
     batch_elements: int | None = None,
+    narrow: bool = False,
 ) -> ProbeFit:
     """`fit_path` on one shared X [N, F] (standardised, no padded rows) for every feature
     mask of masks [G, F] (0/1) at every lam of lams [R].
@@ -56,7 +57,9 @@ def fit_masks(
     widths [G] (optional): each mask is zero beyond its first widths[g] columns, so its
     lanes are stepped on that prefix of X alone, in chunks of two sizes per width (`chunks`),
     so that a few programs serve every width and problem count; batch_elements (optional)
-    bounds a chunk's per-lane work as `lanes_within` counts it.
+    bounds a chunk's per-lane work as `lanes_within` counts it. narrow (with widths): each
+    width's lanes on copies of its prefix, so that its programs do not depend on F
+    (`_narrow_rounds`), for callers that solve problems of several F with the same widths.
     order [F] (optional): X's columns are another layout's in this order (see `_lipschitz`).
     max_iter: one cap for every lane, or a cap per lam [R].
     Returns ProbeFit with weights [G, R, F, K], intercept [G, R, K], n_iter and converged
@@ -75,8 +78,12 @@ def fit_masks(
     if widths is None and order is None:  # (prefix widths: programs by the masks' widths)
         compile_ahead(X, y, n_classes, lams, masks, size=size, **run)
     T, m_over_n, Ls, theta0 = ahead.call(_masks_setup, X, y, n_classes, masks, order)
-    state = ahead.call(_lanes_start, theta0, n=G * R, smooth=smooth)
     problem = (X, T, m_over_n, masks, Ls, lams)
+    if widths is not None and narrow:
+        del run["shrink"]
+        plan = _width_plan(widths, R, X.shape[0], K, max_lanes or G * R, batch_elements)
+        return _narrow_rounds(problem, plan, shape=(G, R, K), **run)
+    state = ahead.call(_lanes_start, theta0, n=G * R, smooth=smooth)
     if widths is None:
         state = _lanes_rounds(problem, state, np.arange(G * R), size, None, **run)
     else:
@@ -86,6 +93,26 @@ def fit_masks(
         for width, active, sizes in plan:
             state = _chunked_rounds(problem, state, active, sizes, width, **run)
     return ahead.call(_lanes_result, state, tol, shape=(G, R, K))
+
+
+def _narrow_rounds(problem, plan, *, shape, max_iter, tol, smooth) -> ProbeFit:
+    """`fit_masks`' prefix-width rounds on a copy of each width's prefix of X and masks,
+    with a state of the width's own (`_prefix`, `_width_start`): the step programs' shapes
+    then hold the width alone, not X's, and serve every integration group of that width
+    (GPT2-XL's 12 groups, each its own X width, compiled 177 programs in 67 s of a 240 s
+    fit when each group's steps held its width: benchmarks/RESULTS.md, session 20)."""
+    X, T, m_over_n, masks, Ls, lams = problem
+    G, R, K = shape
+    parts = []
+    for width, active, sizes in plan:  # a width's copies are freed once its rounds end
+        X_w, masks_w = ahead.call(_prefix, X, masks, width=width)
+        problem_w = (X_w, T, m_over_n, masks_w, Ls, lams)
+        state = ahead.call(_width_start, T, n=G * R, smooth=smooth, width=width)
+        state = _chunked_rounds(problem_w, state, active, sizes, None, max_iter=max_iter,
+                                tol=tol, smooth=smooth)  # fmt: skip
+        lanes = np.append(active, np.full(_pow2(len(active)) - len(active), -1))
+        parts.append((jax.device_put(lanes.astype(np.int32)), ahead.call(_solved, state)))
+    return ahead.call(_widths_result, parts, tol, shape=shape, width=X.shape[1])
 
 
 def lam_caps(max_iter, n_lams: int) -> np.ndarray:
@@ -253,6 +280,52 @@ def _lanes_result(state, tol, *, shape) -> ProbeFit:
         state.n_iter.reshape(G, R),
         (state.change <= tol).reshape(G, R),
     )
+
+
+@partial(solver_jit, static_argnames=("shape", "width"))
+def _widths_result(parts, tol, *, shape, width) -> ProbeFit:
+    """`_lanes_result` from each prefix width's (its lanes, padded with -1; its `_solved`
+    state): weights [G, R, width, K], zero beyond each lane's prefix."""
+    G, R, K = shape
+    x = jnp.zeros((G * R, width + 1, K), jnp.float32)
+    n_iter, change = jnp.zeros(G * R, jnp.int32), jnp.full(G * R, jnp.inf, jnp.float32)
+    for lanes, (xw, k, c) in parts:
+        at = jnp.where(lanes < 0, G * R, lanes)  # -1: no lane, dropped
+        rows = jnp.maximum(lanes, 0)
+        w = min(xw.shape[1] - 1, width)  # a prefix zero-padded past X's width: zeros there
+        x = x.at[at, :w].set(xw[rows, :w], mode="drop")
+        x = x.at[at, -1].set(xw[rows, -1], mode="drop")
+        n_iter = n_iter.at[at].set(k[rows], mode="drop")
+        change = change.at[at].set(c[rows], mode="drop")
+    return ProbeFit(
+        x[:, :-1].reshape(G, R, -1, K),
+        x[:, -1].reshape(G, R, K),
+        n_iter.reshape(G, R),
+        (change <= tol).reshape(G, R),
+    )
+
+
+@solver_jit
+def _solved(state):
+    """(solution [lanes, width + 1, K], iterations [lanes], last change [lanes])."""
+    return solver.solution(state.params, state.opt_state), state.n_iter, state.change
+
+
+@partial(solver_jit, static_argnames=("width",))
+def _prefix(X, masks, *, width):
+    """X [N, F] and masks [G, F] cut, or zero-padded, to their first `width` columns."""
+
+    def cut(a):
+        a = a[:, :width]
+        return jnp.pad(a, ((0, 0), (0, width - a.shape[1])))
+
+    return cut(X), cut(masks)
+
+
+@partial(solver_jit, static_argnames=("n", "smooth", "width"))
+def _width_start(T, *, n: int, smooth, width: int):
+    """`_lanes_start` of n lanes on `width` columns, from the targets T [N, K] alone."""
+    return _lanes_start(_init_theta(T, jnp.ones(T.shape[0]), width), n=n, smooth=smooth)
 
 
 @partial(solver_jit, static_argnames=("n_classes",))

@@ -8,6 +8,7 @@ import logging
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import monitoring
@@ -114,3 +115,32 @@ def test_a_fit_on_host_features_compiles_only_its_own_programs(union):
     assert names
     eager = [n for n in names if n.removeprefix("jit(").removesuffix(")") not in ours]
     assert not eager, eager
+
+
+def test_prefix_width_steps_serve_groups_of_other_widths():
+    """Integration's groups each have a width of their own (not a power of two where their
+    lanes step prefixes: integration.own_width). The step programs of a prefix width hold
+    only that prefix and its lanes' state, so a second group whose masks use the same prefix
+    widths compiles none of them again (GPT2-XL's 12 groups compiled 177 programs in 67 s
+    when each group's steps held its own width: benchmarks/RESULTS.md, session 20)."""
+    from spin_jax import lanes
+
+    rng = np.random.default_rng(0)
+    y = jnp.asarray(rng.integers(0, 2, 400))
+    lams = jnp.asarray([1e-2, 1e-3])
+
+    def group(width: int) -> list[str]:
+        X = jnp.asarray(rng.normal(size=(400, width)), jnp.float32)
+        used = np.array([[40], [100], [128], [60]])  # prefix widths 128 (padded_width) alone
+        masks = jnp.asarray((np.arange(width) < used) * 1.0, jnp.float32)
+        widths = np.full(4, 128)
+        return compiled_names(
+            lambda: lanes.fit_masks(X, y, 2, lams, masks, widths=widths, max_iter=50, tol=1e-4,
+                                    narrow=True)
+        )
+
+    jax.clear_caches()
+    first, second = group(200), group(232)
+    assert "jit(_lanes_step)" in first
+    shared = {"jit(_lanes_step)", "jit(_width_start)", "jit(_solved)"}
+    assert not shared & set(second), second
