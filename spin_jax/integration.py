@@ -429,16 +429,20 @@ def _matrix_bytes(data: FitData, width: int) -> int:
 
 
 # Weight-shaped fp32 arrays [lanes, width + 1, K] a group holds at once, at most: the FISTA
-# state's params and point, the result, the scored copy put back in order, and one spare.
-WEIGHT_COPIES = 5
+# state's params and point, the result, the scored copy put back in order, and on prefix
+# widths stepped on copies (`lanes._narrow_rounds`) each width's solutions until the last
+# (at most twice the widest's, widths being powers of two) and its state; one spare.
+WEIGHT_COPIES = 8
 
 
 def _group_bytes(data: FitData, width: int) -> int:
-    """Device bytes one group of `width` columns holds while it is solved and scored."""
+    """Device bytes one group of `width` columns holds while it is solved and scored: its
+    matrices, the copy of a prefix of the train matrix, and the lanes' weights."""
     R = len(probes.PAPER_C_GRID) if data.opts.lam_grid == "paper" else data.opts.n_lams
     lanes = len(data.opts.etas) * len(depths(data)) * R
     weights = lanes * (width + 1) * probes.n_columns(data.n_classes) * 4 * WEIGHT_COPIES
-    return _matrix_bytes(data, width) + weights
+    prefix = width * data.train.n_rows * jnp.dtype(solver_dtype(data.opts)).itemsize
+    return _matrix_bytes(data, width) + prefix + weights
 
 
 def _fits_device(nbytes: int, share: float = 0.8) -> bool:

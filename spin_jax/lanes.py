@@ -292,7 +292,7 @@ def _widths_result(parts, tol, *, shape, width) -> ProbeFit:
     for lanes, (xw, k, c) in parts:
         at = jnp.where(lanes < 0, G * R, lanes)  # -1: no lane, dropped
         rows = jnp.maximum(lanes, 0)
-        w = min(xw.shape[1] - 1, width)  # a prefix zero-padded past X's width: zeros there
+        w = xw.shape[1] - 1
         x = x.at[at, :w].set(xw[rows, :w], mode="drop")
         x = x.at[at, -1].set(xw[rows, -1], mode="drop")
         n_iter = n_iter.at[at].set(k[rows], mode="drop")
@@ -313,13 +313,8 @@ def _solved(state):
 
 @partial(solver_jit, static_argnames=("width",))
 def _prefix(X, masks, *, width):
-    """X [N, F] and masks [G, F] cut, or zero-padded, to their first `width` columns."""
-
-    def cut(a):
-        a = a[:, :width]
-        return jnp.pad(a, ((0, 0), (0, width - a.shape[1])))
-
-    return cut(X), cut(masks)
+    """Copies of X [N, F] and masks [G, F] cut to their first `width` (<= F) columns."""
+    return X[:, :width], masks[:, :width]
 
 
 @partial(solver_jit, static_argnames=("n", "smooth", "width"))

@@ -481,3 +481,24 @@ def test_predictions_and_c_grid():
     lams = probes.lams_from_c(probes.PAPER_C_GRID, 200)
     np.testing.assert_allclose(lams, 1.0 / (np.sort(probes.PAPER_C_GRID) * 200), rtol=1e-6)
     assert np.all(np.diff(np.asarray(lams)) < 0)
+
+
+def test_fit_masks_narrow_with_three_classes_is_the_in_program_prefix_fit():
+    """Prefix widths on copies of each prefix (`narrow`) solve what the in-program prefixes
+    solve, with a softmax's K = 3 columns of weights a lane."""
+    F = 300
+    X, y = make_problem(3, 900, F, 3, scale=1.0)
+    X, y = jnp.asarray(X), jnp.asarray(y)
+    used = np.array([[40], [300], [128], [200]])
+    masks = jnp.asarray((np.random.default_rng(4).random((4, F)) > 0.3) & (np.arange(F) < used),
+                        jnp.float32)  # fmt: skip
+    widths = np.array([128, 300, 128, 256])
+    lams = probes.default_lams(X, y, 3, num=2, ratio=0.05)
+    solve = dict(widths=widths, max_iter=200, tol=1e-5)
+    want = lanes.fit_masks(X, y, 3, lams, masks, **solve)
+    got = lanes.fit_masks(X, y, 3, lams, masks, narrow=True, **solve)
+    assert got.weights.shape == want.weights.shape == (4, 2, F, 3)
+    np.testing.assert_allclose(got.weights, want.weights, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.intercept, want.intercept, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got.converged, want.converged)
+    assert np.all(np.abs(np.asarray(got.n_iter) - np.asarray(want.n_iter)) <= 1)
