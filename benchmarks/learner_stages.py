@@ -12,6 +12,13 @@ on the accelerator, as `SpinClassifier` does on a GPU.
     PYTHONPATH=. python benchmarks/learner_stages.py --train 13600 --valid 3400 \\
         --placement device --dtype float16                                  # GPU, MiniLM fit size
     ... --gpu-options '{"xla_gpu_enable_triton_gemm": false}'   # devices.GPU_SOLVER_OPTIONS
+    ... --own-widths [--no-narrow]   # integration as a GPU runs GPT2-XL's (below)
+
+`--own-widths` integrates as one GPU does at GPT2-XL's size, whatever the backend: every
+group at its own width (no shared width), lanes on prefix widths, the union of the groups'
+columns gathered once; `--no-narrow` steps those prefixes inside programs of the group's
+own width, as before session 20 (`lanes.fit_masks` narrow=False). `--by-program` adds the
+compile seconds of each program name.
 """
 
 from __future__ import annotations
@@ -80,6 +87,40 @@ def timed_stages() -> dict:
     return stages
 
 
+def own_widths(narrow: bool) -> None:
+    """Integration as a GPU at GPT2-XL's size: no shared width, prefix widths, the union."""
+    from spin_jax import integration, lanes
+
+    integration.SHARED_ELEMENTS, integration.SHARED_ELEMENTS_BY_WIDTH = 0, {}
+    integration.BY_WIDTH = {jax.default_backend(): 0}
+    integration.UNION_ON_DEVICE = {}
+    if not narrow:
+        real = lanes.fit_masks
+        lanes.fit_masks = lambda *a, **k: real(*a, **{**k, "narrow": False})
+
+
+def compiles_by_program() -> dict:
+    """{program name: [compiles, seconds]}, filled from jax's compile log as the fit runs."""
+    import logging
+    import re
+
+    found: dict = {}
+
+    class Finished(logging.Handler):
+        def emit(self, record):
+            pattern = r"Finished XLA compilation of (\S+) in ([0-9.e-]+) s"
+            m = re.search(pattern, record.getMessage())
+            if m:
+                entry = found.setdefault(m.group(1), [0, 0.0])
+                entry[0], entry[1] = entry[0] + 1, entry[1] + float(m.group(2))
+
+    logger = logging.getLogger("jax")
+    logger.addHandler(Finished())
+    logger.setLevel(logging.DEBUG)
+    jax.config.update("jax_log_compiles", True)
+    return found
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", type=int, default=384)
@@ -89,7 +130,13 @@ def main(argv=None) -> int:
     p.add_argument("--features-cache", help="an .npz that keeps the reviews' features")
     p.add_argument("--gpu-options", help="JSON for devices.GPU_SOLVER_OPTIONS")
     p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--own-widths", action="store_true", help="every group its own width")
+    p.add_argument("--no-narrow", action="store_true", help="with --own-widths: narrow=False")
+    p.add_argument("--by-program", action="store_true", help="compile seconds by program")
     args = p.parse_args(argv)
+    if args.own_widths:
+        own_widths(narrow=not args.no_narrow)
+    by_program = compiles_by_program() if args.by_program else None
     if args.gpu_options:
         devices.GPU_SOLVER_OPTIONS = json.loads(args.gpu_options)
     arrays, labels, _ = review_features(args.features_cache)
@@ -111,6 +158,10 @@ def main(argv=None) -> int:
     chosen = report["chosen"]
     print(f"\nchosen: {chosen['representation']}/{chosen['pooling']}, k {chosen['k']}, "
           f"{chosen['n_neurons']} neurons, valid {chosen['valid']:.4f}")  # fmt: skip
+    if by_program is not None:
+        print("\n| program | compiles | compile s |\n|---|---:|---:|")
+        for name, (n, secs) in sorted(by_program.items(), key=lambda kv: -kv[1][1]):
+            print(f"| {name} | {n} | {secs:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"stages": stages, "whole fit": total, "args": vars(args)}, f, indent=1)
