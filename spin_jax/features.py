@@ -39,8 +39,25 @@ class MemoryFeatures(_ArrayFeatures):
             raise StoreError(f"no array {name!r} in these features; they hold {list(self.arrays)}.")
         x = self.arrays[name]
         row_idx, axes = _selection(name, x.shape, rows, (layers, poolings, neurons))
+        runs = [_run(i) for i in (row_idx, *axes)]
+        if all(r is not None for r in runs):  # a view: the probes' chunks of layers
+            x = x[tuple(runs)]
+            if dtype is None:
+                x = x.view()
+                x.flags.writeable = False  # the features' own memory
+                return x
+            return x.astype(dtype)
         x = x[np.ix_(row_idx, *axes)]
         return x if dtype is None else x.astype(dtype)
+
+
+def _run(idx: np.ndarray) -> slice | None:
+    """idx as a slice where it is a run of consecutive indices, else None. (A read of such
+    runs is a view: numpy's gather by np.ix_, then the probes' transposed copy, moved a
+    GPT2-XL shape's layers at a third of the speed of one copy from the view, 2 CPU cores.)"""
+    if idx.size and idx[-1] - idx[0] == idx.size - 1 and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return None
 
 
 class DeviceFeatures(_ArrayFeatures):

@@ -219,3 +219,28 @@ def test_fit_over_the_host_budget_reads_a_store_and_equals_in_memory(model, caps
         assert got.report[key] == want.report[key], key
     texts = data["test"][0]
     np.testing.assert_array_equal(got.predict_proba(texts), want.predict_proba(texts))
+
+
+def test_a_read_of_consecutive_layers_is_a_view_equal_to_the_gather():
+    """MemoryFeatures reads runs of consecutive indices (the probes' chunks of layers) as a
+    view: the same values as a gather, and read-only, so no caller writes the features."""
+    from spin_jax.features import MemoryFeatures
+
+    x = np.arange(5 * 4 * 3 * 6, dtype=np.float32).reshape(5, 4, 3, 6)
+    src = MemoryFeatures({"hidden": x}, np.zeros(5, np.int64), ("a", "b"), {})
+    cases = [
+        dict(layers=[1, 2], poolings=[2]), dict(rows=[1, 2, 3], layers=[0, 1, 2, 3]),
+        dict(layers=[3, 1]), dict(layers=[0, 2], poolings=[1]), dict(neurons=[-2, -1]),
+    ]  # fmt: skip
+    for sel in cases:
+        rows = np.arange(5) if sel.get("rows") is None else np.asarray(sel["rows"])
+        names = ("layers", "poolings", "neurons")
+        axes = [np.arange(n) if sel.get(k) is None else np.asarray(sel[k]) % n
+                for k, n in zip(names, x.shape[1:], strict=True)]  # fmt: skip
+        want = x[np.ix_(rows, *axes)]
+        got = src.read("hidden", dtype=None, **sel)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(src.read("hidden", **sel), want)  # float32: a copy
+    view = src.read("hidden", layers=[1, 2], poolings=[2], dtype=None)
+    assert np.shares_memory(view, x) and not view.flags.writeable
+    assert not np.shares_memory(src.read("hidden", layers=[1, 2], poolings=[2]), x)
