@@ -218,7 +218,7 @@ def worker(args) -> dict:
         feats = [on_device(f) for f in feats]
         to_device_s = time.perf_counter() - t
     compiles = count_compiles()
-    group_s = time_groups()
+    group_s, reads = time_groups(), time_probe_reads()
     t = time.perf_counter()
     head, report = fit_spin(feats[0], feats[1], opts=SpinOptions(), progress=args.progress)
     fit_s = time.perf_counter() - t
@@ -249,6 +249,7 @@ def worker(args) -> dict:
         valid=report["spin"]["valid"],
         chosen=report["chosen"],
         union_s=sum(g["union_s"] for g in group_s if "union_s" in g),
+        probe_reads_s=reads["s"],
         integration_profile=integration_profile(
             report, [g for g in group_s if "union_s" not in g], args.n_train
         ),
@@ -288,6 +289,34 @@ def time_groups() -> list[dict]:
     wrap(integration, "_fit_masks", "lanes_s")
     wrap(learner, "integrate_combo", "seconds")
     return groups
+
+
+def time_probe_reads() -> dict:
+    """{"s": seconds}: the probes' reads of their chunks of layers, up to the copy on the
+    device (layer_probes.read_layers and _problems), of the probes' stage seconds."""
+    import jax
+
+    from spin_jax import layer_probes
+
+    total = {"s": 0.0}
+    inner = layer_probes._problems
+
+    def timed(x):
+        t = time.perf_counter()
+        out = jax.block_until_ready(inner(x))
+        total["s"] += time.perf_counter() - t
+        return out
+
+    read = layer_probes.read_layers
+
+    def timed_read(*a, **k):
+        t = time.perf_counter()
+        out = read(*a, **k)
+        total["s"] += time.perf_counter() - t
+        return out
+
+    layer_probes._problems, layer_probes.read_layers = timed, timed_read
+    return total
 
 
 def integration_profile(report: dict, group_s: list[dict], n_rows: int) -> list[dict]:
@@ -398,6 +427,9 @@ def main(argv=None):
     print()
     print(table(runs))
     print()
+    stages, reads = runs[0]["stage_s"], runs[0].get("probe_reads_s", 0.0)
+    print(f"probes {stages.get('probes_s', 0.0):.1f} s, of it reading and copying their "
+          f"features to the device {reads:.1f} s")  # fmt: skip
     union = runs[0].get("union_s") or 0.0
     first = f" (every group's columns gathered first: {union:.1f} s)" if union else ""
     print(f"integration, one device{first}:")
