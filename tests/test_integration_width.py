@@ -102,3 +102,21 @@ def test_accelerators_step_more_lanes_together(monkeypatch):
     assert integration.lane_batch_elements() == integration.LANE_BATCH_ELEMENTS_ACCELERATOR
     gpu = integration._lane_batches((10000, 262144), 490, 5, 2)[0]
     assert (cpu, gpu) == (126, 504)
+
+
+def test_own_widths_on_prefix_copies_fit_like_one_shared_width(monkeypatch):
+    """Where groups do not share a width (a GPU at GPT2-XL's size), each group pads to its
+    own width and its prefixes are stepped on copies (lanes' narrow path); that chooses as
+    one shared width with the prefixes stepped inside the programs (the CPU's default)."""
+    train, valid, test = splits(planted, ("neg", "pos"))
+    monkeypatch.setattr(integration, "BY_WIDTH", {jax.default_backend(): 0})
+    shared = fit_spin(train, valid, test, SpinOptions(**FAST))
+    narrow = []
+    real = integration.lanes.fit_masks
+    monkeypatch.setattr(integration.lanes, "fit_masks",
+                        lambda *a, **k: narrow.append(k["narrow"]) or real(*a, **k))  # fmt: skip
+    monkeypatch.setattr(learner, "shared_width", lambda ws, n: None)
+    monkeypatch.setattr(integration, "WIDTH_STEP", 8)  # widths that are no powers of two
+    own = fit_spin(train, valid, test, SpinOptions(**FAST))
+    assert narrow and all(narrow)
+    assert_same_fit(valid, shared, own, atol=1e-5)
