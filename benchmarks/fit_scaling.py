@@ -276,6 +276,8 @@ def time_groups() -> list[dict]:
         def timed(*a, **k):
             if key in ("seconds", "union_s"):  # a new entry
                 groups.append({key: 0.0} if key == "union_s" else dict.fromkeys(PARTS, 0.0))
+            if key == "seconds" and k.get("width"):
+                groups[-1]["width"] = k["width"]  # the group's padded width, as integrated
             t = time.perf_counter()
             out = jax.block_until_ready(inner(*a, **k))
             groups[-1][key] += time.perf_counter() - t
@@ -334,7 +336,8 @@ def integration_profile(report: dict, group_s: list[dict], n_rows: int) -> list[
     for ((rep, pool), rows), times in zip(groups.items(), group_s, strict=False):
         lams = sorted({r["lam"] for r in rows}, reverse=True)
         iters = sum(r["n_iter"] for r in rows)
-        width = padded_width(rows[0]["columns"])
+        times = dict(times)
+        width = times.pop("width", None) or padded_width(rows[0]["columns"])
         per_lam = []
         caps = integration.lam_caps(opts, np.asarray(lams), n_rows)  # the weak lams' own
         for lam, cap in zip(lams, caps, strict=True):
