@@ -79,16 +79,15 @@ def fit_masks(
         compile_ahead(X, y, n_classes, lams, masks, size=size, **run)
     T, m_over_n, Ls, theta0 = ahead.call(_masks_setup, X, y, n_classes, masks, order)
     problem = (X, T, m_over_n, masks, Ls, lams)
-    if widths is not None and narrow:
-        del run["shrink"]
+    if widths is not None:
+        del run["shrink"]  # chunks of two sizes replace the shrinking batch
         plan = _width_plan(widths, R, X.shape[0], K, max_lanes or G * R, batch_elements)
-        return _narrow_rounds(problem, plan, shape=(G, R, K), **run)
+        if narrow:
+            return _narrow_rounds(problem, plan, shape=(G, R, K), **run)
     state = ahead.call(_lanes_start, theta0, n=G * R, smooth=smooth)
     if widths is None:
         state = _lanes_rounds(problem, state, np.arange(G * R), size, None, **run)
     else:
-        del run["shrink"]  # chunks of two sizes replace the shrinking batch
-        plan = _width_plan(widths, R, X.shape[0], K, max_lanes or G * R, batch_elements)
         _compile_widths(problem, state, plan, **run)
         for width, active, sizes in plan:
             state = _chunked_rounds(problem, state, active, sizes, width, **run)
