@@ -210,6 +210,19 @@ def by_width(devices: int, n_rows: int, width: int) -> bool:
     return devices == 1 and least is not None and n_rows * width >= least
 
 
+# Where groups do not share a width, each prefix width stepped on a copy of it (lanes'
+# narrow path), so one set of step programs serves every group: on 2 CPU cores, with the
+# GPT2-XL layout forced, integration took 16-20 s against 24-27 s (step programs 30 -> 10).
+# On one H200 GPT2-XL's fit took 246 s against 240 s, compiling 259 programs against 177
+# in the same 67 s: there the groups' other programs cost what the shared steps saved
+# (benchmarks/RESULTS.md, session 20), so accelerators keep the steps inside each width.
+NARROW = {"cpu": True}
+
+
+def narrow_steps() -> bool:
+    return NARROW.get(jax.default_backend(), False)
+
+
 def layout(data: FitData, cand: Columns, width: int) -> np.ndarray | None:
     """The `column_order` of a group's `width` columns where its lanes step prefix widths
     (`by_width`), else None (the candidates' own order)."""

@@ -219,7 +219,7 @@ def integrate_all(data: FitData, tables: dict, progress: bool) -> tuple[list[Cho
         bar.set_postfix_str(f"{rep_set[0]}/{pool_set[0]}")
         combo_choices, combo_grid = integrate_combo(
             data, tables, rep_set, pool_set, cand=cand, width=width, union=union,
-            narrow=shared is None,  # each group its own width: steps that serve them all
+            narrow=shared is None and integration.narrow_steps(),  # own widths: shared steps
         )
         choices.extend(combo_choices)
         grid.extend(combo_grid)
