@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -18,7 +19,7 @@ from spin_jax.columns import store_layer
 from spin_jax.devices import n_devices, round_up, shard_problems, solver_jit
 from spin_jax.options import FitData, score, solver_dtype
 from spin_jax.store import DTYPES
-from spin_jax.streaming import layer_chunks
+from spin_jax.streaming import layer_chunks, reads_ahead
 
 log = logging.getLogger("spin_jax")
 
@@ -74,11 +75,35 @@ def fit_probe_table(data: FitData, rep: str, pool: int) -> ProbeTable:
     chunks of layers that fit opts.memory_bytes: features not on the device (the host, or
     a store read memory-mapped) stream through it a chunk at a time (streaming.py)."""
     F, first = data.train.shape(rep)[-1], data.opts.first_layer(rep)
-    parts = []
-    for layers in layer_chunks(data.opts.memory_bytes, data.train.n_rows, F, first, data.n_layers):
-        padded = np.pad(layers, (0, round_up(len(layers), n_devices()) - len(layers)), "edge")
-        parts.append(_probe_chunk(data, rep, pool, padded).first(len(layers)))
+    chunks = layer_chunks(data.opts.memory_bytes, data.train.n_rows, F, first, data.n_layers)
+    padded = [np.pad(c, (0, round_up(len(c), n_devices()) - len(c)), "edge") for c in chunks]
+    read = functools.partial(_train_problems, data, rep, pool)
+    parts = [
+        _probe_chunk(data, rep, pool, layers, X).first(len(chunk))
+        for chunk, (layers, X) in zip(chunks, _reads_ahead(read, padded), strict=True)
+    ]
     return ProbeTable.concat(parts)
+
+
+def _train_problems(data: FitData, rep: str, pool: int, layers: np.ndarray) -> jax.Array:
+    """The training split's [g, N, F] problems of a chunk of layers, on the devices."""
+    return shard_problems(_problems(read_layers(data.train, rep, pool, layers)))
+
+
+def _reads_ahead(read, chunks):
+    """(chunk, read(chunk)) for each chunk in turn; where `streaming.reads_ahead()`, the next
+    one's read starts in a thread as this one is handed out, so the host's copies and the
+    transfer hide behind the device's solve of this one."""
+    if not reads_ahead() or len(chunks) < 2:
+        yield from ((c, read(c)) for c in chunks)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="spin_jax-read") as pool:
+        nxt = pool.submit(read, chunks[0])
+        for i, chunk in enumerate(chunks):
+            X = nxt.result()
+            if i + 1 < len(chunks):
+                nxt = pool.submit(read, chunks[i + 1])
+            yield chunk, X
 
 
 def compile_ahead(data: FitData, reps) -> None:
@@ -125,11 +150,11 @@ def _stored_dtype(src, rep: str):
     return None if spec is None else np.dtype(DTYPES[spec(rep)[1]])
 
 
-def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray) -> ProbeTable:
-    """The probes of one chunk of layers: three jitted programs (solve, score per split, pick
-    the best lam), so a chunk of a shape seen before compiles nothing."""
+def _probe_chunk(data: FitData, rep: str, pool: int, layers: np.ndarray, X) -> ProbeTable:
+    """The probes of one chunk of layers, X its training problems (`_train_problems`): three
+    jitted programs (solve, score per split, pick the best lam), so a chunk of a shape seen
+    before compiles nothing."""
     opts = data.opts
-    X = shard_problems(_problems(read_layers(data.train, rep, pool, layers)))
     mean, std, Xs, fit = ahead.call(
         _solve_chunk,
         X,
@@ -180,7 +205,41 @@ def _problems(x):
     """[g, N, F] problems from a read's [N, g, 1, F]: a numpy copy, or one device program."""
     if isinstance(x, jax.Array):
         return _swap(x)
-    return jax.device_put(np.ascontiguousarray(x[:, :, 0].swapaxes(0, 1)))
+    return jax.device_put(transposed_copy(x[:, :, 0]))
+
+
+# Threads that copy a chunk's rows into its [g, N, F] layout: numpy's copy releases the
+# GIL, and one thread moved GPT2-XL-shaped bf16 chunks at ~2.5 GB/s where two moved ~4.5
+# on 2 cores, into fresh memory whose first touch is most of the cost
+# (benchmarks/probe_reads.py). Below COPY_SPLIT_BYTES one thread copies.
+COPY_THREADS = 8
+COPY_SPLIT_BYTES = 16 << 20
+
+
+def _copy_workers() -> int:
+    return max(1, min(COPY_THREADS, os.cpu_count() or 1))
+
+
+@functools.cache
+def _copy_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_copy_workers(), thread_name_prefix="spin_jax-copy")
+
+
+def transposed_copy(v: np.ndarray) -> np.ndarray:
+    """v [N, g, F] (a view of the features) as a contiguous [g, N, F], a block of rows a
+    thread."""
+    out = np.empty((v.shape[1], v.shape[0], v.shape[2]), v.dtype)
+    n = 1 if v.nbytes < COPY_SPLIT_BYTES else _copy_workers()
+    bounds = np.linspace(0, v.shape[0], n + 1).astype(int)
+
+    def copy(a: int, b: int) -> None:
+        np.copyto(out[:, a:b], v[a:b].swapaxes(0, 1))
+
+    if n == 1:
+        copy(0, v.shape[0])
+    else:
+        list(_copy_pool().map(copy, bounds[:-1], bounds[1:]))
+    return out
 
 
 @solver_jit

@@ -43,13 +43,25 @@ log = logging.getLogger("spin_jax")
 DEVICE_SHARE = 4
 HOST_SHARE = 2
 # Probe chunk bytes per (row, feature) of one layer: the fp32 read, its standardised copy
-# and the solver's per-row work (layer_probes._probe_chunk); on a CPU 4 more, the solver's
-# transposed copy of X (probes.transposed).
+# and the solver's per-row work (layer_probes._probe_chunk); 4 more on a CPU, the solver's
+# transposed copy of X (probes.transposed), or where chunks are read ahead, the next one.
 PROBE_BYTES_PER_ELEMENT = 12
+
+# On an accelerator the probes read the next chunk of layers (the host's copies and the
+# transfer) in a thread while the device solves this one (layer_probes._reads_ahead): on
+# one H200, GPT2-XL's probes spent 30 of their 48 s reading and copying, one chunk after
+# another (benchmarks/RESULTS.md, session 20). On a CPU the cores that would copy are the
+# ones that solve.
+READ_AHEAD = {"cpu": False}
+
+
+def reads_ahead() -> bool:
+    return READ_AHEAD.get(jax.default_backend(), True)
 
 
 def probe_bytes_per_element() -> int:
-    return PROBE_BYTES_PER_ELEMENT + (4 if jax.default_backend() == "cpu" else 0)
+    cpu = jax.default_backend() == "cpu"
+    return PROBE_BYTES_PER_ELEMENT + (4 if cpu or reads_ahead() else 0)
 
 
 def features_bytes(specs, n_rows: int) -> int:

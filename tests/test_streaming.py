@@ -10,6 +10,7 @@ the session's tiny random BERT.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import jax
@@ -85,27 +86,39 @@ def in_memory(synthetic_splits):
 
 
 @pytest.mark.parametrize("where", ["host", "store"])
+@pytest.mark.parametrize("ahead", [False, True])
 def test_features_over_the_device_budget_stream_by_layers(
-    where, synthetic_splits, in_memory, tmp_path, monkeypatch
+    where, ahead, synthetic_splits, in_memory, tmp_path, monkeypatch
 ):
     """The probes read one layer at a time (memory_bytes=1) from the host, or from a store of
-    several chunks of rows read memory-mapped: the same classifier as the in-memory fit."""
+    several chunks of rows read memory-mapped, each chunk's training read in turn or (ahead,
+    as on an accelerator) in a thread while the one before it solves, its rows copied by
+    several threads: the same classifier as the in-memory fit."""
     srcs = synthetic_splits
     if where == "store":
         srcs = [write_store(tmp_path / f"s{i}", s, 250) for i, s in enumerate(srcs)]
         assert srcs[0].n_chunks == 3
-    chunks = []  # the layers of each probe chunk run
-    run_chunk = layer_probes._probe_chunk
+    monkeypatch.setitem(streaming.READ_AHEAD, "cpu", ahead)
+    monkeypatch.setattr(layer_probes, "COPY_SPLIT_BYTES", 0)  # every copy split over threads
+    chunks, readers = [], set()  # the layers of each probe chunk run; the threads that read
+    run_chunk, read = layer_probes._probe_chunk, layer_probes._train_problems
 
-    def counted(data, rep, pool, layers):
+    def counted(data, rep, pool, layers, X):
         chunks.append(len(layers))
-        return run_chunk(data, rep, pool, layers)
+        return run_chunk(data, rep, pool, layers, X)
+
+    def reader(*args):
+        name = threading.current_thread().name
+        readers.add("ahead" if name.startswith("spin_jax-read") else name)
+        return read(*args)
 
     monkeypatch.setattr(layer_probes, "_probe_chunk", counted)
+    monkeypatch.setattr(layer_probes, "_train_problems", reader)
     got = fit_spin(*srcs, SpinOptions(**FAST, memory_bytes=1))
     # Each of the 6 probe groups (2 representations x 3 poolings) streamed a chunk of one
     # layer per layer: hidden's L + 1 (layer 0 is probed by default), ffn's L.
     assert chunks == [1] * (3 * (L + 1) + 3 * L)
+    assert readers == ({"ahead"} if ahead else {"MainThread"})
     memory = got[1]["memory"]
     assert memory["probe_chunks"] == {"ffn": L, "hidden": L + 1}
     assert memory["features"] == {"train": where, "valid": where, "test": where}
@@ -244,3 +257,18 @@ def test_a_read_of_consecutive_layers_is_a_view_equal_to_the_gather():
     view = src.read("hidden", layers=[1, 2], poolings=[2], dtype=None)
     assert np.shares_memory(view, x) and not view.flags.writeable
     assert not np.shares_memory(src.read("hidden", layers=[1, 2], poolings=[2]), x)
+
+
+def test_the_probes_copy_of_a_chunk_split_over_threads_equals_one_copy(monkeypatch):
+    """layer_probes.transposed_copy: [N, g, F] views as [g, N, F], whole or a block of rows
+    a thread (rows that do not divide evenly among them included)."""
+    x = np.arange(7 * 3 * 2 * 5, dtype=np.float32).reshape(7, 3, 2, 5)
+    want = np.ascontiguousarray(x[:, :, 1].swapaxes(0, 1))
+    for split in (1 << 30, 0):
+        monkeypatch.setattr(layer_probes, "COPY_SPLIT_BYTES", split)
+        monkeypatch.setattr(layer_probes, "COPY_THREADS", 3)
+        layer_probes._copy_pool.cache_clear()
+        got = layer_probes.transposed_copy(x[:, :, 1])
+        assert got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)
+    layer_probes._copy_pool.cache_clear()
