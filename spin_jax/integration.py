@@ -158,7 +158,8 @@ def integrate(
     Xv's columns are already in `layout`'s order; narrow: prefix widths stepped on copies
     of their prefixes (`lanes.fit_masks`), for groups that do not share one width. Returns,
     in numpy, valid scores
-    [E, D, R], fit (weights [E, D, R, Mpad, K]), the neurons each uses [E, D, R] and lams
+    [E, D, R], fit (weights [E, D, Mpad, K] and intercept [E, D, K] at each (eta, k)'s
+    `best_lams`; n_iter and converged [E, D, R]), the neurons each uses [E, D, R] and lams
     [R]."""
     opts, D = data.opts, len(depths(data))
     E = len(opts.etas)
@@ -287,10 +288,13 @@ def _to_device(X, dtype):
 
 @functools.partial(solver_jit, static_argnames=("shape", "metric", "n_classes"))
 def _score_masks(Xv, yv, fit, back=None, *, shape, metric, n_classes):
-    """Valid scores [E, D, R], the fit as [E, D, ...] and the neurons used [E, D, R] of the
-    first G (unpadded) problems; with back [M] (the inverse of `column_order`), the weights
-    back in the candidates' order. (On the host that permutation of GPT2-XL's weights, 2450
-    lanes x 262144 columns a group, took about as long as the group's lane steps.)"""
+    """Valid scores [E, D, R], the fit of the first G (unpadded) problems as [E, D, ...] and
+    the neurons used [E, D, R]. Only each (eta, k)'s best lam (`best_lams`) leaves the
+    device with its weights [E, D, M, K] and intercept [E, D, K]: the other lams' weights,
+    4/5 of them on the paper's grid, are never read (GPT2-XL's widest group holds ~2.8 GB
+    of them). With back [M] (the inverse of `column_order`), the weights back in the
+    candidates' order. (On the host that permutation of GPT2-XL's weights, 2450 lanes x
+    262144 columns a group, took about as long as the group's lane steps.)"""
     G, E, D = shape
     fit = jax.tree.map(lambda a: a[:G].reshape(E, D, *a.shape[1:]), fit)
     pred = jax.vmap(probes.predict, in_axes=(None, 0, 0))(
@@ -299,9 +303,17 @@ def _score_masks(Xv, yv, fit, back=None, *, shape, metric, n_classes):
     )  # fmt: skip
     scores = score(metric, yv, pred, n_classes).reshape(E, D, -1)
     used = jnp.sum(jnp.any(fit.weights != 0, axis=-1), axis=-1)
+    best, pick = best_lams(scores), jax.vmap(jax.vmap(lambda a, r: a[r]))  # over E, D
+    fit = fit.replace(weights=pick(fit.weights, best), intercept=pick(fit.intercept, best))
     if back is not None:
         fit = fit.replace(weights=jnp.take(fit.weights, back, axis=-2, mode="clip"))
     return scores, fit, used
+
+
+def best_lams(scores):
+    """The index of each (eta, k)'s best lam in scores [E, D, R]: the first best, so the
+    larger lam (sparser) on ties. numpy and jax arrays alike."""
+    return scores.argmax(axis=2)
 
 
 def _fit_masks(X, y, n_classes, lams, masks, opts, *, widths=None, order=None, narrow=False):
@@ -507,13 +519,13 @@ def integrate_combo(
              n_iter=int(fit.n_iter[e, d, r]), columns=len(cand))
         for e, eta in enumerate(etas) for d, k in enumerate(ks) for r in range(len(lams))
     ]  # fmt: skip
-    r_best = np.argmax(scores, axis=2)  # [E, D]; ties -> larger lam
+    r_best = best_lams(scores)  # [E, D]: the lam of fit's weights
     out = []
     for e, eta in enumerate(etas):
         if not np.any(cand.eta_rank <= e):
             continue
-        W = np.asarray(fit.weights[e, np.arange(len(ks)), r_best[e]])[:, : len(cand)]  # [D, M, K]
-        b = np.asarray(fit.intercept[e, np.arange(len(ks)), r_best[e]])
+        W = np.asarray(fit.weights[e])[:, : len(cand)]  # [D, M, K]
+        b = np.asarray(fit.intercept[e])
         per_k = [float(x) for x in scores[e].max(axis=1)]
         for d, k in enumerate(ks):
             r = r_best[e, d]
