@@ -95,10 +95,13 @@ def column_stats(cand: Columns, tables) -> tuple[np.ndarray, np.ndarray]:
 NO_SHRINK_ELEMENTS = 1 << 27
 # Groups share one width while a full batch's features stay this small ([N, width]
 # elements); past it, a small group should not pay the largest one's width. Where lanes
-# step only their prefixes (`by_width`), the padding is held but never stepped, so on an
-# accelerator that does so groups would share up to what memory allows.
+# step only their prefixes (`by_width`), the padding is held but never stepped: None there
+# shares the widest group's own width whatever its size (memory decides: `union_columns`
+# checks the widest group, which is as wide either way). On one H200 GPT2-XL's 12 groups,
+# each its own width, compiled 177 programs in 67 s of a 240 s fit (RESULTS.md, session
+# 20): every step program's shapes held its group's width.
 SHARED_ELEMENTS = 1 << 27
-SHARED_ELEMENTS_BY_WIDTH = {"gpu": 1 << 31}
+SHARED_ELEMENTS_BY_WIDTH = {"gpu": None}
 
 
 def shared_width(widths, n_rows: int) -> int | None:
@@ -111,10 +114,11 @@ def shared_width(widths, n_rows: int) -> int | None:
     so large fits keep a width per group unless lanes step their prefixes alone."""
     if not widths:
         return None
-    width = padded_width(max(widths))
-    limit = SHARED_ELEMENTS
+    width, limit = padded_width(max(widths)), SHARED_ELEMENTS
     if by_width(n_devices(), n_rows, width):
         limit = SHARED_ELEMENTS_BY_WIDTH.get(jax.default_backend(), limit)
+        if limit is None:
+            return own_width(max(widths), n_rows)
     return width if width * n_rows <= limit else None
 
 
@@ -170,7 +174,7 @@ def integrate(
         if not ordered:
             Xtr, Xv = _in_order(Xtr, order), _in_order(Xv, order)
         masks = masks[:, order]
-        widths = prefix_widths(masks)
+        widths = prefix_widths(masks, own_width(len(cand), data.train.n_rows))
     Xtr, Xv = _to_device(Xtr, solver_dtype(opts)), _to_device(Xv, jnp.float32)
     # device_put, not jnp.asarray: jax compiles a program per shape to stage numpy input.
     last = jax.device_put(masks[-1].astype(np.float32))  # the widest: layers up to the last k
@@ -258,12 +262,14 @@ def column_order(cand: Columns, width: int, n_etas: int) -> np.ndarray:
     return np.lexsort((_padded_layers(cand, width), rank))
 
 
-def prefix_widths(masks: np.ndarray) -> np.ndarray:
-    """Each mask's columns up to its last kept one, padded to `padded_width` (at most all).
-    (Coarser steps, 4x apart, made fewer programs but a slower CPU demo: RESULTS.md.)"""
+def prefix_widths(masks: np.ndarray, cap: int | None = None) -> np.ndarray:
+    """Each mask's columns up to its last kept one, padded to `padded_width`, at most cap
+    (the group's own width, where it shares a wider one) and at most all. (Coarser steps,
+    4x apart, made fewer programs but a slower CPU demo: RESULTS.md.)"""
     used = masks.shape[1] - np.argmax(masks[:, ::-1], axis=1)
     used = np.where(masks.any(axis=1), used, 1)
-    return np.minimum([padded_width(int(u)) for u in used], masks.shape[1])
+    cap = masks.shape[1] if cap is None else min(cap, masks.shape[1])
+    return np.minimum([padded_width(int(u)) for u in used], cap)
 
 
 def _in_order(X, order: np.ndarray):

@@ -33,7 +33,9 @@ def test_prefix_widths_fit_like_the_full_width(monkeypatch):
     monkeypatch.setattr(integration, "BY_WIDTH", {jax.default_backend(): 0})
     widths = []
     real = integration.prefix_widths
-    monkeypatch.setattr(integration, "prefix_widths", lambda m: widths.append(real(m)) or real(m))
+    monkeypatch.setattr(
+        integration, "prefix_widths", lambda *a: widths.append(real(*a)) or real(*a)
+    )
     # One wide group (every layer's hidden and FFN columns at every pooling), so that the
     # masks of shallow k fit in fewer columns than the deep ones.
     opts = SpinOptions(**{**FAST, "etas": (0.1, 0.5, 0.99)}, representations=("both",),
@@ -42,7 +44,9 @@ def test_prefix_widths_fit_like_the_full_width(monkeypatch):
     assert len({int(w) for ws in widths for w in ws}) > 1  # some masks did use a prefix
     # The reference: the same layer-sorted columns (so the same Lipschitz constants from
     # the power iteration), every mask at full width.
-    monkeypatch.setattr(integration, "prefix_widths", lambda m: np.full(len(m), m.shape[1]))
+    monkeypatch.setattr(
+        integration, "prefix_widths", lambda m, cap: np.full(len(m), min(cap, m.shape[1]))
+    )
     full = fit_spin(train, valid, test, opts)
     assert full[1]["chosen"] == by_width[1]["chosen"]
     assert_same_fit(valid, full, by_width, atol=1e-5)
@@ -79,6 +83,10 @@ def test_shared_width(monkeypatch):
     monkeypatch.setattr(integration, "SHARED_ELEMENTS_BY_WIDTH", {jax.default_backend(): 1 << 31})
     assert integration.shared_width([100, 30000], 20000) == 32768
     assert integration.shared_width([100, 30000], 200000) is None  # past memory
+    assert integration.shared_width([100, 200], 600) == 256  # below BY_WIDTH: as before
+    # None (accelerators): the widest group's own width, whatever its size.
+    monkeypatch.setattr(integration, "SHARED_ELEMENTS_BY_WIDTH", {jax.default_backend(): None})
+    assert integration.shared_width([100, 30000], 200000) == 30720  # a multiple of WIDTH_STEP
     assert integration.shared_width([100, 200], 600) == 256  # below BY_WIDTH: as before
 
 
@@ -128,3 +136,49 @@ def test_own_widths_on_prefix_copies_fit_like_the_in_program_prefixes(monkeypatc
         runs[narrow] = fit_spin(train, valid, test, SpinOptions(**FAST))
         assert seen and set(seen) == {narrow}
     assert_same_fit(valid, runs[False], runs[True], atol=1e-5)
+
+
+def test_groups_at_the_widest_groups_width_share_their_programs(monkeypatch):
+    """As an accelerator integrates a large fit: lanes on prefix widths, and every group at
+    the widest group's own width (`SHARED_ELEMENTS_BY_WIDTH` None), its lanes' prefixes at
+    most its own width. The lane programs then compile once for all 12 groups, not once a
+    group (GPT2-XL's own widths compiled 177 programs in 67 s of a 240 s fit on an H200),
+    and the fit is the fit at each group's own width."""
+    from collections import Counter
+
+    from tests.test_compiles import compiled_names, features
+
+    backend = jax.default_backend()
+    # Groups of 88-736 candidates: several prefix widths (128, 256, 512) below their own.
+    train, valid = features(600, 4, 0, D=64, F=128), features(300, 4, 1, D=64, F=128)
+    opts = SpinOptions(n_lams=3, etas=(0.1, 0.5, 0.9))
+    monkeypatch.setitem(integration.BY_WIDTH, backend, 0)
+    monkeypatch.setitem(integration.NARROW, backend, False)
+    monkeypatch.setattr(integration, "WIDTH_STEP", 8)  # own widths: no powers of two
+    widths, real = [], integration.prefix_widths
+
+    def spy(masks, cap):
+        widths.append((masks.shape[1], cap))
+        return real(masks, cap)
+
+    monkeypatch.setattr(integration, "prefix_widths", spy)
+    runs, programs = {}, {}
+    for name, limit in (("own", 0), ("shared", None)):
+        monkeypatch.setitem(integration.SHARED_ELEMENTS_BY_WIDTH, backend, limit)
+        jax.clear_caches()
+        widths.clear()
+        names = compiled_names(
+            lambda n=name: runs.__setitem__(n, fit_spin(train, valid, opts=opts))
+        )
+        programs[name] = Counter(names)
+        held = {m for m, _ in widths}
+        assert len(widths) == 12 and len(held) == (1 if name == "shared" else len(held))
+    assert len({cap for _, cap in widths}) > 1  # groups of several own widths
+    for per_group in ("jit(_masks_setup)", "jit(_lanes_start)", "jit(_lanes_result)",
+                      "jit(_score_masks)"):  # fmt: skip
+        assert programs["own"][per_group] > 1 and programs["shared"][per_group] == 1, per_group
+    steps = {name: p["jit(_lanes_step)"] for name, p in programs.items()}
+    assert steps["shared"] < steps["own"], steps  # measured: 19 against 29
+    total = {name: sum(p.values()) for name, p in programs.items()}
+    assert total["shared"] < total["own"] / 2, total  # measured: 31 against 81
+    assert_same_fit(valid, runs["own"], runs["shared"])

@@ -229,6 +229,8 @@ def test_prefix_widths():
     np.testing.assert_array_equal(integration.prefix_widths(masks[:, :400]), [128, 400, 128])
     masks[2, 199] = True  # 200 columns: the next power of two
     np.testing.assert_array_equal(integration.prefix_widths(masks), [128, 512, 256])
+    # A group's own width (it shares a wider one): no prefix past it.
+    np.testing.assert_array_equal(integration.prefix_widths(masks, 310), [128, 310, 256])
 
 
 def test_fit_masks_without_problems_and_bad_shrink():
