@@ -324,7 +324,8 @@ def time_probe_reads() -> dict:
 def integration_profile(report: dict, group_s: list[dict], n_rows: int) -> list[dict]:
     """Per integration group: its columns, lanes and lane-iterations, the iterations at each
     lam (mean, and the share of lanes that ran to the cap), its seconds, and the TFLOP its
-    lane steps cost at full width (a lane-iteration: two [N, width] products, K = 1)."""
+    lane steps cost at full width (a lane-iteration: two [N, width] products, K = 1), the
+    group's own width where it shares a wider one."""
     from spin_jax import integration
     from spin_jax.columns import padded_width
     from spin_jax.learner import SpinOptions
@@ -338,6 +339,9 @@ def integration_profile(report: dict, group_s: list[dict], n_rows: int) -> list[
         iters = sum(r["n_iter"] for r in rows)
         times = dict(times)
         width = times.pop("width", None) or padded_width(rows[0]["columns"])
+        # A group that shares a wider width steps at most its own (integration.prefix_widths).
+        step = integration.WIDTH_STEP
+        width = min(width, -(-rows[0]["columns"] // step) * step)
         per_lam = []
         caps = integration.lam_caps(opts, np.asarray(lams), n_rows)  # the weak lams' own
         for lam, cap in zip(lams, caps, strict=True):
