@@ -1,7 +1,8 @@
 """What the probes pay to bring one chunk of layers of one pooling from features in host
 memory to the device: [N, L, P, F] numpy -> [g, N, F] on the device, the way
-`layer_probes._problems` does it (one transposed numpy copy, then `device_put`) against
-copies split over threads, and per-layer puts stacked on the device. GPT2-XL's FFN shape
+`layer_probes._problems` did it before session 21 (one transposed numpy copy, then
+`device_put`) against copies split over threads (its way since), through pinned host memory,
+and per-layer puts stacked on the device. GPT2-XL's FFN shape
 (6400 neurons, 3 poolings, bf16) by default; g = 1 is what the default memory_bytes gives it.
 
     PYTHONPATH=. python benchmarks/probe_reads.py --rows 20000 --layers 8
@@ -24,7 +25,12 @@ import numpy as np
 from spin_jax import devices, layer_probes
 
 
-def baseline(v):
+def one_copy(v):
+    """The way before session 21: one transposed numpy copy, then device_put."""
+    return jax.device_put(np.ascontiguousarray(v.swapaxes(0, 1)))
+
+
+def library(v):
     return layer_probes._problems(v[:, :, None])
 
 
@@ -71,7 +77,10 @@ def rate(fn, views, nbytes) -> float:
 
 def ways(g: int, threads: list[int]) -> dict:
     """{description: fn(view)} of the ways measured for chunks of g layers."""
-    out = {"one copy, then device_put (layer_probes today)": baseline}
+    out = {
+        "one copy, then device_put (before session 21)": one_copy,
+        f"layer_probes._problems ({layer_probes._copy_workers()} threads)": library,
+    }
     host = devices.host_sharding(None)
     for n in threads:
         pool = ThreadPoolExecutor(n)
