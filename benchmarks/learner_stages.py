@@ -12,13 +12,16 @@ on the accelerator, as `SpinClassifier` does on a GPU.
     PYTHONPATH=. python benchmarks/learner_stages.py --train 13600 --valid 3400 \\
         --placement device --dtype float16                                  # GPU, MiniLM fit size
     ... --gpu-options '{"xla_gpu_enable_triton_gemm": false}'   # devices.GPU_SOLVER_OPTIONS
-    ... --own-widths [--no-narrow]   # integration as a GPU runs GPT2-XL's (below)
+    ... --own-widths [--no-narrow]   # integration as a GPU ran GPT2-XL's (below)
+    ... --gpu-layout                 # integration as a GPU runs GPT2-XL's since session 21
 
-`--own-widths` integrates as one GPU does at GPT2-XL's size, whatever the backend: every
-group at its own width (no shared width), lanes on prefix widths, the union of the groups'
-columns gathered once; `--no-narrow` steps those prefixes inside programs of the group's
-own width, as before session 20 (`lanes.fit_masks` narrow=False). `--by-program` adds the
-compile seconds of each program name.
+`--own-widths` integrates as one GPU did at GPT2-XL's size before session 21, whatever the
+backend: every group at its own width (no shared width), lanes on prefix widths, the union
+of the groups' columns gathered once; `--no-narrow` steps those prefixes inside programs of
+the group's own width, as before session 20 (`lanes.fit_masks` narrow=False). `--gpu-layout`
+integrates as one GPU does since: every group at the widest group's own width, its lanes'
+prefixes at most its own, in programs of that one width, the union gathered once.
+`--by-program` adds the compile seconds of each program name.
 """
 
 from __future__ import annotations
@@ -87,8 +90,21 @@ def timed_stages() -> dict:
     return stages
 
 
+def gpu_layout() -> None:
+    """Integration as a GPU at GPT2-XL's size: one shared width (the widest group's own),
+    prefix widths stepped inside its programs, the union."""
+    from spin_jax import integration
+
+    backend = jax.default_backend()
+    integration.BY_WIDTH = {backend: 0}
+    integration.SHARED_ELEMENTS_BY_WIDTH = {backend: None}
+    integration.NARROW = {backend: False}
+    integration.UNION_ON_DEVICE = {}
+
+
 def own_widths(narrow: bool) -> None:
-    """Integration as a GPU at GPT2-XL's size: no shared width, prefix widths, the union."""
+    """Integration as a GPU at GPT2-XL's size before session 21: no shared width, prefix
+    widths, the union."""
     from spin_jax import integration, lanes
 
     integration.SHARED_ELEMENTS, integration.SHARED_ELEMENTS_BY_WIDTH = 0, {}
@@ -132,10 +148,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the numbers to this file")
     p.add_argument("--own-widths", action="store_true", help="every group its own width")
     p.add_argument("--no-narrow", action="store_true", help="with --own-widths: narrow=False")
+    p.add_argument("--gpu-layout", action="store_true", help="one shared width, as a GPU")
     p.add_argument("--by-program", action="store_true", help="compile seconds by program")
     args = p.parse_args(argv)
     if args.own_widths:
         own_widths(narrow=not args.no_narrow)
+    elif args.gpu_layout:
+        gpu_layout()
     by_program = compiles_by_program() if args.by_program else None
     if args.gpu_options:
         devices.GPU_SOLVER_OPTIONS = json.loads(args.gpu_options)

@@ -139,13 +139,49 @@ def _padded_layers(cand: Columns, width: int) -> np.ndarray:
 
 def integration_masks(cand: Columns, n_etas: int, ks: np.ndarray, width=None) -> np.ndarray:
     """featmask [E, len(ks), Mpad]: columns kept at eta e from layers up to k (padding masked)."""
-    M = len(cand)
-    Mpad = width or padded_width(M)
-    layer = _padded_layers(cand, Mpad)
-    rank = np.pad(cand.eta_rank, (0, Mpad - M), constant_values=n_etas)
+    rank, layer = mask_columns(cand, width or padded_width(len(cand)), n_etas)
     in_k = layer[None, None] <= np.asarray(ks)[None, :, None]
     at_eta = rank[None, None] <= np.arange(n_etas)[:, None, None]
     return in_k & at_eta
+
+
+def mask_columns(cand: Columns, width: int, n_etas: int, order=None):
+    """(eta rank, layer) [width] int32 of each padded column, in `order` if given: the mask
+    (e, k) keeps the columns of rank <= e and layer <= k; padding has neither."""
+    rank = np.pad(cand.eta_rank, (0, width - len(cand)), constant_values=n_etas)
+    rank, layer = rank.astype(np.int32), _padded_layers(cand, width).astype(np.int32)
+    return (rank, layer) if order is None else (rank[order], layer[order])
+
+
+# The masks [E * D, M] are built on the device from each column's rank and layer: built on
+# the host, permuted and cast there, GPT2-XL's 490 masks of 245760 columns (one shared
+# width) took ~2-3 s a group on a CPU core, more than most groups' lane steps.
+@functools.partial(solver_jit, static_argnames=("rows",))
+def _masks(rank, layer, etas, ks, *, rows: int):
+    """float32 [rows, M]: row e * D + d keeps the columns of rank <= etas[e] and layer <=
+    ks[d]; rows past E * D repeat the last (the padding of several devices)."""
+    keep = (rank[None, None] <= etas[:, None, None]) & (layer[None, None] <= ks[None, :, None])
+    masks = keep.reshape(-1, rank.shape[0]).astype(jnp.float32)
+    extra = rows - masks.shape[0]
+    return jnp.concatenate([masks, jnp.repeat(masks[-1:], extra, axis=0)]) if extra else masks
+
+
+def column_extents(rank, layer, n_etas: int, ks) -> np.ndarray:
+    """[E * len(ks)]: 1 + the position of each mask's last kept column (0: none), from the
+    columns' rank and layer (`mask_columns`) alone, without the masks (O(M + E * D))."""
+    ks = np.asarray(ks)
+    real = rank < n_etas
+    first_k = np.searchsorted(ks, layer[real], side="left")  # the first depth that keeps it
+    last = np.zeros((n_etas, len(ks) + 1), np.int64)
+    np.maximum.at(last, (rank[real], first_k), np.nonzero(real)[0] + 1)
+    last = np.maximum.accumulate(np.maximum.accumulate(last, axis=0), axis=1)  # rank <= e, k >= l
+    return last[:, : len(ks)].reshape(-1)
+
+
+def mask_extents(masks: np.ndarray) -> np.ndarray:
+    """[G]: 1 + the position of each mask's last kept column (0: none)."""
+    used = masks.shape[1] - np.argmax(masks[:, ::-1], axis=1)
+    return np.where(masks.any(axis=1), used, 0)
 
 
 def depths(data: FitData) -> np.ndarray:
@@ -167,25 +203,26 @@ def integrate(
     [R]."""
     opts, D = data.opts, len(depths(data))
     E = len(opts.etas)
-    masks = integration_masks(cand, E, depths(data), width).reshape(E * D, -1)
-    G, Xtr, Xv = len(masks), _pad_cols(Xtr, width), _pad_cols(Xv, width)
-    order, widths = layout(data, cand, masks.shape[1]), None
+    G, Xtr, Xv, ks = E * D, _pad_cols(Xtr, width), _pad_cols(Xv, width), depths(data)
+    M = Xtr.shape[1]
+    order, widths = layout(data, cand, M), None
+    rank, layer = mask_columns(cand, M, E, order)
     if order is not None:  # each mask's columns in a short prefix (`column_order`)
         if not ordered:
             Xtr, Xv = _in_order(Xtr, order), _in_order(Xv, order)
-        masks = masks[:, order]
-        widths = prefix_widths(masks, own_width(len(cand), data.train.n_rows))
+        cap = own_width(len(cand), data.train.n_rows)
+        widths = prefix_widths(column_extents(rank, layer, E, ks), cap)
     Xtr, Xv = _to_device(Xtr, solver_dtype(opts)), _to_device(Xv, jnp.float32)
     # device_put, not jnp.asarray: jax compiles a program per shape to stage numpy input.
-    last = jax.device_put(masks[-1].astype(np.float32))  # the widest: layers up to the last k
+    last = jax.device_put(((rank < E) & (layer <= ks[-1])).astype(np.float32))  # the widest
     if opts.lam_grid == "paper":
         lams = jax.device_put(probes.lams_from_c(probes.PAPER_C_GRID, Xtr.shape[0]))
     else:
         lams = probes.default_lams(
             Xtr, data.y, data.n_classes, num=opts.n_lams, ratio=opts.lam_ratio, featmask=last
         )
-    masks = np.pad(masks, ((0, round_up(G, n_devices()) - G), (0, 0)), mode="edge")
-    masks = shard_problems(jax.device_put(masks.astype(np.float32)))
+    columns = jax.device_put((rank, layer, np.arange(E, dtype=np.int32), ks.astype(np.int32)))
+    masks = shard_problems(ahead.call(_masks, *columns, rows=round_up(G, n_devices())))
     scoring = dict(shape=(G, E, D), metric=data.metric, n_classes=data.n_classes)
     if n_devices() == 1:  # (with several devices the fit comes sharded: a guess would miss)
         K = probes.n_columns(data.n_classes)
@@ -262,14 +299,12 @@ def column_order(cand: Columns, width: int, n_etas: int) -> np.ndarray:
     return np.lexsort((_padded_layers(cand, width), rank))
 
 
-def prefix_widths(masks: np.ndarray, cap: int | None = None) -> np.ndarray:
-    """Each mask's columns up to its last kept one, padded to `padded_width`, at most cap
-    (the group's own width, where it shares a wider one) and at most all. (Coarser steps,
-    4x apart, made fewer programs but a slower CPU demo: RESULTS.md.)"""
-    used = masks.shape[1] - np.argmax(masks[:, ::-1], axis=1)
-    used = np.where(masks.any(axis=1), used, 1)
-    cap = masks.shape[1] if cap is None else min(cap, masks.shape[1])
-    return np.minimum([padded_width(int(u)) for u in used], cap)
+def prefix_widths(extents: np.ndarray, cap: int) -> np.ndarray:
+    """Each mask's columns up to its last kept one (extents, `column_extents`), padded to
+    `padded_width`, at most cap: the group's own width, where it shares a wider one, and at
+    most all. (Coarser steps, 4x apart, made fewer programs but a slower CPU demo:
+    RESULTS.md.)"""
+    return np.minimum([padded_width(max(1, int(u))) for u in extents], cap)
 
 
 def _in_order(X, order: np.ndarray):

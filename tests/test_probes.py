@@ -225,12 +225,39 @@ def test_a_path_makes_one_transposed_copy_of_x():
 def test_prefix_widths():
     masks = np.zeros((3, 600), bool)
     masks[0, :5], masks[1, [3, 300]] = True, True
-    np.testing.assert_array_equal(integration.prefix_widths(masks), [128, 512, 128])
-    np.testing.assert_array_equal(integration.prefix_widths(masks[:, :400]), [128, 400, 128])
+    widths = lambda m, cap=None: integration.prefix_widths(  # noqa: E731
+        integration.mask_extents(m), m.shape[1] if cap is None else cap
+    )
+    np.testing.assert_array_equal(widths(masks), [128, 512, 128])
+    np.testing.assert_array_equal(widths(masks[:, :400]), [128, 400, 128])
     masks[2, 199] = True  # 200 columns: the next power of two
-    np.testing.assert_array_equal(integration.prefix_widths(masks), [128, 512, 256])
+    np.testing.assert_array_equal(widths(masks), [128, 512, 256])
     # A group's own width (it shares a wider one): no prefix past it.
-    np.testing.assert_array_equal(integration.prefix_widths(masks, 310), [128, 310, 256])
+    np.testing.assert_array_equal(widths(masks, 310), [128, 310, 256])
+
+
+def test_masks_and_their_extents_from_the_columns_equal_the_masks_built_on_the_host():
+    """integrate builds its masks on the device and their prefix widths from each column's
+    rank and layer (`_masks`, `column_extents`): the host's masks, and their extents, in
+    the columns' own order and in `column_order`, padding and layers past the last k
+    included."""
+    from spin_jax.columns import Columns
+
+    rng = np.random.default_rng(0)
+    E, ks, M, width = 3, np.arange(0, 6), 150, 256
+    layer = np.sort(rng.integers(1, 7, M))  # k 0 keeps none; layer 6, past the last k, none
+    cand = Columns(*(np.zeros(M, np.int64),) * 2, layer, np.arange(M), rng.integers(0, E, M))
+    want = integration.integration_masks(cand, E, ks, width).reshape(E * len(ks), -1)
+    for order in (None, integration.column_order(cand, width, E)):
+        rank, lay = integration.mask_columns(cand, width, E, order)
+        host = want if order is None else want[:, order]
+        np.testing.assert_array_equal(
+            integration.column_extents(rank, lay, E, ks), integration.mask_extents(host)
+        )
+        args = jax.device_put((rank, lay, np.arange(E, dtype=np.int32), ks.astype(np.int32)))
+        got = np.asarray(integration._masks(*args, rows=len(host) + 2))
+        np.testing.assert_array_equal(got, np.concatenate([host, host[-1:], host[-1:]]))
+    assert integration.mask_extents(want).min() == 0 < integration.mask_extents(want).max()
 
 
 def test_fit_masks_without_problems_and_bad_shrink():
