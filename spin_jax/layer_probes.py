@@ -209,9 +209,10 @@ def _problems(x):
 
 
 # Threads that copy a chunk's rows into its [g, N, F] layout: numpy's copy releases the
-# GIL, and one thread moved GPT2-XL-shaped bf16 chunks at ~2.5 GB/s where two moved ~4.5
-# on 2 cores, into fresh memory whose first touch is most of the cost
-# (benchmarks/probe_reads.py). Below COPY_SPLIT_BYTES one thread copies.
+# GIL, and the copy into fresh memory (its first touch) was most of a chunk's way to the
+# device: GPT2-XL-shaped bf16 chunks went at 0.85 GB/s with one thread and 1.84 with two
+# on 2 cores (benchmarks/probe_reads.py); on an H100 with 8 and the read ahead, the probes'
+# reads took 5.0 s against 9.5 (RESULTS.md, session 21). Below COPY_SPLIT_BYTES one copies.
 COPY_THREADS = 8
 COPY_SPLIT_BYTES = 16 << 20
 
