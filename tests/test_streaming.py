@@ -98,7 +98,7 @@ def test_features_over_the_device_budget_stream_by_layers(
     if where == "store":
         srcs = [write_store(tmp_path / f"s{i}", s, 250) for i, s in enumerate(srcs)]
         assert srcs[0].n_chunks == 3
-    monkeypatch.setitem(streaming.READ_AHEAD, "cpu", ahead)
+    monkeypatch.setitem(streaming.READ_AHEAD, jax.default_backend(), ahead)
     monkeypatch.setattr(layer_probes, "COPY_SPLIT_BYTES", 0)  # every copy split over threads
     chunks, readers = [], set()  # the layers of each probe chunk run; the threads that read
     run_chunk, read = layer_probes._probe_chunk, layer_probes._train_problems
@@ -127,15 +127,19 @@ def test_features_over_the_device_budget_stream_by_layers(
     assert_same_fit(got, in_memory)
 
 
-def test_layer_chunks_cover_every_layer_once():
+def test_layer_chunks_cover_every_layer_once(monkeypatch):
     per_layer = streaming.probe_bytes_per_element() * 600 * 20
     for budget in (1, per_layer * 2, per_layer * 3, 1 << 40):
         chunks = streaming.layer_chunks(budget, 600, 20, 1, L)
         np.testing.assert_array_equal(np.concatenate(chunks), np.arange(1, L + 1))
         assert all(len(c) <= max(1, budget // per_layer) for c in chunks)
     assert len(streaming.layer_chunks(per_layer * 3, 600, 20, 0, L)) == 2  # 0..2, 3..4
-    # a CPU solve also holds X's transposed copy: 4 bytes more a row and feature
-    assert streaming.probe_bytes_per_element() == 12 + 4 * (jax.default_backend() == "cpu")
+    # 4 bytes more a row and feature: on a CPU the solve's transposed copy of X, on an
+    # accelerator the chunk read ahead (where it is not, only the 12)
+    for backend, ahead, want in (("cpu", False, 16), ("gpu", True, 16), ("gpu", False, 12)):
+        monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+        monkeypatch.setitem(streaming.READ_AHEAD, backend, ahead)
+        assert streaming.probe_bytes_per_element() == want, (backend, ahead)
 
 
 # ---- where extraction keeps the features --------------------------------------------------
