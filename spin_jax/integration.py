@@ -99,9 +99,11 @@ NO_SHRINK_ELEMENTS = 1 << 27
 # shares the widest group's own width whatever its size (memory decides: `union_columns`
 # checks the widest group, which is as wide either way). On one H200 GPT2-XL's 12 groups,
 # each its own width, compiled 177 programs in 67 s of a 240 s fit (RESULTS.md, session
-# 20): every step program's shapes held its group's width.
+# 20): every step program's shapes held its group's width. With one width an H100 compiled
+# 70 against 211; on 2 CPU cores MiniLM's integration at 6000 + 1500 rows took 118-120 s
+# against 127-137 s at a power of two, and the demo's the same (session 21).
 SHARED_ELEMENTS = 1 << 27
-SHARED_ELEMENTS_BY_WIDTH = {"gpu": None}
+SHARED_ELEMENTS_BY_WIDTH = {"gpu": None, "cpu": None}
 
 
 def shared_width(widths, n_rows: int) -> int | None:
@@ -252,9 +254,11 @@ def by_width(devices: int, n_rows: int, width: int) -> bool:
     return devices == 1 and least is not None and n_rows * width >= least
 
 
-# Where groups do not share a width, each prefix width stepped on a copy of it (lanes'
-# narrow path), so one set of step programs serves every group: on 2 CPU cores, with the
-# GPT2-XL layout forced, integration took 16-20 s against 24-27 s (step programs 30 -> 10).
+# Where groups do not share a width (since session 21 only where SHARED_ELEMENTS_BY_WIDTH
+# bounds the shared width, as tests and learner_stages.py --own-widths do), each prefix
+# width stepped on a copy of it (lanes' narrow path), so one set of step programs serves
+# every group: on 2 CPU cores, with the GPT2-XL layout forced, integration took 16-20 s
+# against 24-27 s (step programs 30 -> 10).
 # On one H200 GPT2-XL's fit took 246 s against 240 s, compiling 259 programs against 177
 # in the same 67 s: there the groups' other programs cost what the shared steps saved
 # (benchmarks/RESULTS.md, session 20), so accelerators keep the steps inside each width.
